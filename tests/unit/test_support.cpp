@@ -1,0 +1,61 @@
+#include "unit/test_support.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+
+namespace statelm::test {
+
+namespace fs = std::filesystem;
+
+fs::path source_dir() { return fs::path(STATELM_SOURCE_DIR); }
+fs::path fixture(const std::string& relative) { return source_dir() / "tests" / "fixtures" / relative; }
+fs::path shared_dir() { return source_dir().parent_path() / "shared"; }
+
+TempDir::TempDir() {
+  static std::atomic<int> counter{0};
+  std::random_device rd;
+  path_ = fs::temp_directory_path() /
+          ("statelm-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" +
+           std::to_string(rd()));
+  fs::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+void write_file(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), std::streamsize(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path.string());
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+CommandResult run_statelm(const std::string& args, const std::string& stdin_bytes) {
+  TempDir tmp;
+  write_file(tmp / "stdin", stdin_bytes);
+  std::string cmd = std::string("'") + STATELM_BINARY + "' " + args + " <'" + (tmp / "stdin").string() +
+                    "' >'" + (tmp / "stdout").string() + "' 2>'" + (tmp / "stderr").string() + "'";
+  int status = std::system(cmd.c_str());
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_file(tmp / "stdout");
+  r.err = read_file(tmp / "stderr");
+  return r;
+}
+
+}  // namespace statelm::test
