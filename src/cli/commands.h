@@ -12,5 +12,8 @@ using Action = std::function<int()>;
 
 void add_inspect_command(CLI::App& app, Action& action);
 void add_tokenize_commands(CLI::App& app, Action& action);  // tokenize + detokenize
+void add_logits_command(CLI::App& app, Action& action);
+void add_generate_command(CLI::App& app, Action& action);
+void add_run_command(CLI::App& app, Action& action);
 
 }  // namespace statelm::cli

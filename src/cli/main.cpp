@@ -13,6 +13,9 @@ int main(int argc, char** argv) {
   statelm::cli::Action action;
   statelm::cli::add_inspect_command(app, action);
   statelm::cli::add_tokenize_commands(app, action);
+  statelm::cli::add_logits_command(app, action);
+  statelm::cli::add_generate_command(app, action);
+  statelm::cli::add_run_command(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

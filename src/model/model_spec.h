@@ -129,10 +129,26 @@ struct ModelSpec {
   std::string ffn_pattern() const;
 };
 
-// One tensor the checkpoint must hold, with its expected shape.
+// What a checkpoint tensor is for in the generic layer stack; the weight loader places each
+// by its role, so expected_tensors() is the one table of names, shapes and meanings.
+enum class WeightRole {
+  Embedding, FinalNorm, LmHead, MixerNorm, FfnNorm,
+  // Mamba-1 / Mamba-2 mixers
+  InProj, InProjBias, Conv, ConvBias, XProj, DtProj, DtProjBias, ALog, D, DtBias, DtNorm, BNorm, CNorm, GatedNorm,
+  OutProj, OutProjBias,
+  // attention
+  Q, QBias, K, KBias, V, VBias, O, OBias,
+  // MLP and MoE experts
+  Gate, GateBias, Up, UpBias, Down, DownBias, Router,
+};
+
+// One tensor the checkpoint must hold, with its expected shape and role.
 struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
+  WeightRole role = WeightRole::Embedding;
+  int64_t layer = -1;   // -1 outside the layer stack
+  int64_t expert = -1;  // MoE expert index, -1 elsewhere
 };
 
 // Every tensor the layer stack reads, in a stable order (embedding first, LM head last).

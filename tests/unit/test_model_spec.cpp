@@ -45,10 +45,10 @@ TEST(ModelSpec, MambaFixtureStateBytesByHand) {
   const int64_t k = c["conv_kernel"], n = c["state_size"], layers = c["num_hidden_layers"];
   MemoryFigures m = memory_figures(s, DType::F32, DType::F32);
   EXPECT_EQ(m.conv_state_bytes, layers * d_inner * (k - 1) * 4);  // 2 * 96 * 3 * 4 = 2304
-  EXPECT_EQ(m.ssm_state_bytes, layers * d_inner * n * 4);         // 2 * 96 * 8 * 4 = 6144
-  EXPECT_EQ(m.state_bytes(), 8448);
+  EXPECT_EQ(m.ssm_state_bytes, layers * d_inner * n * 4);         // 2 * 96 * 7 * 4 = 5376
+  EXPECT_EQ(m.state_bytes(), 7680);
   EXPECT_EQ(m.kv_bytes_per_token, 0);
-  EXPECT_EQ(m.bytes_for(3, 1 << 20), 3 * 8448);  // no growth with context
+  EXPECT_EQ(m.bytes_for(3, 1 << 20), 3 * 7680);  // no growth with context
 }
 
 TEST(ModelSpec, Mamba2FixtureStateBytesByHand) {
@@ -57,14 +57,14 @@ TEST(ModelSpec, Mamba2FixtureStateBytesByHand) {
   const auto& m2 = std::get<Mamba2Dims>(s.layers[0].mixer);
   EXPECT_EQ(m2.n_heads, 8);
   EXPECT_EQ(m2.n_groups, 2);
-  EXPECT_EQ(m2.chunk_size, 8);
+  EXPECT_EQ(m2.chunk_size, 16);
   EXPECT_EQ(m2.norm_group_size, 128);  // transformers normalises all of d_inner at once
   EXPECT_FALSE(m2.dt_limited);         // (0, {"__float__": "Infinity"}) = no limit
   const int64_t d_inner = 128, n = c["state_size"], g = c["n_groups"], k = c["conv_kernel"];
-  const int64_t conv_dim = d_inner + 2 * g * n;  // 192
+  const int64_t conv_dim = d_inner + 2 * g * n;  // 176
   MemoryFigures m = memory_figures(s, DType::F32, DType::BF16);
-  EXPECT_EQ(m.conv_state_bytes, 2 * conv_dim * (k - 1) * 4);                    // 4608
-  EXPECT_EQ(m.ssm_state_bytes, 2 * c["num_heads"].get<int64_t>() * 16 * n * 4);  // 16384
+  EXPECT_EQ(m.conv_state_bytes, 2 * conv_dim * (k - 1) * 4);                    // 4224
+  EXPECT_EQ(m.ssm_state_bytes, 2 * c["num_heads"].get<int64_t>() * 16 * n * 4);  // 12288
   MemoryFigures half = memory_figures(s, DType::BF16, DType::BF16);
   EXPECT_EQ(half.state_bytes() * 2, m.state_bytes());
 }
@@ -86,7 +86,7 @@ TEST(ModelSpec, JambaFixtureLayerPatternAndKvByHand) {
   MemoryFigures m = memory_figures(s, DType::F32, DType::BF16);
   EXPECT_EQ(m.kv_bytes_per_token, 1 * 2 * 2 * 16 * 2);  // 1 layer * (K+V) * 2 kv heads * 16 dims * 2 B
   EXPECT_EQ(m.conv_state_bytes, 3 * 128 * 3 * 4);
-  EXPECT_EQ(m.ssm_state_bytes, 3 * 128 * 8 * 4);
+  EXPECT_EQ(m.ssm_state_bytes, 3 * 128 * 6 * 4);
   // Two of four experts active in two MoE layers: 2 layers * 2 experts * 3 * 96 * 64 fewer.
   EXPECT_EQ(parameter_count(s) - active_parameter_count(s), 2 * 2 * 3 * 96 * 64);
 }
@@ -101,6 +101,21 @@ TEST(ModelSpec, LlamaFixtureRopeAndKvByHand) {
   MemoryFigures m = memory_figures(s, DType::F32, DType::F32);
   EXPECT_EQ(m.kv_bytes_per_token, 2 * 2 * 2 * 16 * 4);  // 2 layers * (K+V) * 2 heads * 16 * 4 B = 512
   EXPECT_EQ(m.state_bytes(), 0);
+}
+
+TEST(ModelSpec, SecondJambaPlacementAndLlama3Fixture) {
+  ModelSpec j = open_model_files(test::fixture("models/jamba-tiny-b").string()).spec;
+  EXPECT_EQ(j.mixer_pattern(), "AMMAMM");  // attn_layer_period 3, offset 0
+  EXPECT_EQ(j.ffn_pattern(), "FFEFFE");    // expert_layer_period 3, offset 2
+  EXPECT_TRUE(j.tie_embeddings);
+  EXPECT_EQ(std::get<MoeDims>(j.layers[2].ffn).top_k, 3);
+  EXPECT_EQ(std::get<Mamba1Dims>(j.layers[1].mixer).d_conv, 3);
+  ModelSpec l = open_model_files(test::fixture("models/llama3-tiny").string()).spec;
+  const auto& a = std::get<AttentionDims>(l.layers[0].mixer);
+  EXPECT_EQ(a.rope.kind, RopeKind::Llama3);
+  EXPECT_EQ(a.rope.original_max_position, 64);
+  EXPECT_TRUE(a.qkv_bias);
+  EXPECT_TRUE(std::get<MlpDims>(l.layers[0].ffn).bias);
 }
 
 TEST(ModelSpec, MambaSsmLayoutEqualsTransformersLayout) {
@@ -223,7 +238,8 @@ TEST(ModelSpecErrors, MalformedJsonNamesFile) {
 TEST(ModelSpec, ExpectedTensorsMatchEveryFixtureExactly) {
   // Every tensor the spec asks for is in the checkpoint with its shape, and nothing the
   // transformers checkpoint holds goes unused (the mamba_ssm copy keeps a tied lm_head).
-  for (const char* name : {"mamba-tiny", "mamba2-tiny", "jamba-tiny", "llama-tiny", "mamba2-tiny-ssm"}) {
+  for (const char* name : {"mamba-tiny", "mamba2-tiny", "jamba-tiny", "jamba-tiny-b", "llama-tiny", "llama3-tiny",
+                           "mamba2-tiny-ssm"}) {
     ModelFiles f = open_model_files(test::fixture(std::string("models/") + name).string());
     ASSERT_TRUE(f.checkpoint);
     EXPECT_TRUE(f.checkpoint->unused(expected_tensors(f.spec)).empty()) << name;

@@ -3,7 +3,7 @@
 computed by Hugging Face transformers (the numerical ground truth statelm is tested against).
 
 Runs where torch + transformers are installed (the GPU device machine; no internet needed):
-    python3 tools/make_model_fixtures.py --out tests/fixtures/models
+    python3 tools/make_fixtures.py --out tests/fixtures/models
 Everything runs on the CPU in float32 so the reference is deterministic.
 
 Each model folder gets config.json, model.safetensors (float32) and reference.json:
@@ -24,23 +24,26 @@ from safetensors.torch import load_file, save_file
 
 
 def spread_weights(model, seed):
-    """transformers' init gives near-uniform logits (std 0.02); widen the weights so tests see
-    real margins between tokens, and make norm weights non-trivial so they are exercised."""
+    """transformers' init gives near-uniform logits (std 0.02) and default values (A_log = log n,
+    D = 1, norm weights = 1) that a loader could skip unnoticed. Every parameter is moved away
+    from its default: matrices widened so tests see real margins between tokens, norms and D
+    random, A_log and the time-step biases perturbed around their init (which keeps the scan
+    stable)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
             if name.endswith("A_log") or name.endswith("dt_bias") or "dt_proj.bias" in name:
-                continue  # keep the SSM's decay / time-step init: it is what makes it stable
-            if p.ndim >= 2:
-                fan_in = p.shape[-1] if "conv1d" not in name else p.shape[-1]
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+                p.add_(0.3 * noise)
+            elif p.ndim >= 2:
+                p.copy_(noise / math.sqrt(p.shape[-1]))
             elif "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+                p.copy_(1.0 + 0.2 * noise)
+            else:  # D, conv and projection biases
+                p.copy_(0.5 * noise)
 
 
-def write_reference(model, folder, vocab, seed, lengths=(19, 7, 1), greedy_tokens=12):
+def write_reference(model, folder, vocab, seed, lengths=(97, 23, 1), greedy_tokens=16):
     g = torch.Generator().manual_seed(seed + 1)
     seqs = []
     for i, n in enumerate(lengths):
@@ -52,7 +55,9 @@ def write_reference(model, folder, vocab, seed, lengths=(19, 7, 1), greedy_token
                      "shape": list(logits.shape)})
     prompt = torch.tensor([seqs[0]["input_ids"]])
     with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=greedy_tokens, do_sample=False,
+        # An explicit all-ones mask: without one, generate() infers padding from pad_token_id and
+        # would mask out any prompt token that happens to equal it.
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=greedy_tokens, do_sample=False,
                              min_new_tokens=greedy_tokens, pad_token_id=0, eos_token_id=None)
     ref = {"transformers": transformers.__version__, "torch": torch.__version__,
            "sequences": seqs,
@@ -114,7 +119,7 @@ def main():
     out = args.out
 
     # Mamba-1: vocab 216 = 211 padded to a multiple of 8 (what mamba_ssm does).
-    cfg = transformers.MambaConfig(vocab_size=216, hidden_size=48, state_size=8, num_hidden_layers=2,
+    cfg = transformers.MambaConfig(vocab_size=216, hidden_size=48, state_size=7, num_hidden_layers=2,
                                    conv_kernel=4, expand=2, time_step_rank="auto", use_bias=False,
                                    use_conv_bias=True, tie_word_embeddings=True,
                                    bos_token_id=0, eos_token_id=0, pad_token_id=0)
@@ -123,35 +128,36 @@ def main():
     save(m, f"{out}/mamba-tiny")
     write_reference(m, f"{out}/mamba-tiny", 211, 1)
     to_mamba_ssm_layout(f"{out}/mamba-tiny", f"{out}/mamba-tiny-ssm", {
-        "d_model": 48, "n_layer": 2, "vocab_size": 211, "ssm_cfg": {"d_state": 8, "d_conv": 4, "expand": 2},
+        "d_model": 48, "n_layer": 2, "vocab_size": 211, "ssm_cfg": {"d_state": 7, "d_conv": 4, "expand": 2},
         "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
         "pad_vocab_size_multiple": 8, "tie_embeddings": True})
 
-    # Mamba-2: 8 heads of 16, 2 groups, chunk 8 so the reference crosses chunk boundaries.
-    cfg = transformers.Mamba2Config(vocab_size=213, hidden_size=64, state_size=16, num_hidden_layers=2,
+    # Mamba-2: 8 heads of 16, 2 groups, d_state 12, chunk 16 so 97 tokens cross 6 chunks and
+    # end inside one.
+    cfg = transformers.Mamba2Config(vocab_size=213, hidden_size=64, state_size=12, num_hidden_layers=2,
                                     num_heads=8, head_dim=16, expand=2, n_groups=2, conv_kernel=4,
-                                    chunk_size=8, use_bias=False, use_conv_bias=True,
+                                    chunk_size=16, use_bias=False, use_conv_bias=True,
                                     tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     m = transformers.Mamba2ForCausalLM(cfg).eval()
     spread_weights(m, 2)
     save(m, f"{out}/mamba2-tiny")
-    write_reference(m, f"{out}/mamba2-tiny", 213, 2, lengths=(21, 8, 1))
+    write_reference(m, f"{out}/mamba2-tiny", 213, 2)
     to_mamba_ssm_layout(f"{out}/mamba2-tiny", f"{out}/mamba2-tiny-ssm", {
         "d_model": 64, "n_layer": 2, "vocab_size": 213,
-        "ssm_cfg": {"layer": "Mamba2", "d_state": 16, "d_conv": 4, "expand": 2, "headdim": 16,
-                    "ngroups": 2, "chunk_size": 8},
+        "ssm_cfg": {"layer": "Mamba2", "d_state": 12, "d_conv": 4, "expand": 2, "headdim": 16,
+                    "ngroups": 2, "chunk_size": 16},
         "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
         "pad_vocab_size_multiple": 1, "tie_embeddings": False})
     for layer in m.backbone.layers:
         norm = layer.mixer.norm
         layer.mixer.norm = GroupedGatedRMSNorm(norm.weight, 128 // 2, norm.variance_epsilon)
-    write_reference(m, f"{out}/mamba2-tiny-ssm", 213, 2, lengths=(21, 8, 1))
+    write_reference(m, f"{out}/mamba2-tiny-ssm", 213, 2)
 
     # Jamba: attention at layer 2 (period 4, offset 2), MoE at layers 1 and 3 (period 2, offset 1).
     cfg = transformers.JambaConfig(vocab_size=215, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
                                    num_attention_heads=4, num_key_value_heads=2, num_experts=4,
                                    num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=1,
-                                   attn_layer_period=4, attn_layer_offset=2, mamba_d_state=8,
+                                   attn_layer_period=4, attn_layer_offset=2, mamba_d_state=6,
                                    mamba_d_conv=4, mamba_expand=2, mamba_dt_rank="auto",
                                    use_mamba_kernels=False, tie_word_embeddings=False,
                                    bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -159,6 +165,20 @@ def main():
     spread_weights(m, 3)
     save(m, f"{out}/jamba-tiny")
     write_reference(m, f"{out}/jamba-tiny", 215, 3)
+
+    # Jamba, another placement: 6 layers, attention at 0 and 3 (period 3, offset 0), MoE of 5
+    # experts top-3 at 2 and 5 (period 3, offset 2), tied embeddings.
+    cfg = transformers.JambaConfig(vocab_size=209, hidden_size=48, intermediate_size=80, num_hidden_layers=6,
+                                   num_attention_heads=6, num_key_value_heads=3, num_experts=5,
+                                   num_experts_per_tok=3, expert_layer_period=3, expert_layer_offset=2,
+                                   attn_layer_period=3, attn_layer_offset=0, mamba_d_state=5,
+                                   mamba_d_conv=3, mamba_expand=2, mamba_dt_rank=5,
+                                   use_mamba_kernels=False, tie_word_embeddings=True,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    m = transformers.JambaForCausalLM(cfg).eval()
+    spread_weights(m, 5)
+    save(m, f"{out}/jamba-tiny-b")
+    write_reference(m, f"{out}/jamba-tiny-b", 209, 5)
 
     # Llama with GQA (4 query heads, 2 KV heads) and RoPE.
     cfg = transformers.LlamaConfig(vocab_size=217, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
@@ -169,6 +189,22 @@ def main():
     spread_weights(m, 4)
     save(m, f"{out}/llama-tiny")
     write_reference(m, f"{out}/llama-tiny", 217, 4)
+
+    # Llama-3 style: llama3 RoPE scaling, biases on attention and MLP, tied embeddings.
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    common = dict(vocab_size=219, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+                  num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    try:  # transformers >= 5
+        cfg = transformers.LlamaConfig(rope_parameters=rope, **common)
+    except TypeError:
+        cfg = transformers.LlamaConfig(rope_theta=rope["rope_theta"], rope_scaling=rope, **common)
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    spread_weights(m, 6)
+    save(m, f"{out}/llama3-tiny")
+    write_reference(m, f"{out}/llama3-tiny", 219, 6)
 
 
 if __name__ == "__main__":

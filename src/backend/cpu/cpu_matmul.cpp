@@ -1,0 +1,93 @@
+// out[T, N] = x[T, K] · w[N, K]ᵀ (+ bias): every linear layer. Weights stay in transformers'
+// [out_features, in_features] layout.
+//
+// Batch invariance: each output element is one dot product over K, always summed in the same
+// order by the same loop, whatever T is and whichever rows share the batch. So a token's logits
+// do not depend on how its prompt was chunked or what else was batched with it — bit for bit,
+// which is what makes "prefill then decode == one forward" and "no cross-talk" exact. (A BLAS
+// sgemm picks different kernels for different T and breaks this at the 1e-5 level.)
+//
+// Speed: decode (T = a few sequences) is bound by streaming the weights: each weight row is
+// read once and dotted with up to kRowGroup inputs while in registers/L1. Prefill tiles the
+// weights by kTileRows output rows (a tile stays in L2) and runs every group of input rows over
+// the tile before moving on, so weights come from memory once per tile, not once per group.
+// STATELM_CPU_GEMM=openblas switches T > kRowGroup to OpenBLAS sgemm (faster prefill, not
+// batch-invariant): used by the benchmarks as the reference rate.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "backend/cpu/cpu_backend.h"
+
+namespace statelm {
+
+namespace {
+constexpr int64_t kRowGroup = 6;   // input rows per pass over a weight row (accumulators in registers)
+constexpr int64_t kTileRows = 64;  // weight rows per L2 tile
+
+template <int64_t kRows>
+void dot_rows(const float* const* xs, const float* w, int64_t j_begin, int64_t j_end, int64_t k, const float* bias,
+              float* const* outs) {
+  for (int64_t j = j_begin; j < j_end; ++j) {
+    const float* wr = w + j * k;
+    for (int64_t r = 0; r < kRows; ++r) {
+      const float* x = xs[r];
+      float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < k; ++i) s += wr[i] * x[i];
+      outs[r][j] = s + (bias ? bias[j] : 0.0f);
+    }
+  }
+}
+
+template <int64_t... kRows>
+void dot_rows_dispatch(int64_t rows, const float* const* xs, const float* w, int64_t j0, int64_t j1, int64_t k,
+                       const float* bias, float* const* outs, std::integer_sequence<int64_t, kRows...>) {
+  // Runtime row count -> compile-time loop bound, so the inner loop is unrolled over rows.
+  ((rows == kRows + 1 ? dot_rows<kRows + 1>(xs, w, j0, j1, k, bias, outs) : void()), ...);
+}
+
+bool use_openblas() {
+  static const bool v = [] {
+    const char* e = std::getenv("STATELM_CPU_GEMM");
+    return e && std::strcmp(e, "openblas") == 0;
+  }();
+  return v;
+}
+}  // namespace
+
+void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) {
+  const int64_t t = x.shape[0], k = x.shape[1], n = w.shape[0];
+  cpu::check_2d(x, t, k, "matmul x");
+  cpu::check_2d(w, n, k, "matmul weight");
+  cpu::check_2d(out, t, n, "matmul out");
+  const float* b = bias.defined() ? bias.f32() : nullptr;
+  if (t == 0) return;
+  if (t > kRowGroup && use_openblas()) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(t), int(n), int(k), 1.0f, x.f32(), int(x.stride[0]), w.f32(),
+                int(w.stride[0]), 0.0f, out.f32(), int(out.stride[0]));
+    if (b)
+      for (int64_t r = 0; r < t; ++r)
+        for (int64_t j = 0; j < n; ++j) cpu::row(out, r)[j] += b[j];
+    return;
+  }
+  const int64_t tiles = (n + kTileRows - 1) / kTileRows;
+#pragma omp parallel for schedule(static) if (n * k * t > 65536)
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t j0 = tile * kTileRows, j1 = std::min(n, j0 + kTileRows);
+    for (int64_t r0 = 0; r0 < t; r0 += kRowGroup) {
+      const int64_t rows = std::min(kRowGroup, t - r0);
+      const float* xs[kRowGroup];
+      float* outs[kRowGroup];
+      for (int64_t r = 0; r < rows; ++r) {
+        xs[r] = cpu::row(x, r0 + r);
+        outs[r] = cpu::row(out, r0 + r);
+      }
+      dot_rows_dispatch(rows, xs, w.f32(), j0, j1, k, b, outs, std::make_integer_sequence<int64_t, kRowGroup>{});
+    }
+  }
+}
+
+}  // namespace statelm

@@ -1,0 +1,30 @@
+// Small pieces shared by the commands: reading token ids, sampling flags, the backend.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/ops.h"
+#include "runtime/sampler.h"
+
+namespace statelm::cli {
+
+// "5,17,3" or "-" (a JSON array of ids on stdin). Errors name the flag and the bad entry.
+std::vector<int32_t> parse_ids(const std::string& flag, const std::string& value);
+
+// Reads all of stdin (binary-safe).
+std::string read_stdin();
+
+// Sampling flags: --greedy --temperature --top-k --top-p --min-p --repetition-penalty --seed
+// --max-tokens --stop-id --stop.
+void add_sampling_flags(CLI::App* cmd, SamplingParams& p);
+
+// The compute backend for --device (only "cpu" until the CUDA backend lands).
+std::unique_ptr<Backend> make_backend(const std::string& device);
+
+// Peak resident memory of this process, bytes.
+size_t peak_rss_bytes();
+
+}  // namespace statelm::cli

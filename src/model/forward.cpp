@@ -1,0 +1,185 @@
+// The generic forward: embedding, then per layer
+//   x = norm(h); h += mixer(x);   (mixer: Mamba-1 | Mamba-2 | attention)
+//   x = norm(h); h += ffn(x);     (ffn: none | SwiGLU MLP | MoE)
+// then the final norm and the LM head. No per-architecture code: everything comes from the
+// ModelSpec. Shapes: T tokens in the flat batch, D = d_model.
+#include "model/forward.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace statelm {
+
+Forward::Forward(const ModelSpec& spec, const ModelWeights& weights, Backend& backend)
+    : spec_(spec), weights_(weights), backend_(backend) {}
+
+// Reusable activation buffers, one per purpose, grown as needed (no allocation per step
+// once the largest batch has been seen).
+Tensor Forward::scratch(size_t index, std::initializer_list<int64_t> shape) {
+  Tensor t = Tensor::contiguous(nullptr, DType::F32, shape, backend_.device());
+  if (scratch_.size() <= index) scratch_.resize(index + 1);
+  if (scratch_[index].bytes() < t.nbytes()) scratch_[index] = backend_.allocate(t.nbytes());
+  t.data = scratch_[index].data();
+  return t;
+}
+
+namespace {
+// Scratch buffer ids; a layer's helpers use ids from kMixer on.
+enum : size_t { kHidden, kNormed, kBlockOut, kLogitsIn, kLogits, kMixer };
+}  // namespace
+
+void Forward::mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b,
+                     const Tensor& x, const Tensor& out, int64_t layer) {
+  const int64_t T = b.n_tokens, Di = m.d_inner, N = m.d_state, R = m.dt_rank;
+  Tensor xz = scratch(kMixer, {T, 2 * Di});  // [T, 2Di] = x | z
+  backend_.matmul(x, w.in_proj, w.in_proj_bias, xz);
+  Tensor u = scratch(kMixer + 1, {T, Di});  // conv + SiLU of the x half
+  backend_.conv1d({xz.cols(0, Di), w.conv, w.conv_bias, c.conv, u, true}, b);
+  Tensor dbc = scratch(kMixer + 2, {T, R + 2 * N});  // [T, R + 2N] = dt | B | C
+  backend_.matmul(u, w.x_proj, Tensor{}, dbc);
+  Tensor dt = dbc.cols(0, R), B = dbc.cols(R, N), C = dbc.cols(R + N, N);
+  if (m.dt_bc_norms) {  // Jamba: RMSNorm on each of dt, B, C before use
+    Tensor dtn = scratch(kMixer + 3, {T, R}), bn = scratch(kMixer + 4, {T, N}), cn = scratch(kMixer + 5, {T, N});
+    backend_.rms_norm(dt, w.dt_norm, m.inner_norm_eps, dtn);
+    backend_.rms_norm(B, w.b_norm, m.inner_norm_eps, bn);
+    backend_.rms_norm(C, w.c_norm, m.inner_norm_eps, cn);
+    dt = dtn, B = bn, C = cn;
+  }
+  Tensor delta = scratch(kMixer + 6, {T, Di});  // dt_proj without its bias (added inside the scan)
+  backend_.matmul(dt, w.dt_proj, Tensor{}, delta);
+  Tensor y = scratch(kMixer + 7, {T, Di});
+  backend_.selective_scan({u, delta, w.dt_proj_bias, w.A, B, C, w.D, xz.cols(Di, Di), c.ssm, y}, b);
+  dump(layer, "mamba1_scan", y);
+  backend_.matmul(y, w.out_proj, w.out_proj_bias, out);
+}
+
+void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCaches& c, const BatchView& b,
+                     const Tensor& x, const Tensor& out, int64_t layer) {
+  const int64_t T = b.n_tokens, Di = m.d_inner, GN = m.n_groups * m.d_state, H = m.n_heads, conv_dim = m.conv_dim();
+  Tensor zxbcdt = scratch(kMixer, {T, m.in_proj_dim()});  // [T, Di | Di + 2GN | H] = z | xBC | dt
+  backend_.matmul(x, w.in_proj, w.in_proj_bias, zxbcdt);
+  Tensor xbc = scratch(kMixer + 1, {T, conv_dim});  // conv + SiLU of xBC
+  backend_.conv1d({zxbcdt.cols(Di, conv_dim), w.conv, w.conv_bias, c.conv, xbc, true}, b);
+  SsdParams p;
+  p.x = xbc.cols(0, Di).unflatten_last(H, m.head_dim);                // [T, H, P]
+  p.B = xbc.cols(Di, GN).unflatten_last(m.n_groups, m.d_state);       // [T, G, N]
+  p.C = xbc.cols(Di + GN, GN).unflatten_last(m.n_groups, m.d_state);  // [T, G, N]
+  p.dt = zxbcdt.cols(Di + conv_dim, H);                                // [T, H]
+  p.dt_bias = w.dt_bias;
+  p.A = w.A;
+  p.D = w.D;
+  p.state = c.ssm;
+  Tensor y = scratch(kMixer + 2, {T, Di});
+  p.out = y.unflatten_last(H, m.head_dim);
+  p.dt_min = m.dt_min;
+  p.dt_max = m.dt_max;
+  p.dt_limited = m.dt_limited;
+  p.chunk_size = m.chunk_size;
+  backend_.ssd(p, b);
+  dump(layer, "mamba2_ssd", y);
+  Tensor gated = scratch(kMixer + 3, {T, Di});
+  backend_.gated_rms_norm(y, zxbcdt.cols(0, Di), w.norm, m.norm_group_size, m.norm_eps, gated);
+  backend_.matmul(gated, w.out_proj, w.out_proj_bias, out);
+}
+
+void Forward::attention(const AttentionDims& a, const AttentionWeights& w, const LayerCaches& c, const BatchView& b,
+                        const Tensor& x, const Tensor& out, int64_t layer) {
+  const int64_t T = b.n_tokens, Dh = a.head_dim, qd = a.n_heads * Dh, kvd = a.n_kv_heads * Dh;
+  Tensor qkv = scratch(kMixer, {T, qd + 2 * kvd});  // [T, q | k | v]
+  backend_.matmul(x, w.qkv, w.qkv_bias, qkv);
+  Tensor q = qkv.cols(0, qd).unflatten_last(a.n_heads, Dh);
+  Tensor k = qkv.cols(qd, kvd).unflatten_last(a.n_kv_heads, Dh);
+  Tensor v = qkv.cols(qd + kvd, kvd).unflatten_last(a.n_kv_heads, Dh);
+  backend_.rope({q, k, a.rope}, b);
+  Tensor o = scratch(kMixer + 1, {T, qd});
+  AttentionParams p{q, k, v, c.k, c.v, o.unflatten_last(a.n_heads, Dh), 1.0f / std::sqrt(float(Dh))};
+  backend_.attention(p, b);
+  dump(layer, "attention", o);
+  backend_.matmul(o, w.o, w.o_bias, out);
+}
+
+void Forward::mlp(const MlpDims& m, const MlpWeights& w, const Tensor& x, const Tensor& out) {
+  const int64_t T = x.shape[0];
+  Tensor gu = scratch(kMixer, {T, 2 * m.d_ff});
+  backend_.matmul(x, w.gate_up, w.gate_up_bias, gu);
+  Tensor act = scratch(kMixer + 1, {T, m.d_ff});
+  backend_.swiglu(gu, act);
+  backend_.matmul(act, w.down, w.down_bias, out);
+}
+
+std::vector<float> Forward::run(const ForwardBatch& fb, std::span<const LayerCaches> caches) {
+  const int64_t T = int64_t(fb.tokens.size()), D = spec_.d_model, V = spec_.vocab_size;
+  STATELM_CHECK(T > 0 && !fb.spans.empty(), "empty forward batch");
+  STATELM_CHECK(caches.size() == spec_.layers.size(), "one LayerCaches per layer");
+  int64_t covered = 0;
+  for (const SeqSpan& s : fb.spans) {
+    STATELM_CHECK(s.start == covered && s.len > 0 && s.pos >= 0, "spans must tile the batch in order");
+    covered += s.len;
+  }
+  STATELM_CHECK(covered == T, "spans cover ", covered, " of ", T, " tokens");
+  for (int32_t id : fb.tokens)
+    if (id < 0 || id >= V) fail(ErrorKind::InvalidArgument, "token id ", id, " is outside the vocabulary [0, ", V, ")");
+
+  BatchView b;
+  b.n_tokens = T;
+  b.spans = fb.spans;
+  b.block_tables = fb.block_tables.empty() ? nullptr : fb.block_tables.data();
+  b.max_blocks_per_seq = fb.max_blocks_per_seq;
+  b.block_size = fb.block_size;
+
+  Tensor h = scratch(kHidden, {T, D});       // residual stream [T, D]
+  Tensor x = scratch(kNormed, {T, D});       // normed input of the next block
+  Tensor y = scratch(kBlockOut, {T, D});     // block output, added to h
+  backend_.embed(fb.tokens, weights_.embedding, h);
+  dump(-1, "embedding", h);
+  bool pending = false;  // y holds a block output not yet added to h
+  auto norm_into_x = [&](const Tensor& weight) {
+    if (pending) backend_.add_rms_norm(h, y, weight, spec_.norm_eps, x);
+    else backend_.rms_norm(h, weight, spec_.norm_eps, x);
+    pending = false;
+  };
+  for (size_t i = 0; i < spec_.layers.size(); ++i) {
+    const LayerSpec& ls = spec_.layers[i];
+    const LayerWeights& lw = weights_.layers[i];
+    const int64_t layer = int64_t(i);
+    norm_into_x(lw.mixer_norm);
+    if (auto* m1 = std::get_if<Mamba1Dims>(&ls.mixer)) mamba1(*m1, lw.mamba1, caches[i], b, x, y, layer);
+    else if (auto* m2 = std::get_if<Mamba2Dims>(&ls.mixer)) mamba2(*m2, lw.mamba2, caches[i], b, x, y, layer);
+    else attention(std::get<AttentionDims>(ls.mixer), lw.attention, caches[i], b, x, y, layer);
+    pending = true;
+    dump(layer, "mixer_out", y);
+    if (ls.ffn_kind() != FfnKind::None) {
+      norm_into_x(lw.ffn_norm);
+      if (auto* mlp_dims = std::get_if<MlpDims>(&ls.ffn)) mlp(*mlp_dims, lw.mlp, x, y);
+      else {
+        const auto& moe = std::get<MoeDims>(ls.ffn);
+        backend_.moe({x, lw.moe.router, lw.moe.gate_up, lw.moe.down, moe.top_k, moe.renormalize, y});
+      }
+      pending = true;
+      dump(layer, "ffn_out", y);
+    }
+  }
+  if (pending) backend_.add(h, y);
+
+  // Final norm and LM head on the rows that need logits.
+  const int64_t rows = fb.all_logits ? T : int64_t(fb.spans.size());
+  Tensor last = h;
+  if (!fb.all_logits) {
+    last = scratch(kLogitsIn, {rows, D});
+    for (int64_t s = 0; s < rows; ++s) {  // gather each span's last token
+      const SeqSpan& sp = fb.spans[size_t(s)];
+      backend_.rms_norm(h.rows(sp.start + sp.len - 1, 1), weights_.final_norm, spec_.norm_eps, last.rows(s, 1));
+    }
+  } else {
+    last = scratch(kLogitsIn, {rows, D});
+    backend_.rms_norm(h, weights_.final_norm, spec_.norm_eps, last);
+  }
+  Tensor logits = scratch(kLogits, {rows, V});
+  backend_.matmul(last, weights_.lm_head, Tensor{}, logits);
+  std::vector<float> host(size_t(rows * V));
+  backend_.download(logits, host.data());
+  return host;
+}
+
+}  // namespace statelm

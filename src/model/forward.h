@@ -1,0 +1,66 @@
+// The one generic forward over a ModelSpec's layer stack. A prefill chunk and a decode step
+// are the same call: a flat batch of token spans, each continuing its sequence's state.
+#pragma once
+
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/model_spec.h"
+#include "model/weights.h"
+#include "ops/ops.h"
+
+namespace statelm {
+
+// The state one layer reads and updates, as views into the runtime's caches.
+struct LayerCaches {
+  Tensor conv, ssm;  // Mamba layers: [n_slots, C, K-1], [n_slots, ...]
+  Tensor k, v;       // attention layers: [n_blocks, block_size, Hkv, Dh]
+};
+
+struct ForwardBatch {
+  std::vector<int32_t> tokens;        // flat, all spans back to back
+  std::vector<SeqSpan> spans;
+  std::vector<int32_t> block_tables;  // spans.size() * max_blocks_per_seq (attention models only)
+  int32_t max_blocks_per_seq = 0;
+  int32_t block_size = 0;
+  bool all_logits = false;            // logits of every token, or of each span's last token only
+};
+
+// Called with (layer, name, tensor) for named intermediates when set: dump any layer's
+// output to compare with transformers when a fixture fails.
+using DebugHook = std::function<void(int64_t layer, const std::string& name, const Tensor& t)>;
+
+class Forward {
+ public:
+  Forward(const ModelSpec& spec, const ModelWeights& weights, Backend& backend);
+
+  // Runs the batch and returns host fp32 logits [rows, vocab]: rows = tokens.size() when
+  // all_logits, else spans.size(). Updates every layer's caches for the spans' sequences.
+  std::vector<float> run(const ForwardBatch& batch, std::span<const LayerCaches> caches);
+
+  void set_debug_hook(DebugHook hook) { debug_ = std::move(hook); }
+
+ private:
+  struct Scratch;
+  void mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b, const Tensor& x,
+              const Tensor& out, int64_t layer);
+  void mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCaches& c, const BatchView& b, const Tensor& x,
+              const Tensor& out, int64_t layer);
+  void attention(const AttentionDims& a, const AttentionWeights& w, const LayerCaches& c, const BatchView& b,
+                 const Tensor& x, const Tensor& out, int64_t layer);
+  void mlp(const MlpDims& m, const MlpWeights& w, const Tensor& x, const Tensor& out);
+  Tensor scratch(size_t index, std::initializer_list<int64_t> shape);
+  void dump(int64_t layer, const char* name, const Tensor& t) const {
+    if (debug_) debug_(layer, name, t);
+  }
+
+  const ModelSpec& spec_;
+  const ModelWeights& weights_;
+  Backend& backend_;
+  std::vector<Buffer> scratch_;
+  DebugHook debug_;
+};
+
+}  // namespace statelm

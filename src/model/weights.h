@@ -1,0 +1,62 @@
+// Model weights placed on a backend, by role, in the layouts the forward wants:
+//   - q, k, v fused into one [(Hq + 2 Hkv) Dh, D] matrix (one GEMM per attention layer);
+//   - gate and up fused into one [2F, D] matrix (one GEMM per MLP), experts stacked [E, ...];
+//   - A = -exp(A_log) precomputed (it is a constant of the model, not of the input);
+//   - conv1d weights [C, 1, K] seen as [C, K].
+// CPU weights are fp32 whatever the checkpoint holds (DESIGN.md: converted at load).
+#pragma once
+
+#include <vector>
+
+#include "model/checkpoint.h"
+#include "model/model_spec.h"
+#include "ops/ops.h"
+
+namespace statelm {
+
+struct Mamba1Weights {
+  Tensor in_proj, in_proj_bias, conv, conv_bias, x_proj, dt_proj, dt_proj_bias, A, D;
+  Tensor dt_norm, b_norm, c_norm;  // Jamba only
+  Tensor out_proj, out_proj_bias;
+};
+
+struct Mamba2Weights {
+  Tensor in_proj, in_proj_bias, conv, conv_bias, dt_bias, A, D, norm, out_proj, out_proj_bias;
+};
+
+struct AttentionWeights {
+  Tensor qkv, qkv_bias, o, o_bias;
+};
+
+struct MlpWeights {
+  Tensor gate_up, gate_up_bias, down, down_bias;
+};
+
+struct MoeWeights {
+  Tensor router, gate_up /* [E, 2F, D] */, down /* [E, D, F] */;
+};
+
+struct LayerWeights {
+  Tensor mixer_norm, ffn_norm;
+  Mamba1Weights mamba1;
+  Mamba2Weights mamba2;
+  AttentionWeights attention;
+  MlpWeights mlp;
+  MoeWeights moe;
+};
+
+struct ModelWeights {
+  Tensor embedding, final_norm, lm_head;  // lm_head aliases embedding when tied
+  std::vector<LayerWeights> layers;
+  std::vector<Buffer> storage;
+  size_t bytes = 0;
+};
+
+// Loads every tensor of `spec` from the checkpoint (already validated by open_model_files).
+ModelWeights load_weights(const ModelSpec& spec, const Checkpoint& checkpoint, Backend& backend);
+
+// Random weights of the right shapes (benchmarks of real model sizes without a checkpoint):
+// N(0, 1/fan_in) matrices, norms near 1, A_log and dt_bias in their usual init ranges.
+ModelWeights random_weights(const ModelSpec& spec, Backend& backend, uint64_t seed);
+
+}  // namespace statelm

@@ -1,0 +1,158 @@
+// The op set: everything a backend must provide to run any ModelSpec. The forward
+// (src/model/forward.cpp) is written once against this interface; the CPU backend is the
+// reference, the CUDA backend the product on GPUs.
+//
+// Every op works on a flat, unpadded batch of tokens from many sequences: BatchView says which
+// tokens belong to which sequence (SeqSpan), which state slot that sequence owns, and how many
+// tokens it had before this batch. A decode step is a span of length 1; a prefill chunk a longer
+// one; both can share one call. Stateful ops (conv1d, scans, attention) read and update the
+// per-slot state / KV cache in place, so a span continues exactly where its sequence stopped.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "core/tensor.h"
+#include "model/model_spec.h"
+
+namespace statelm {
+
+struct SeqSpan {
+  int32_t start = 0;  // first token of the span in the flat batch
+  int32_t len = 0;    // tokens of this sequence in this batch (1 for a decode step)
+  int32_t slot = 0;   // state slot owned by the sequence (conv + SSM state rows)
+  int32_t pos = 0;    // tokens the sequence already holds in its state / KV cache
+};
+
+struct BatchView {
+  int64_t n_tokens = 0;
+  std::span<const SeqSpan> spans;  // host copy: CPU ops read it, CUDA ops plan launches with it
+  const SeqSpan* device_spans = nullptr;  // the same on the device (CUDA)
+  // Paged KV cache of the attention layers: block_tables[s * max_blocks_per_seq + i] is the
+  // block holding tokens [i * block_size, (i + 1) * block_size) of span s's sequence.
+  const int32_t* block_tables = nullptr;
+  const int32_t* device_block_tables = nullptr;
+  int32_t max_blocks_per_seq = 0;
+  int32_t block_size = 0;
+};
+
+// Causal depthwise conv1d over each span, continuing from the slot's conv state, then the
+// state is replaced by the span's last K-1 inputs. out[t, c] = act(bias[c] + sum_k w[c, k] *
+// x[t - (K-1) + k, c]) where inputs before the span come from the state.
+struct Conv1dParams {
+  Tensor x;       // [T, C]            (row-strided view allowed)
+  Tensor weight;  // [C, K]
+  Tensor bias;    // [C] or undefined
+  Tensor state;   // [n_slots, C, K-1] fp32, oldest input first
+  Tensor out;     // [T, C]
+  bool silu = true;
+};
+
+// Mamba-1 selective scan, per channel d and state n:
+//   dt = softplus(delta[t, d] + delta_bias[d])
+//   h[d, n] <- exp(dt * A[d, n]) * h[d, n] + dt * B[t, n] * u[t, d]
+//   y[t, d] = (sum_n C[t, n] * h[d, n] + D[d] * u[t, d]) * silu(z[t, d])
+struct SelectiveScanParams {
+  Tensor u;           // [T, Di]   conv output
+  Tensor delta;       // [T, Di]   dt_proj output without its bias
+  Tensor delta_bias;  // [Di]
+  Tensor A;           // [Di, N]   = -exp(A_log)
+  Tensor B, C;        // [T, N]    (row-strided views into x_proj's output allowed)
+  Tensor D;           // [Di]
+  Tensor z;           // [T, Di]   gate; undefined = no gate
+  Tensor state;       // [n_slots, Di, N] fp32
+  Tensor out;         // [T, Di]
+};
+
+// Mamba-2 SSD, per head h (group g = h / (H / G)), head channel p and state n:
+//   dt = clamp(softplus(dt_raw[t, h] + dt_bias[h]), dt_min, dt_max)
+//   S[h, p, n] <- exp(dt * A[h]) * S[h, p, n] + dt * B[t, g, n] * x[t, h, p]
+//   y[t, h, p] = sum_n C[t, g, n] * S[h, p, n] + D[h] * x[t, h, p]
+// Prefill spans use the chunked algorithm (chunk_size), decode spans the recurrence; both give
+// the same result to rounding.
+struct SsdParams {
+  Tensor x;        // [T, H, P]
+  Tensor dt;       // [T, H]    raw, before bias and softplus
+  Tensor dt_bias;  // [H]
+  Tensor A;        // [H]       = -exp(A_log)
+  Tensor B, C;     // [T, G, N]
+  Tensor D;        // [H]
+  Tensor state;    // [n_slots, H, P, N] fp32
+  Tensor out;      // [T, H, P]
+  float dt_min = 0.0f, dt_max = 0.0f;
+  bool dt_limited = false;
+  int64_t chunk_size = 256;
+};
+
+// Rotary embedding of q and k in place; token t of span s is at position spans[s].pos + t.
+// Non-interleaved (rotate_half) layout, as transformers' Llama.
+struct RopeParams {
+  Tensor q;  // [T, Hq, Dh]
+  Tensor k;  // [T, Hkv, Dh]
+  RopeSpec rope;
+};
+
+// Causal attention with grouped KV heads over the paged cache. The span's new k/v are written
+// into the cache at positions pos..pos+len-1 first; each query then attends to positions
+// 0..its own. out = softmax(q k^T * scale) v.
+struct AttentionParams {
+  Tensor q;        // [T, Hq, Dh]
+  Tensor k, v;     // [T, Hkv, Dh]
+  Tensor k_cache;  // [n_blocks, block_size, Hkv, Dh]
+  Tensor v_cache;  // [n_blocks, block_size, Hkv, Dh]
+  Tensor out;      // [T, Hq, Dh]
+  float scale = 1.0f;
+};
+
+// Mixture of SwiGLU experts: p = softmax(x router^T); the top_k experts by p each add
+// p_e * down_e(silu(gate_e(x)) * up_e(x)) (p renormalised over the top_k only if renormalize).
+struct MoeParams {
+  Tensor x;        // [T, D]
+  Tensor router;   // [E, D]
+  Tensor gate_up;  // [E, 2F, D]  gate rows then up rows, per expert
+  Tensor down;     // [E, D, F]
+  int64_t top_k = 2;
+  bool renormalize = false;
+  Tensor out;      // [T, D]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  virtual Device device() const = 0;
+
+  // Zero-filled memory where this backend computes.
+  virtual Buffer allocate(size_t bytes) = 0;
+  // Copies host fp32 values into `dst` (converting to dst.dtype), e.g. weights at load.
+  virtual void upload(const Tensor& dst, const float* host) = 0;
+  // Copies `src` (fp32) to host memory.
+  virtual void download(const Tensor& src, float* host) = 0;
+  virtual void fill_zero(const Tensor& t) = 0;
+
+  // out[t] = table[ids[t]]; ids are host indices already checked against the vocabulary.
+  virtual void embed(std::span<const int32_t> ids, const Tensor& table, const Tensor& out) = 0;
+  // out[t] = x[t] / rms(x[t]) * weight, over the last dimension.
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) = 0;
+  // residual += x, then out = rms_norm(residual): the pre-norm block boundary in one pass.
+  virtual void add_rms_norm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps,
+                            const Tensor& out) = 0;
+  // out = rms_norm(y * silu(z)) with the mean square taken over groups of group_size channels.
+  virtual void gated_rms_norm(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t group_size, float eps,
+                              const Tensor& out) = 0;
+  // out[T, N] = x[T, K] w[N, K]^T (+ bias[N]); weights are stored as transformers stores them.
+  virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) = 0;
+  // out[T, F] = silu(gate_up[:, :F]) * gate_up[:, F:].
+  virtual void swiglu(const Tensor& gate_up, const Tensor& out) = 0;
+  // acc += x.
+  virtual void add(const Tensor& acc, const Tensor& x) = 0;
+
+  virtual void conv1d(const Conv1dParams& p, const BatchView& batch) = 0;
+  virtual void selective_scan(const SelectiveScanParams& p, const BatchView& batch) = 0;
+  virtual void ssd(const SsdParams& p, const BatchView& batch) = 0;
+  virtual void rope(const RopeParams& p, const BatchView& batch) = 0;
+  virtual void attention(const AttentionParams& p, const BatchView& batch) = 0;
+  virtual void moe(const MoeParams& p) = 0;
+};
+
+}  // namespace statelm

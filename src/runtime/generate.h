@@ -1,0 +1,27 @@
+// One sequence from prompt to finish: prefill, then token-by-token decode through the state,
+// sampling each next token. The CLI's `generate` and `run` use it; the server's scheduler
+// batches many such sequences instead.
+#pragma once
+
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "runtime/model_runner.h"
+#include "runtime/sampler.h"
+
+namespace statelm {
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;      // generated (the stop token, if any, included)
+  std::string finish_reason;        // "stop" (stop token or on_token said so) | "length"
+  int64_t prompt_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;
+};
+
+// on_token(id) is called for each generated token; returning false stops (finish "stop").
+GenerationResult generate(ModelRunner& runner, std::span<const int32_t> prompt, const SamplingParams& params,
+                          const std::function<bool(int32_t)>& on_token = {});
+
+}  // namespace statelm

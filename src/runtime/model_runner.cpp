@@ -1,0 +1,70 @@
+#include "runtime/model_runner.h"
+
+#include "core/error.h"
+
+namespace statelm {
+
+ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerOptions o)
+    : model_dir_(model_dir), backend_(backend), files_(open_model_files(model_dir, !o.random_weights)) {
+  const ModelSpec& spec = files_.spec;
+  weights_ = o.random_weights ? random_weights(spec, backend, o.seed) : load_weights(spec, *files_.checkpoint, backend);
+  forward_ = std::make_unique<Forward>(spec, weights_, backend);
+  max_context_ = o.max_context > 0 ? o.max_context
+                                   : (spec.max_position_embeddings > 0 ? spec.max_position_embeddings : 4096);
+  states_ = std::make_unique<StateCache>(spec, backend, o.max_sequences);
+  const int64_t blocks_per_seq = (max_context_ + o.kv_block_size - 1) / o.kv_block_size;
+  kv_ = std::make_unique<KvCache>(spec, backend, int32_t(blocks_per_seq * o.max_sequences), o.kv_block_size);
+  caches_.resize(spec.layers.size());
+  for (size_t i = 0; i < spec.layers.size(); ++i)
+    caches_[i] = LayerCaches{states_->conv(int64_t(i)), states_->ssm(int64_t(i)), kv_->k(int64_t(i)), kv_->v(int64_t(i))};
+}
+
+Sequence ModelRunner::open() {
+  auto slot = states_->acquire();
+  if (!slot) fail(ErrorKind::OutOfMemory, "all ", states_->n_slots(), " state slots are in use");
+  Sequence s;
+  s.slot = *slot;
+  return s;
+}
+
+void ModelRunner::close(Sequence& seq) {
+  if (seq.slot >= 0) states_->release(seq.slot);
+  kv_->release(seq.blocks);
+  seq = Sequence{};
+}
+
+std::vector<float> ModelRunner::step(std::span<Sequence* const> seqs, std::span<const std::vector<int32_t>> tokens,
+                                     bool all_logits) {
+  STATELM_CHECK(seqs.size() == tokens.size(), "one token list per sequence");
+  ForwardBatch b;
+  b.all_logits = all_logits;
+  b.block_size = kv_->block_size();
+  // Reserve first, for every sequence, so a failure leaves no sequence half-advanced.
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    Sequence& s = *seqs[i];
+    STATELM_CHECK(s.slot >= 0, "step on a closed sequence");
+    if (tokens[i].empty()) fail(ErrorKind::InvalidArgument, "empty prompt: a sequence needs at least one token");
+    const int64_t end = s.n_tokens + int64_t(tokens[i].size());
+    if (!kv_->empty() && end > max_context_)
+      fail(ErrorKind::InvalidArgument, "context of ", end, " tokens exceeds the limit of ", max_context_, " for ",
+           model_dir_);
+    if (!kv_->reserve(s.blocks, end)) fail(ErrorKind::OutOfMemory, "KV cache full: no blocks for ", end, " tokens");
+    b.max_blocks_per_seq = std::max<int32_t>(b.max_blocks_per_seq, int32_t(s.blocks.blocks.size()));
+  }
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    Sequence& s = *seqs[i];
+    b.spans.push_back(SeqSpan{int32_t(b.tokens.size()), int32_t(tokens[i].size()), s.slot, int32_t(s.n_tokens)});
+    b.tokens.insert(b.tokens.end(), tokens[i].begin(), tokens[i].end());
+  }
+  if (!kv_->empty()) {
+    b.block_tables.assign(seqs.size() * size_t(b.max_blocks_per_seq), 0);
+    for (size_t i = 0; i < seqs.size(); ++i)
+      std::copy(seqs[i]->blocks.blocks.begin(), seqs[i]->blocks.blocks.end(),
+                b.block_tables.begin() + long(i) * b.max_blocks_per_seq);
+  }
+  std::vector<float> logits = forward_->run(b, caches_);
+  for (size_t i = 0; i < seqs.size(); ++i) seqs[i]->n_tokens += int64_t(tokens[i].size());
+  return logits;
+}
+
+}  // namespace statelm

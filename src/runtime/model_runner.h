@@ -1,0 +1,65 @@
+// ModelRunner: a loaded model plus its state slots and KV blocks, driven one batch at a time.
+// The CLI, the tests and (later) the scheduler feed it sequences: each step packs the given
+// sequences' new tokens into one flat batch and runs the generic forward once.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/forward.h"
+#include "model/model_files.h"
+#include "model/weights.h"
+#include "runtime/kv_cache.h"
+#include "runtime/state_cache.h"
+
+namespace statelm {
+
+struct RunnerOptions {
+  int32_t max_sequences = 4;        // state slots
+  int64_t max_context = 0;          // KV tokens per sequence; 0 = the model's max_position_embeddings (or 4096)
+  int32_t kv_block_size = 16;
+  bool random_weights = false;      // shapes from config.json only (benchmarks)
+  uint64_t seed = 0;
+};
+
+// One sequence's hold on the runner's memory.
+struct Sequence {
+  int32_t slot = -1;
+  BlockList blocks;
+  int64_t n_tokens = 0;  // tokens already in the state
+};
+
+class ModelRunner {
+ public:
+  ModelRunner(const std::string& model_dir, Backend& backend, RunnerOptions options = {});
+
+  const ModelSpec& spec() const { return files_.spec; }
+  const std::string& model_dir() const { return model_dir_; }
+  Forward& forward() { return *forward_; }
+  size_t weight_bytes() const { return weights_.bytes; }
+  int64_t max_context() const { return max_context_; }
+
+  // A fresh sequence with a zeroed state slot; Error(OutOfMemory) when none is free.
+  Sequence open();
+  void close(Sequence& seq);
+
+  // Feeds tokens[i] to *seqs[i] (all in one batch) and returns logits [rows, vocab]:
+  // one row per sequence (its last token), or one per token when all_logits.
+  std::vector<float> step(std::span<Sequence* const> seqs, std::span<const std::vector<int32_t>> tokens,
+                          bool all_logits = false);
+
+ private:
+  std::string model_dir_;
+  Backend& backend_;
+  ModelFiles files_;
+  ModelWeights weights_;
+  std::unique_ptr<Forward> forward_;
+  int64_t max_context_;
+  std::unique_ptr<StateCache> states_;
+  std::unique_ptr<KvCache> kv_;
+  std::vector<LayerCaches> caches_;
+};
+
+}  // namespace statelm
