@@ -62,44 +62,48 @@ void CpuBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
   const float* wtp = wt.data();
   const bool silu = p.silu;
 
-#pragma omp parallel for schedule(dynamic) if (T * C * K > 32768)
-  for (int64_t item = 0; item < n_items; ++item) {
-    const SeqSpan sp = batch.spans[size_t(item / n_blocks)];
-    const int64_t c0 = (item % n_blocks) * kBlock;
-    const int64_t width = std::min(kBlock, C - c0);
-    static thread_local std::vector<float> history;
-    history.resize(size_t(hist * kBlock));
-    float* h = history.data();
-    float* st = state + sp.slot * ss0 + c0 * ss1;
+#pragma omp parallel if (T * C * K > 32768)
+  {
+    cpu::DenormalsAreZero daz;
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < n_items; ++item) {
+      const SeqSpan sp = batch.spans[size_t(item / n_blocks)];
+      const int64_t c0 = (item % n_blocks) * kBlock;
+      const int64_t width = std::min(kBlock, C - c0);
+      static thread_local std::vector<float> history;
+      history.resize(size_t(hist * kBlock));
+      float* h = history.data();
+      float* st = state + sp.slot * ss0 + c0 * ss1;
 
-    // history[i][c] = state[c][i]
-    for (int64_t c = 0; c < width; ++c)
-      for (int64_t i = 0; i < hist; ++i) h[i * kBlock + c] = st[c * ss1 + i];
+      // history[i][c] = state[c][i]
+      for (int64_t c = 0; c < width; ++c)
+        for (int64_t i = 0; i < hist; ++i) h[i * kBlock + c] = st[c * ss1 + i];
 
-    // Input j of the span (j may be negative: then it comes from the history).
-    auto input_row = [&](int64_t j) -> const float* {
-      return j >= 0 ? x + (sp.start + j) * xs + c0 : h + (hist + j) * kBlock;
-    };
+      // Input j of the span (j may be negative: then it comes from the history).
+      auto input_row = [&](int64_t j) -> const float* {
+        return j >= 0 ? x + (sp.start + j) * xs + c0 : h + (hist + j) * kBlock;
+      };
 
-    // New state before any output is written (out may alias x).
-    for (int64_t i = 0; i < hist; ++i) {
-      const float* src = input_row(sp.len - hist + i);
-      for (int64_t c = 0; c < width; ++c) st[c * ss1 + i] = src[c];
-    }
-
-    alignas(64) float acc[kBlock];
-    for (int64_t t = sp.len - 1; t >= 0; --t) {
-      for (int64_t c = 0; c < width; ++c) acc[c] = bias ? bias[c0 + c] : 0.0f;
-      for (int64_t c = width; c < kBlock; ++c) acc[c] = 0.0f;
-      for (int64_t k = 0; k < K; ++k) {
-        const float* src = input_row(t - hist + k);
-        const float* wk = wtp + k * C + c0;
-        for (int64_t c = 0; c < width; ++c) acc[c] += wk[c] * src[c];
+      // New state before any output is written (out may alias x).
+      for (int64_t i = 0; i < hist; ++i) {
+        const float* src = input_row(sp.len - hist + i);
+        for (int64_t c = 0; c < width; ++c) st[c * ss1 + i] = src[c];
       }
-      if (silu)
-        for (int64_t c = 0; c < kBlock; c += cpu::kLanes) cpu::store(acc + c, cpu::silu(cpu::load(acc + c)));
-      float* o = out + (sp.start + t) * os + c0;
-      for (int64_t c = 0; c < width; ++c) o[c] = acc[c];
+
+      alignas(64) float acc[kBlock];
+      for (int64_t t = sp.len - 1; t >= 0; --t) {
+        for (int64_t c = 0; c < width; ++c) acc[c] = bias ? bias[c0 + c] : 0.0f;
+        for (int64_t c = width; c < kBlock; ++c) acc[c] = 0.0f;
+        for (int64_t k = 0; k < K; ++k) {
+          const float* src = input_row(t - hist + k);
+          const float* wk = wtp + k * C + c0;
+          for (int64_t c = 0; c < width; ++c) acc[c] += wk[c] * src[c];
+        }
+        if (silu)
+          for (int64_t c = 0; c < kBlock; c += cpu::kLanes) cpu::store(acc + c, cpu::silu(cpu::load(acc + c)));
+        float* o = out + (sp.start + t) * os + c0;
+        for (int64_t c = 0; c < width; ++c) o[c] = acc[c];
+      }
     }
   }
 }

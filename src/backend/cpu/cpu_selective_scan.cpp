@@ -84,60 +84,64 @@ void CpuBackend::selective_scan(const SelectiveScanParams& p, const BatchView& b
   const int64_t n_blocks = (Di + kBlock - 1) / kBlock;
   const int64_t n_items = int64_t(batch.spans.size()) * n_blocks;
 
-#pragma omp parallel for schedule(dynamic) if (T * Di * N > 16384)
-  for (int64_t item = 0; item < n_items; ++item) {
-    const SeqSpan sp = batch.spans[size_t(item / n_blocks)];
-    const int64_t d0 = (item % n_blocks) * kBlock;
-    const int64_t width = std::min(kBlock, Di - d0);
-    // hT[n][j] = h[d0 + j, n], aT[n][j] = A[d0 + j, n]; lanes past width stay 0, which keeps
-    // them 0 through the recurrence (exp(dt·0)·0 + dt·0·B).
-    static thread_local std::vector<float> scratch;
-    scratch.assign(size_t(2 * N * kBlock), 0.0f);
-    float* hT = scratch.data();
-    float* aT = hT + N * kBlock;
-    float* st = state + sp.slot * ss0 + d0 * ss1;
-    for (int64_t j = 0; j < width; ++j)
-      for (int64_t n = 0; n < N; ++n) {
-        hT[n * kBlock + j] = st[j * ss1 + n];
-        aT[n * kBlock + j] = A[(d0 + j) * As + n];
-      }
-    cpu::VecF bias[kVecs], dskip[kVecs];
-    for (int i = 0; i < kVecs; ++i) bias[i] = dskip[i] = cpu::VecF{};
-    if (delta_bias) load_block(delta_bias + d0, width, bias);
-    if (Dskip) load_block(Dskip + d0, width, dskip);
-
-    for (int64_t t = sp.start; t < sp.start + sp.len; ++t) {
-      cpu::VecF uv[kVecs], dt[kVecs], du[kVecs], y[kVecs];
-      load_block(u + t * us + d0, width, uv);
-      load_block(delta + t * ds + d0, width, dt);
-      for (int i = 0; i < kVecs; ++i) {
-        dt[i] = cpu::softplus(dt[i] + bias[i]);
-        du[i] = dt[i] * uv[i];
-        y[i] = cpu::VecF{};
-      }
-      const float* bt = B + t * Bs;
-      const float* ct = C + t * Cs;
-      for (int64_t n = 0; n < N; ++n) {
-        float* hn = hT + n * kBlock;
-        const float* an = aT + n * kBlock;
-        for (int i = 0; i < kVecs; ++i) {
-          const int64_t o = i * cpu::kLanes;
-          const cpu::VecF h = cpu::exp(dt[i] * cpu::load(an + o)) * cpu::load(hn + o) + du[i] * bt[n];
-          cpu::store(hn + o, h);
-          y[i] += h * ct[n];
+#pragma omp parallel if (T * Di * N > 16384)
+  {
+    cpu::DenormalsAreZero daz;
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < n_items; ++item) {
+      const SeqSpan sp = batch.spans[size_t(item / n_blocks)];
+      const int64_t d0 = (item % n_blocks) * kBlock;
+      const int64_t width = std::min(kBlock, Di - d0);
+      // hT[n][j] = h[d0 + j, n], aT[n][j] = A[d0 + j, n]; lanes past width stay 0, which keeps
+      // them 0 through the recurrence (exp(dt·0)·0 + dt·0·B).
+      static thread_local std::vector<float> scratch;
+      scratch.assign(size_t(2 * N * kBlock), 0.0f);
+      float* hT = scratch.data();
+      float* aT = hT + N * kBlock;
+      float* st = state + sp.slot * ss0 + d0 * ss1;
+      for (int64_t j = 0; j < width; ++j)
+        for (int64_t n = 0; n < N; ++n) {
+          hT[n * kBlock + j] = st[j * ss1 + n];
+          aT[n * kBlock + j] = A[(d0 + j) * As + n];
         }
-      }
-      for (int i = 0; i < kVecs; ++i) y[i] += dskip[i] * uv[i];
-      if (z) {
-        cpu::VecF zv[kVecs];
-        load_block(z + t * zs + d0, width, zv);
-        for (int i = 0; i < kVecs; ++i) y[i] *= cpu::silu(zv[i]);
-      }
-      store_block(out + t * os + d0, width, y);
-    }
+      cpu::VecF bias[kVecs], dskip[kVecs];
+      for (int i = 0; i < kVecs; ++i) bias[i] = dskip[i] = cpu::VecF{};
+      if (delta_bias) load_block(delta_bias + d0, width, bias);
+      if (Dskip) load_block(Dskip + d0, width, dskip);
 
-    for (int64_t j = 0; j < width; ++j)
-      for (int64_t n = 0; n < N; ++n) st[j * ss1 + n] = hT[n * kBlock + j];
+      for (int64_t t = sp.start; t < sp.start + sp.len; ++t) {
+        cpu::VecF uv[kVecs], dt[kVecs], du[kVecs], y[kVecs];
+        load_block(u + t * us + d0, width, uv);
+        load_block(delta + t * ds + d0, width, dt);
+        for (int i = 0; i < kVecs; ++i) {
+          dt[i] = cpu::softplus(dt[i] + bias[i]);
+          du[i] = dt[i] * uv[i];
+          y[i] = cpu::VecF{};
+        }
+        const float* bt = B + t * Bs;
+        const float* ct = C + t * Cs;
+        for (int64_t n = 0; n < N; ++n) {
+          float* hn = hT + n * kBlock;
+          const float* an = aT + n * kBlock;
+          for (int i = 0; i < kVecs; ++i) {
+            const int64_t o = i * cpu::kLanes;
+            const cpu::VecF h = cpu::exp(dt[i] * cpu::load(an + o)) * cpu::load(hn + o) + du[i] * bt[n];
+            cpu::store(hn + o, h);
+            y[i] += h * ct[n];
+          }
+        }
+        for (int i = 0; i < kVecs; ++i) y[i] += dskip[i] * uv[i];
+        if (z) {
+          cpu::VecF zv[kVecs];
+          load_block(z + t * zs + d0, width, zv);
+          for (int i = 0; i < kVecs; ++i) y[i] *= cpu::silu(zv[i]);
+        }
+        store_block(out + t * os + d0, width, y);
+      }
+
+      for (int64_t j = 0; j < width; ++j)
+        for (int64_t n = 0; n < N; ++n) st[j * ss1 + n] = hT[n * kBlock + j];
+    }
   }
 }
 

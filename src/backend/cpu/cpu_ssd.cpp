@@ -45,11 +45,21 @@ namespace statelm {
 namespace {
 
 constexpr int64_t kTri = 64;  // row block of the causal products
+// Decays below e^-60 (~1e-26) are set to exactly 0 rather than multiplied in: far below float
+// resolution next to the undecayed terms of the same sum, and, times dt and C·B, they would
+// land in the denormal range, which costs ~100 cycles per operand on x86 (see
+// cpu::DenormalsAreZero, which catches the rest; this also keeps other CPUs fast).
+constexpr float kNegligibleLogDecay = -60.0f;
+
+inline cpu::VecF decay(cpu::VecF log_decay) {
+  return log_decay < kNegligibleLogDecay ? cpu::VecF{} : cpu::exp(log_decay);
+}
+inline float decay(float log_decay) { return decay(cpu::splat(log_decay))[0]; }
 
 struct ChunkPlan {
   int64_t t0 = 0;      // first token (flat batch index)
   int64_t len = 0;     // tokens in the chunk
-  int64_t offset = 0;  // of group 0's [Bᵀ | CB] in the shared buffer; group g adds g · (N + len) · len
+  int64_t offset = 0;  // of group 0's [Bᵀ | CB] in the shared buffer; group g adds g · chunk_group_floats
 };
 
 struct SsdArgs {
@@ -62,6 +72,19 @@ struct SsdArgs {
 };
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Leading dimension for a scratch matrix of `cols` floats per row: whole vectors, and an odd
+// number of cache lines, so that the rows of a GEMM panel spread over all L1 sets. (x itself,
+// with rows H·P floats apart, maps a panel onto 2 of the 64 sets and thrashes L1: that is
+// why the chunk's x is copied before it is multiplied.)
+inline int64_t padded_ld(int64_t cols) {
+  int64_t lines = (cols + 15) / 16;
+  if (lines % 2 == 0) ++lines;
+  return lines * 16;
+}
+
+// Floats of group g's [Bᵀ | CB] for a chunk of len tokens in the shared buffer.
+inline int64_t chunk_group_floats(int64_t len, int64_t N) { return (N + len) * padded_ld(len); }
 
 // dt of `len` tokens of head h from flat token t0, into dst (vector-padded with zeros).
 void chunk_dt(const SsdArgs& a, int64_t h, int64_t t0, int64_t len, float* dst) {
@@ -80,16 +103,17 @@ void chunk_dt(const SsdArgs& a, int64_t h, int64_t t0, int64_t len, float* dst) 
   for (int64_t i = len; i < padded; ++i) dst[i] = 0.0f;
 }
 
-// Phase 1 for one chunk and group: bt = Bᵀ [N × L], cb = C Bᵀ [L × L] (lower block triangle).
+// Phase 1 for one chunk and group: bt = Bᵀ [N × L], cb = C Bᵀ [L × L] (lower block
+// triangle), both with leading dimension padded_ld(L).
 void chunk_products(const SsdArgs& a, const ChunkPlan& c, int64_t g, float* bt, float* cb) {
-  const int64_t L = c.len, N = a.N;
+  const int64_t L = c.len, N = a.N, ld = padded_ld(L);
   const float* Bg = a.B + c.t0 * a.Bs0 + g * a.Bs1;
   const float* Cg = a.C + c.t0 * a.Cs0 + g * a.Cs1;
   for (int64_t j = 0; j < L; ++j)
-    for (int64_t n = 0; n < N; ++n) bt[n * L + j] = Bg[j * a.Bs0 + n];
+    for (int64_t n = 0; n < N; ++n) bt[n * ld + j] = Bg[j * a.Bs0 + n];
   for (int64_t r0 = 0; r0 < L; r0 += kTri) {
     const int64_t r1 = std::min(L, r0 + kTri);
-    cpu::small_gemm(r1 - r0, r1, N, Cg + r0 * a.Cs0, a.Cs0, bt, L, cb + r0 * L, L, false);
+    cpu::small_gemm(r1 - r0, r1, N, Cg + r0 * a.Cs0, a.Cs0, bt, ld, cb + r0 * ld, ld, false);
   }
 }
 
@@ -123,17 +147,19 @@ void decode_step(const SsdArgs& a, const SeqSpan& sp, int64_t h) {
 // Per-thread buffers of phase 2, sized for chunk Q; reused across items and calls.
 struct ChunkScratch {
   std::vector<float> buf;
-  float *st, *xdec, *mask, *dt, *a, *seg, *ecs;
-  int64_t ld_mask;
+  float *st, *xc, *xdec, *mask, *dt, *a, *seg, *ecs;
+  int64_t ldp, ld_mask;  // leading dimensions of the [· × P] matrices and of the mask
   void size_for(int64_t Q, int64_t P, int64_t N) {
     const int64_t Qp = round_up(Q, cpu::kLanes);
-    ld_mask = Qp;
-    const int64_t need = N * P + Q * P + kTri * Qp + 4 * Qp;
+    ldp = padded_ld(P);
+    ld_mask = padded_ld(Qp);
+    const int64_t need = N * ldp + 2 * Q * ldp + kTri * ld_mask + 4 * Qp;
     if (int64_t(buf.size()) < need) buf.resize(size_t(need));
-    st = buf.data();
-    xdec = st + N * P;
-    mask = xdec + Q * P;
-    dt = mask + kTri * Qp;  // dt_i
+    st = buf.data();        // Sᵀ [N × P]
+    xc = st + N * ldp;      // the chunk's x [L × P]
+    xdec = xc + Q * ldp;    // e^{cs_last − cs_j} dt_j x_j [L × P]
+    mask = xdec + Q * ldp;  // one row block of the masked CB [kTri × L]
+    dt = mask + kTri * ld_mask;  // dt_i
     a = dt + Qp;            // dt_i · A
     seg = a + Qp;           // mask: a_{j+1} + … + a_i of the current row i; state: a_{j+1} + … + a_{L−1}
     ecs = seg + Qp;         // e^{cs_i}
@@ -149,13 +175,14 @@ void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPla
   const float A = a.A[h], d = a.D ? a.D[h] : 0.0f;
   float* S = a.state + sp.slot * a.ss0 + h * a.ss1;
   for (int64_t p = 0; p < P; ++p)
-    for (int64_t n = 0; n < N; ++n) s.st[n * P + p] = S[p * a.ss2 + n];
+    for (int64_t n = 0; n < N; ++n) s.st[n * s.ldp + p] = S[p * a.ss2 + n];
 
   for (int64_t ci = 0; ci < n_chunks; ++ci) {
     const ChunkPlan& c = chunks[ci];
     const int64_t L = c.len, Lp = round_up(L, cpu::kLanes);
-    const float* bt = shared + c.offset + g * (N + L) * L;
-    const float* cb = bt + N * L;
+    const int64_t ld = padded_ld(L);
+    const float* bt = shared + c.offset + g * chunk_group_floats(L, N);
+    const float* cb = bt + N * ld;
     const float* xh = a.x + c.t0 * a.xs0 + h * a.xs1;
     const float* Cg = a.C + c.t0 * a.Cs0 + g * a.Cs1;
     float* yh = a.out + c.t0 * a.os0 + h * a.os1;
@@ -164,15 +191,19 @@ void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPla
     for (int64_t i = 0; i < Lp; ++i) s.a[i] = s.dt[i] * A;
     float cs = 0.0f;
     for (int64_t i = 0; i < Lp; ++i) s.ecs[i] = cs += s.a[i];
-    for (int64_t i = 0; i < Lp; i += cpu::kLanes) cpu::store(s.ecs + i, cpu::exp(cpu::load(s.ecs + i)));
+    for (int64_t i = 0; i < Lp; i += cpu::kLanes) cpu::store(s.ecs + i, decay(cpu::load(s.ecs + i)));
 
     // y = e^{cs_i} (C Sᵀ)_i + D x_i
-    cpu::small_gemm(L, P, N, Cg, a.Cs0, s.st, P, yh, a.os0, false);
+    cpu::small_gemm(L, P, N, Cg, a.Cs0, s.st, s.ldp, yh, a.os0, false);
     for (int64_t i = 0; i < L; ++i) {
       float* yi = yh + i * a.os0;
       const float* xi = xh + i * a.xs0;
+      float* xci = s.xc + i * s.ldp;
       const float e = s.ecs[i];
-      for (int64_t p = 0; p < P; ++p) yi[p] = yi[p] * e + d * xi[p];
+      for (int64_t p = 0; p < P; ++p) {
+        yi[p] = yi[p] * e + d * xi[p];
+        xci[p] = xi[p];
+      }
     }
 
     // y += (CB ∘ e^{cs_i − cs_j} ∘ dt_j, j ≤ i) · X, by row blocks up to the diagonal. Row i of
@@ -182,7 +213,7 @@ void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPla
       const int64_t r1 = std::min(L, r0 + kTri), r1p = round_up(r1, cpu::kLanes);
       for (int64_t i = r0; i < r1; ++i) {
         float* mi = s.mask + (i - r0) * s.ld_mask;
-        const float* cbi = cb + i * L;
+        const float* cbi = cb + i * ld;
         s.seg[i] = -s.a[i];
         const cpu::VecF ai = cpu::splat(s.a[i]);
         const int64_t end = round_up(i + 1, cpu::kLanes);
@@ -191,30 +222,31 @@ void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPla
         for (int64_t j = 0; j < end; j += cpu::kLanes) {
           const cpu::VecF seg = cpu::load(s.seg + j) + ai;
           cpu::store(s.seg + j, seg);
-          const cpu::VecF m = cpu::load(cbi + j) * cpu::exp(seg) * cpu::load(s.dt + j);
+          const cpu::VecF m = cpu::load(cbi + j) * decay(seg) * cpu::load(s.dt + j);
           cpu::store(mi + j, lane + int32_t(j) <= int32_t(i) ? m : cpu::VecF{});
         }
         for (int64_t j = end; j < r1p; ++j) mi[j] = 0.0f;
       }
-      cpu::small_gemm(r1 - r0, P, r1, s.mask, s.ld_mask, xh, a.xs0, yh + r0 * a.os0, a.os0, true);
+      cpu::small_gemm(r1 - r0, P, r1, s.mask, s.ld_mask, s.xc, s.ldp, yh + r0 * a.os0, a.os0, true);
     }
 
     // Sᵀ ← e^{cs_last} Sᵀ + Bᵀ · (e^{cs_last − cs_j} dt_j x_j)
     s.seg[L - 1] = 0.0f;
     for (int64_t j = L - 2; j >= 0; --j) s.seg[j] = s.seg[j + 1] + s.a[j + 1];
     for (int64_t j = 0; j < L; ++j) {
-      const float w = cpu::exp(s.seg[j]) * s.dt[j];
-      const float* xj = xh + j * a.xs0;
-      float* dj = s.xdec + j * P;
+      const float w = decay(s.seg[j]) * s.dt[j];
+      const float* xj = s.xc + j * s.ldp;
+      float* dj = s.xdec + j * s.ldp;
       for (int64_t p = 0; p < P; ++p) dj[p] = w * xj[p];
     }
-    const float decay = s.ecs[L - 1];
-    for (int64_t k = 0; k < N * P; ++k) s.st[k] *= decay;
-    cpu::small_gemm(N, P, L, bt, L, s.xdec, P, s.st, P, true);
+    const float chunk_decay = s.ecs[L - 1];
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t p = 0; p < P; ++p) s.st[n * s.ldp + p] *= chunk_decay;
+    cpu::small_gemm(N, P, L, bt, ld, s.xdec, s.ldp, s.st, s.ldp, true);
   }
 
   for (int64_t p = 0; p < P; ++p)
-    for (int64_t n = 0; n < N; ++n) S[p * a.ss2 + n] = s.st[n * P + p];
+    for (int64_t n = 0; n < N; ++n) S[p * a.ss2 + n] = s.st[n * s.ldp + p];
 }
 
 }  // namespace
@@ -262,7 +294,7 @@ void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
     for (int64_t t = 0; t < sp.len; t += a.Q) {
       const int64_t len = std::min(a.Q, int64_t(sp.len) - t);
       chunks.push_back({sp.start + t, len, total});
-      total += G * (N + len) * len;
+      total += G * chunk_group_floats(len, N);
     }
   }
   first_chunk[size_t(n_spans)] = int64_t(chunks.size());
@@ -276,12 +308,13 @@ void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
 
 #pragma omp parallel if (T * H * P * N > 32768)
   {
+    cpu::DenormalsAreZero daz;
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < n_chunk_items; ++item) {
       const ChunkPlan& c = plan[item / G];
       const int64_t g = item % G;
-      float* bt = sh + c.offset + g * (N + c.len) * c.len;
-      chunk_products(a, c, g, bt, bt + N * c.len);
+      float* bt = sh + c.offset + g * chunk_group_floats(c.len, N);
+      chunk_products(a, c, g, bt, bt + N * padded_ld(c.len));
     }
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < n_head_items; ++item) {
