@@ -42,7 +42,7 @@ inline void rms_row(const double* x, const float* w, int64_t d, double eps, floa
 inline std::vector<float> rms_norm(const std::vector<float>& x, const std::vector<float>& w, int64_t L, int64_t D,
                                    double eps) {
   std::vector<float> out(size_t(L * D));
-  std::vector<double> row(size_t(D));
+  std::vector<double> row(static_cast<size_t>(D));
   for (int64_t t = 0; t < L; ++t) {
     for (int64_t i = 0; i < D; ++i) row[size_t(i)] = x[size_t(t * D + i)];
     rms_row(row.data(), w.data(), D, eps, &out[size_t(t * D)]);
@@ -63,7 +63,7 @@ inline std::vector<float> gated_rms_norm(const std::vector<float>& y, const std:
                                          const std::vector<float>& w, int64_t L, int64_t D, int64_t group_size,
                                          double eps) {
   std::vector<float> out(size_t(L * D));
-  std::vector<double> g(size_t(D));
+  std::vector<double> g(static_cast<size_t>(D));
   for (int64_t t = 0; t < L; ++t) {
     for (int64_t i = 0; i < D; ++i) g[size_t(i)] = double(y[size_t(t * D + i)]) * silu_d(z[size_t(t * D + i)]);
     for (int64_t g0 = 0; g0 < D; g0 += group_size)
@@ -182,7 +182,7 @@ inline std::vector<float> attention(const std::vector<float>& q, const std::vect
 // if `renormalize`.
 inline std::vector<std::pair<int64_t, double>> moe_route(const float* x, const std::vector<float>& router, int64_t D,
                                                          int64_t E, int64_t top_k, bool renormalize) {
-  std::vector<double> p(size_t(E));
+  std::vector<double> p(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) {
     double acc = 0.0;
     for (int64_t i = 0; i < D; ++i) acc += double(x[i]) * router[size_t(e * D + i)];
@@ -192,7 +192,7 @@ inline std::vector<std::pair<int64_t, double>> moe_route(const float* x, const s
   double sum = 0.0;
   for (double& v : p) sum += v = std::exp(v - mx);
   for (double& v : p) v /= sum;
-  std::vector<int64_t> order(size_t(E));
+  std::vector<int64_t> order(static_cast<size_t>(E));
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[size_t(a)] > p[size_t(b)]; });
   std::vector<std::pair<int64_t, double>> picked;
@@ -212,7 +212,7 @@ inline std::vector<float> moe(const std::vector<float>& x, const std::vector<flo
                               const std::vector<float>& gate_up, const std::vector<float>& down, int64_t L, int64_t D,
                               int64_t E, int64_t F, int64_t top_k, bool renormalize) {
   std::vector<float> out(size_t(L * D));
-  std::vector<double> h(size_t(F)), y(size_t(D));
+  std::vector<double> h(static_cast<size_t>(F)), y(static_cast<size_t>(D));
   for (int64_t t = 0; t < L; ++t) {
     const float* xt = &x[size_t(t * D)];
     std::fill(y.begin(), y.end(), 0.0);

@@ -24,28 +24,64 @@
 namespace statelm {
 
 namespace {
-constexpr int64_t kRowGroup = 6;   // input rows per pass over a weight row (accumulators in registers)
+constexpr int64_t kRowGroup = 6;   // input rows per pass over the weights (accumulators in registers)
 constexpr int64_t kTileRows = 64;  // weight rows per L2 tile
+constexpr int64_t kLanes = 16;
 
-template <int64_t kRows>
-void dot_rows(const float* const* xs, const float* w, int64_t j_begin, int64_t j_end, int64_t k, const float* bias,
-              float* const* outs) {
-  for (int64_t j = j_begin; j < j_end; ++j) {
-    const float* wr = w + j * k;
-    for (int64_t r = 0; r < kRows; ++r) {
-      const float* x = xs[r];
-      float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < k; ++i) s += wr[i] * x[i];
-      outs[r][j] = s + (bias ? bias[j] : 0.0f);
-    }
-  }
+// 16 floats: one AVX-512 register (two AVX2 ones); GCC's vector extension keeps this portable.
+typedef float vec __attribute__((vector_size(64)));
+
+inline vec load(const float* p) {
+  vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
 }
 
-template <int64_t... kRows>
+// The fixed reduction of one accumulator: pairwise over the lanes, always in this order.
+inline float reduce(vec v) {
+  float l[kLanes];
+  __builtin_memcpy(l, &v, sizeof l);
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) l[i] += l[i + w];
+  return l[0];
+}
+
+// Dot products of kW weight rows with kR input rows. Each output is summed in the same order
+// whatever kW and kR are (lane i accumulates k = i mod 16, then reduce(), then the tail in
+// order), which is what makes the matmul batch-invariant; kW and kR only add independent
+// accumulators, so the FMA units have several chains in flight.
+template <int kW, int kR>
+void dot_block(const float* w, int64_t k, const float* const* xs, const float* bias, int64_t j, float* const* outs) {
+  vec acc[kW][kR] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= k; i += kLanes) {
+    vec wv[kW];
+    for (int a = 0; a < kW; ++a) wv[a] = load(w + (j + a) * k + i);
+    for (int r = 0; r < kR; ++r) {
+      const vec xv = load(xs[r] + i);
+      for (int a = 0; a < kW; ++a) acc[a][r] += wv[a] * xv;
+    }
+  }
+  for (int a = 0; a < kW; ++a)
+    for (int r = 0; r < kR; ++r) {
+      float s = reduce(acc[a][r]);
+      for (int64_t t = i; t < k; ++t) s += w[(j + a) * k + t] * xs[r][t];
+      outs[r][j + a] = s + (bias ? bias[j + a] : 0.0f);
+    }
+}
+
+template <int kR>
+void dot_rows(const float* const* xs, const float* w, int64_t j0, int64_t j1, int64_t k, const float* bias,
+              float* const* outs) {
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) dot_block<4, kR>(w, k, xs, bias, j, outs);
+  for (; j < j1; ++j) dot_block<1, kR>(w, k, xs, bias, j, outs);
+}
+
+template <int... kRows>
 void dot_rows_dispatch(int64_t rows, const float* const* xs, const float* w, int64_t j0, int64_t j1, int64_t k,
-                       const float* bias, float* const* outs, std::integer_sequence<int64_t, kRows...>) {
-  // Runtime row count -> compile-time loop bound, so the inner loop is unrolled over rows.
+                       const float* bias, float* const* outs, std::integer_sequence<int, kRows...>) {
+  // Runtime row count -> compile-time loop bound, so the accumulators stay in registers.
   ((rows == kRows + 1 ? dot_rows<kRows + 1>(xs, w, j0, j1, k, bias, outs) : void()), ...);
 }
 
@@ -85,7 +121,7 @@ void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, co
         xs[r] = cpu::row(x, r0 + r);
         outs[r] = cpu::row(out, r0 + r);
       }
-      dot_rows_dispatch(rows, xs, w.f32(), j0, j1, k, b, outs, std::make_integer_sequence<int64_t, kRowGroup>{});
+      dot_rows_dispatch(rows, xs, w.f32(), j0, j1, k, b, outs, std::make_integer_sequence<int, int(kRowGroup)>{});
     }
   }
 }
