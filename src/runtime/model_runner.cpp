@@ -27,6 +27,19 @@ Sequence ModelRunner::open() {
   return s;
 }
 
+std::optional<Sequence> ModelRunner::try_open(int64_t tokens) {
+  if (states_->free_slots() == 0) return std::nullopt;
+  Sequence s;
+  if (!kv_->reserve(s.blocks, tokens)) return std::nullopt;
+  s.slot = *states_->acquire();
+  return s;
+}
+
+bool ModelRunner::fits(int64_t tokens) const {
+  if (kv_->empty()) return true;
+  return tokens <= max_context_ && kv_->blocks_for(tokens) <= kv_->n_blocks();
+}
+
 void ModelRunner::close(Sequence& seq) {
   if (seq.slot >= 0) states_->release(seq.slot);
   kv_->release(seq.blocks);

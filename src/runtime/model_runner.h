@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,6 +44,13 @@ class ModelRunner {
 
   // A fresh sequence with a zeroed state slot; Error(OutOfMemory) when none is free.
   Sequence open();
+  // A fresh sequence that also holds KV blocks for `tokens` tokens (its worst case), or nullopt
+  // when the slot or the blocks are not free now (nothing is taken then).
+  std::optional<Sequence> try_open(int64_t tokens);
+  // Whether a sequence of `tokens` tokens could ever run here (memory and context limits).
+  bool fits(int64_t tokens) const;
+  int32_t free_slots() const { return states_->free_slots(); }
+  int32_t free_blocks() const { return kv_->free_blocks(); }
   void close(Sequence& seq);
 
   // Feeds tokens[i] to *seqs[i] (all in one batch) and returns logits [rows, vocab]:

@@ -110,7 +110,9 @@ void CpuBackend::attention(const AttentionParams& p, const BatchView& batch) {
   for (size_t s = 0; s < batch.spans.size(); ++s)
     for (int32_t i = 0; i < batch.spans[s].len; ++i) work.push_back({s, i});
   const int64_t n_items = int64_t(work.size()) * hq;
-#pragma omp parallel
+  int64_t flops = 0;  // ~ query-key pairs x head dim: below this, threads cost more than they save
+  for (const SeqSpan& sp : batch.spans) flops += int64_t(sp.len) * (sp.pos + sp.len) * hq * dh;
+#pragma omp parallel if (flops > 65536)
   {
     std::vector<float> scores;
 #pragma omp for schedule(dynamic, 4)

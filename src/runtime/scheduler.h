@@ -1,0 +1,99 @@
+// Continuous batching. Each step packs every running sequence's next token (decode spans of
+// length 1) and chunks of waiting prompts (chunked prefill) into one flat batch under a token
+// budget, runs the model once, samples, and streams each token to its request's callback.
+//
+// Admission is planned, never hoped: a request starts only when a state slot and the KV blocks
+// for its worst case (prompt + max_tokens) are free, so a running sequence never runs out of
+// memory mid-flight. Finished and cancelled sequences give their slot and blocks back at once.
+// One thread drives the model (step() / the loop started by start()); submit() and cancel()
+// may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/model_runner.h"
+#include "runtime/sampler.h"
+
+namespace statelm {
+
+// What a request's callback receives: one generated token, or the end of the request.
+struct RequestEvent {
+  uint64_t request_id = 0;
+  int32_t token = -1;             // valid when !finished, or the last token when finished with one
+  bool finished = false;
+  std::string finish_reason;      // "stop" | "length" | "cancelled" | "error"
+  std::string error;              // for finish_reason "error"
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+};
+
+// Returning false stops the request (finish_reason "stop"), e.g. when a stop string matched.
+using EventCallback = std::function<bool(const RequestEvent&)>;
+
+struct Request {
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  EventCallback on_event;
+};
+
+struct SchedulerOptions {
+  int64_t max_batch_tokens = 512;  // tokens per forward (decodes + prefill chunks)
+  int64_t max_waiting = 1024;      // queued requests beyond this are refused
+};
+
+struct SchedulerStats {
+  int64_t running = 0, waiting = 0, steps = 0;
+  int64_t free_slots = 0, free_blocks = 0;
+  int64_t tokens_in = 0, tokens_out = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(ModelRunner& runner, SchedulerOptions options = {});
+  ~Scheduler();
+
+  // Thread-safe. Error(InvalidArgument) for a request that can never run (empty prompt, ids out
+  // of range, prompt + max_tokens beyond the context); Error(OutOfMemory) when the queue is full.
+  uint64_t submit(Request request);
+  void cancel(uint64_t request_id);
+
+  // Engine thread: one scheduling step; false when there was nothing to do.
+  bool step();
+  // Runs steps until no request is left (tests, CLI).
+  void run_until_idle();
+  // A background engine thread that steps while there is work and sleeps otherwise.
+  void start();
+  void stop();  // cancels what is left, joins the thread
+
+  SchedulerStats stats() const;
+
+ private:
+  struct Active;
+  void admit_incoming();
+  void finish(Active& a, const std::string& reason, const std::string& error = {});
+
+  ModelRunner& runner_;
+  SchedulerOptions options_;
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::pair<uint64_t, Request>> incoming_;
+  std::vector<uint64_t> cancels_;
+  uint64_t next_id_ = 1;
+  // Owned by the engine thread.
+  std::deque<std::unique_ptr<Active>> waiting_;
+  std::vector<std::unique_ptr<Active>> running_;
+  SchedulerStats stats_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace statelm
