@@ -93,6 +93,8 @@ std::vector<int32_t> parse_id_json(const std::string& text) {
     doc = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     fail(ErrorKind::InvalidArgument, "stdin: expected a JSON array of token ids (byte ", e.byte, ")");
+  } catch (const nlohmann::json::exception& e) {
+    fail(ErrorKind::InvalidArgument, "stdin: expected a JSON array of token ids (", e.what(), ")");
   }
   if (!doc.is_array()) fail(ErrorKind::InvalidArgument, "stdin: expected a JSON array of token ids, got ", doc.type_name());
   std::vector<int32_t> ids;

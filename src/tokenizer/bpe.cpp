@@ -38,7 +38,7 @@ BpeModel::BpeModel(const JsonField& f) : source_(f.source()) {
   vocab_.reserve(entries.size());
   int64_t max_id = -1;
   for (const auto& [token, value] : entries) {
-    JsonField v(value, vocab.path() + "[\"" + token + "\"]", f.source());
+    JsonField v(value, vocab.path() + "[" + quote(token) + "]", f.source());
     int32_t id = int32_t(v.integer(0, kMaxId));
     vocab_.emplace(token, id);
     max_id = std::max<int64_t>(max_id, id);
@@ -46,7 +46,7 @@ BpeModel::BpeModel(const JsonField& f) : source_(f.source()) {
   id_to_token_.assign(size_t(max_id + 1), nullptr);
   for (const auto& [token, id] : vocab_) {
     if (id_to_token_[size_t(id)])
-      vocab.fail(ErrorKind::Format, "gives id ", id, " to both \"", *id_to_token_[size_t(id)], "\" and \"", token, "\"");
+      vocab.fail(ErrorKind::Format, "gives id ", id, " to both ", quote(*id_to_token_[size_t(id)]), " and ", quote(token));
     id_to_token_[size_t(id)] = &token;
   }
 
@@ -71,7 +71,7 @@ BpeModel::BpeModel(const JsonField& f) : source_(f.source()) {
       std::string s = m.str();
       size_t space = s.find(' ');
       if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
-        m.fail(ErrorKind::Format, "must be two tokens separated by one space, not \"", s, "\"");
+        m.fail(ErrorKind::Format, "must be two tokens separated by one space, not ", quote(s));
       a = s.substr(0, space);
       b = s.substr(space + 1);
     } else {
@@ -81,15 +81,15 @@ BpeModel::BpeModel(const JsonField& f) : source_(f.source()) {
       b = m.at(size_t(1)).str();
     }
     auto ia = vocab_.find(a), ib = vocab_.find(b);
-    if (ia == vocab_.end()) m.fail(ErrorKind::Format, "names \"", a, "\", which is not in model.vocab");
-    if (ib == vocab_.end()) m.fail(ErrorKind::Format, "names \"", b, "\", which is not in model.vocab");
+    if (ia == vocab_.end()) m.fail(ErrorKind::Format, "names ", quote(a), ", which is not in model.vocab");
+    if (ib == vocab_.end()) m.fail(ErrorKind::Format, "names ", quote(b), ", which is not in model.vocab");
     // With a continuing_subword_prefix the right part carries it ("##b"); the merged token
     // does not: "a" + "##b" -> "ab".
     if (b.compare(0, prefix_.size(), prefix_) != 0)
-      m.fail(ErrorKind::Format, "right token \"", b, "\" lacks continuing_subword_prefix \"", prefix_, "\"");
+      m.fail(ErrorKind::Format, "right token ", quote(b), " lacks continuing_subword_prefix ", quote(prefix_));
     merged.assign(a).append(b, prefix_.size());
     auto im = vocab_.find(merged);
-    if (im == vocab_.end()) m.fail(ErrorKind::Format, "makes \"", merged, "\", which is not in model.vocab");
+    if (im == vocab_.end()) m.fail(ErrorKind::Format, "makes ", quote(merged), ", which is not in model.vocab");
     // A repeated pair keeps its last rank, as the library's map insertion does.
     merges_[pair_key(ia->second, ib->second)] = {int32_t(rank), im->second};
   }
@@ -145,7 +145,7 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& ids) cons
   auto unk_lookup = [&]() -> int32_t {
     auto it = vocab_.find(*unk_token_);
     if (it == vocab_.end())
-      fail(ErrorKind::Format, source_, ": model.unk_token \"", *unk_token_, "\" is not in model.vocab");
+      fail(ErrorKind::Format, source_, ": model.unk_token ", quote(*unk_token_), " is not in model.vocab");
     return it->second;
   };
   std::string piece;

@@ -185,7 +185,7 @@ class MetaspaceDecoder : public Decoder {
       r.fail(ErrorKind::Format, "must be exactly one character");
     std::string scheme = f.str_or("prepend_scheme", "always");
     if (scheme != "always" && scheme != "first" && scheme != "never")
-      f.at("prepend_scheme").fail(ErrorKind::Format, "must be \"always\", \"first\" or \"never\", not \"", scheme, "\"");
+      f.at("prepend_scheme").fail(ErrorKind::Format, "must be \"always\", \"first\" or \"never\", not ", quote(scheme));
     JsonField legacy = f.opt("add_prefix_space");
     drop_first_ = scheme != "never" && (legacy.is_null() || legacy.boolean());
   }

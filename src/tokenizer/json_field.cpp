@@ -16,10 +16,36 @@ const char* kind_name(const nlohmann::json& v) {
 
 }  // namespace
 
+std::string quote(std::string_view s) {
+  constexpr size_t kMax = 80;
+  std::string out = "\"";
+  size_t i = 0;
+  for (; i < s.size() && i < kMax; ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += char(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      static const char* kHex = "0123456789abcdef";
+      out += "\\u00";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += char(c);
+    }
+  }
+  if (i < s.size()) {
+    while (!out.empty() && (static_cast<unsigned char>(out.back()) & 0xc0) == 0x80) out.pop_back();  // whole chars
+    if (!out.empty() && static_cast<unsigned char>(out.back()) >= 0xc0) out.pop_back();
+    out += "...";
+  }
+  return out + "\"";
+}
+
 JsonField JsonField::at(const char* key) const {
   const auto& obj = object();
   auto it = obj.find(key);
-  if (it == obj.end()) fail(ErrorKind::Format, "is missing the field \"", key, "\"");
+  if (it == obj.end()) fail(ErrorKind::Format, "is missing the field ", quote(key));
   return JsonField(it->second, path_.empty() ? key : path_ + "." + key, *source_);
 }
 
@@ -82,7 +108,7 @@ bool JsonField::bool_or(const char* key, bool fallback) const {
 
 void JsonField::unsupported_type() const {
   JsonField t = at("type");
-  statelm::fail(ErrorKind::Unsupported, *source_, ": ", t.path(), " \"", t.str(), "\" is not supported");
+  statelm::fail(ErrorKind::Unsupported, *source_, ": ", t.path(), " ", quote(t.str()), " is not supported");
 }
 
 }  // namespace statelm::tok

@@ -8,11 +8,16 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "core/error.h"
 
 namespace statelm::tok {
+
+// `s` in double quotes for an error message: control characters escaped (messages are one
+// line) and long strings cut, since tokens come from the file and can be anything.
+std::string quote(std::string_view s);
 
 class JsonField {
  public:

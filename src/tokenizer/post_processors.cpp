@@ -48,7 +48,7 @@ std::unique_ptr<PostProcessor> parse_template(const JsonField& f) {
   std::map<std::string, std::vector<int32_t>> specials;
   JsonField table = f.at("special_tokens");
   for (const auto& [name, value] : table.object()) {
-    JsonField entry(value, table.path() + "[\"" + name + "\"]", f.source());
+    JsonField entry(value, table.path() + "[" + quote(name) + "]", f.source());
     JsonField ids = entry.at("ids");
     std::vector<int32_t> list;
     for (size_t i = 0; i < ids.array().size(); ++i) list.push_back(int32_t(ids.at(i).integer(0, (int64_t(1) << 24) - 1)));
@@ -63,13 +63,13 @@ std::unique_ptr<PostProcessor> parse_template(const JsonField& f) {
     JsonField seq = piece.opt("Sequence"), special = piece.opt("SpecialToken");
     if (!seq.is_null()) {
       std::string id = seq.at("id").str();
-      if (id != "A") seq.at("id").fail(ErrorKind::Format, "must be \"A\" in the single template, not \"", id, "\"");
+      if (id != "A") seq.at("id").fail(ErrorKind::Format, "must be \"A\" in the single template, not ", quote(id));
       if (seen_sequence) piece.fail(ErrorKind::Unsupported, "repeats the sequence, which statelm does not support");
       seen_sequence = true;
     } else if (!special.is_null()) {
       JsonField id = special.at("id");
       auto it = specials.find(id.str());
-      if (it == specials.end()) id.fail(ErrorKind::Format, "\"", id.str(), "\" is not in ", table.path());
+      if (it == specials.end()) id.fail(ErrorKind::Format, quote(id.str()), " is not in ", table.path());
       auto& target = seen_sequence ? after : before;
       target.insert(target.end(), it->second.begin(), it->second.end());
     } else {

@@ -27,7 +27,7 @@ class ByteLevel : public PreTokenizer {
     std::vector<std::pair<size_t, size_t>> matches;
     split_pieces(pieces, [&](Piece& p, Pieces& out) {
       if (add_prefix_space_ && (p.text.empty() || p.text[0] != ' ')) {
-        p.text.insert(0, " ");
+        p.text.insert(p.text.begin(), ' ');
         if (p.origin_bytes) p.origin_bytes += 1;
       }
       if (!use_regex_) {
@@ -43,8 +43,13 @@ class ByteLevel : public PreTokenizer {
       if (p.added_id >= 0) continue;
       std::string mapped;
       mapped.reserve(p.text.size() * 2);
-      for (char c : p.text) mapped.append(byte_to_unicode(uint8_t(c)));
-      p.origin_bytes = p.origin_bytes ? byte_to_unicode(uint8_t(mapped.empty() ? 0 : p.text[0])).size() : 0;
+      size_t origin = 0;
+      for (size_t i = 0; i < p.text.size(); ++i) {
+        std::string_view c = byte_to_unicode(uint8_t(p.text[i]));
+        if (i < p.origin_bytes) origin += c.size();
+        mapped.append(c);
+      }
+      p.origin_bytes = origin;
       p.text = std::move(mapped);
     }
   }
@@ -106,7 +111,7 @@ class Metaspace : public PreTokenizer {
       if (s == "always") p = Prepend::Always;
       else if (s == "first") p = Prepend::First;
       else if (s == "never") p = Prepend::Never;
-      else scheme.fail(ErrorKind::Format, "must be \"always\", \"first\" or \"never\", not \"", s, "\"");
+      else scheme.fail(ErrorKind::Format, "must be \"always\", \"first\" or \"never\", not ", quote(s));
     }
     // Files from before prepend_scheme existed say add_prefix_space instead.
     JsonField legacy = f.opt("add_prefix_space");
@@ -226,7 +231,7 @@ SplitBehavior parse_split_behavior(const JsonField& f) {
   if (b == "MergedWithPrevious") return SplitBehavior::MergedWithPrevious;
   if (b == "MergedWithNext") return SplitBehavior::MergedWithNext;
   if (b == "Contiguous") return SplitBehavior::Contiguous;
-  f.fail(ErrorKind::Format, "\"", b, "\" is not a split behavior");
+  f.fail(ErrorKind::Format, quote(b), " is not a split behavior");
 }
 
 std::unique_ptr<PreTokenizer> parse_pre_tokenizer(const JsonField& f, int depth) {

@@ -15,6 +15,7 @@
 namespace statelm {
 
 using tok::JsonField;
+using tok::quote;
 
 namespace tok {
 
@@ -91,17 +92,19 @@ Tokenizer Tokenizer::from_json(std::string_view json, const std::string& source_
     doc = nlohmann::json::parse(json.begin(), json.end());
   } catch (const nlohmann::json::parse_error& e) {
     fail(ErrorKind::Format, source_name, ": not valid JSON (byte ", e.byte, "): ", e.what());
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number too large for a double
+    fail(ErrorKind::Format, source_name, ": not valid JSON: ", e.what());
   }
   JsonField root(doc, "", impl->source);
   root.object();
   JsonField version = root.opt("version");
   if (!version.is_null() && version.str() != "1.0")
-    version.fail(ErrorKind::Unsupported, "\"", version.str(), "\" is not supported (only \"1.0\")");
+    version.fail(ErrorKind::Unsupported, quote(version.str()), " is not supported (only \"1.0\")");
   // "truncation" and "padding" shape batches for training; the engine decides lengths itself.
 
   JsonField model = root.at("model");
   std::string type = model.str_or("type", "BPE");  // old files leave out the type of BPE models
-  if (type != "BPE") model.at("type").fail(ErrorKind::Unsupported, "\"", type, "\" is not supported (only BPE)");
+  if (type != "BPE") model.at("type").fail(ErrorKind::Unsupported, quote(type), " is not supported (only BPE)");
   impl->model = std::make_unique<tok::BpeModel>(model);
   impl->normalizer = tok::parse_normalizer(root.opt("normalizer"));
   impl->pre_tokenizer = tok::parse_pre_tokenizer(root.opt("pre_tokenizer"));
