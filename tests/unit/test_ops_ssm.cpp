@@ -108,16 +108,14 @@ class OpHarness {
 
 class ConvHarness : public OpHarness {
  public:
-  ConvHarness(std::mt19937& rng, int64_t tokens, int64_t n_slots, int64_t C, int64_t K, bool bias, bool silu,
-              bool in_place)
+  ConvHarness(std::mt19937& rng, int64_t tokens, int64_t n_slots, int64_t C, int64_t K, bool bias, bool silu)
       : C_(C), K_(K), silu_(silu), x_(rng, tokens, C), out_(rng, tokens, C) {
     T = tokens;
-    x_orig_ = x_.buf;
     w_ = random_vector(rng, size_t(C * K), -0.7f, 0.7f);
     if (bias) bias_ = random_vector(rng, size_t(C), -0.5f, 0.5f);
     state_ = random_vector(rng, size_t(n_slots * C * (K - 1)), -1.0f, 1.0f);
     p_.x = x_.full;
-    p_.out = in_place ? x_.full : out_.full;
+    p_.out = out_.full;
     p_.weight = Tensor::contiguous(w_.data(), DType::F32, {C, K});
     if (bias) p_.bias = Tensor::contiguous(bias_.data(), DType::F32, {C});
     p_.state = Tensor::contiguous(state_.data(), DType::F32, {n_slots, C, K - 1});
@@ -125,10 +123,8 @@ class ConvHarness : public OpHarness {
   }
   void run(std::span<const SeqSpan> spans) override { cpu.conv1d(p_, {T, spans}); }
   std::vector<float> reference(const SeqSpan& sp, std::vector<float>& state_row) override {
-    Tensor x_orig = p_.x;  // the same view on the untouched copy (the op may run in place)
-    x_orig.data = x_orig_.data() + (static_cast<float*>(p_.x.data) - x_.buf.data());
     std::vector<float> out;
-    ref::conv1d(gather(x_orig, sp.start, sp.len), sp.len, C_, w_, K_, bias_, silu_, state_row, out);
+    ref::conv1d(gather(p_.x, sp.start, sp.len), sp.len, C_, w_, K_, bias_, silu_, state_row, out);
     return out;
   }
   Tensor out() override { return p_.out; }
@@ -140,7 +136,7 @@ class ConvHarness : public OpHarness {
   int64_t C_, K_;
   bool silu_;
   Wide x_, out_;
-  std::vector<float> x_orig_, w_, bias_, state_;
+  std::vector<float> w_, bias_, state_;
 };
 
 class ScanHarness : public OpHarness {
@@ -348,24 +344,28 @@ TEST(SsmConv1d, MatchesReferenceOnMixedSpansForEveryK) {
   for (const Case c : {Case{4, true, true}, Case{3, false, true}, Case{2, true, false}, Case{5, true, true}}) {
     SCOPED_TRACE("K=" + std::to_string(c.K));
     const auto spans = mixed_spans(rng, kMixedLens, n_slots);
-    ConvHarness op(rng, total_tokens(kMixedLens), n_slots, 37, c.K, c.bias, c.silu, false);
+    ConvHarness op(rng, total_tokens(kMixedLens), n_slots, 37, c.K, c.bias, c.silu);
     check_against_reference(op, spans, n_slots, kTol);
   }
 }
 
-TEST(SsmConv1d, WideChannelsInPlace) {
+// Long spans cut into several work items, and a kernel longer than a work item's tokens.
+TEST(SsmConv1d, LongSpansAndLongKernels) {
   std::mt19937 rng(12);
-  const int32_t n_slots = int32_t(kMixedLens.size()) + 1;
-  const auto spans = mixed_spans(rng, kMixedLens, n_slots);
-  ConvHarness op(rng, total_tokens(kMixedLens), n_slots, 200, 4, true, true, /*in_place=*/true);
-  check_against_reference(op, spans, n_slots, kTol);
+  const std::vector<int32_t> lens = {200, 1, 3, 97};
+  for (const int64_t K : {4, 40}) {
+    SCOPED_TRACE("K=" + std::to_string(K));
+    const auto spans = mixed_spans(rng, lens, 5);
+    ConvHarness op(rng, total_tokens(lens), 5, 200, K, true, true);
+    check_against_reference(op, spans, 5, kTol);
+  }
 }
 
 TEST(SsmConv1d, SplitEqualsWholeAndNoCrossTalk) {
   std::mt19937 rng(13);
-  ConvHarness split(rng, 80, 3, 37, 4, true, true, false);
+  ConvHarness split(rng, 80, 3, 37, 4, true, true);
   check_split_equals_whole(split, kPieces, kTol);
-  ConvHarness pair(rng, 63, 3, 37, 4, true, true, false);
+  ConvHarness pair(rng, 63, 3, 37, 4, true, true);
   check_no_cross_talk(pair, 40);
 }
 
@@ -443,9 +443,12 @@ TEST(SsmOps, RejectInconsistentArguments) {
   std::mt19937 rng(41);
   const SeqSpan one{0, 4, 0, 0};
   {
-    ConvHarness op(rng, 8, 2, 37, 4, true, true, false);
+    ConvHarness op(rng, 8, 2, 37, 4, true, true);
     Conv1dParams p = op.p_;
     p.weight = p.weight.rows(0, 36);  // 36 channels of weights for 37 of input
+    EXPECT_THROW(op.cpu.conv1d(p, {8, {&one, 1}}), Error);
+    p = op.p_;
+    p.out = p.x;  // in place: work items would read rows that others overwrite
     EXPECT_THROW(op.cpu.conv1d(p, {8, {&one, 1}}), Error);
     EXPECT_THROW(op.cpu.conv1d(op.p_, {7, {&one, 1}}), Error);  // token count differs from x
     const SeqSpan past_end{6, 4, 0, 0};

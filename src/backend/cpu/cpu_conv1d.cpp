@@ -8,11 +8,14 @@
 // the old state when the span is shorter than K−1. A fresh sequence arrives with a zero state,
 // which is exactly the zero left padding of torch's Conv1d(padding=K−1) followed by [:L].
 //
-// Work split: (span, block of kBlock channels) items over OpenMP threads. In an item the old
-// state is first transposed into a [K−1][kBlock] history so that every tap of every token
-// reads one contiguous row piece (x rows or history rows) and the tap loop vectorises over
-// channels. Tokens are then visited last to first: out[t] reads inputs ≤ t only, so `out` may
-// be `x` itself — row t of x is overwritten only after every output that reads it.
+// Outputs depend on inputs only, so tokens are independent: work items are (span, block of
+// kTokens tokens), each sweeping whole rows of x and out front to back, which keeps the
+// accesses sequential (x rows are often thousands of floats apart: a column slice of in_proj's
+// output; walking one channel block down all tokens would touch a new page per row). Taps are
+// stored transposed, wt[k][c], so every tap is a contiguous vector across channels. The first
+// item of a span copies the old state into a [K−1][C] history (the rows before the span) and,
+// after its outputs, writes the new state: it is the only item that touches the span's slot.
+// out must not overlap x (items read rows that other items write).
 #include <algorithm>
 #include <vector>
 
@@ -23,8 +26,23 @@
 namespace statelm {
 
 namespace {
-constexpr int64_t kBlock = 64;  // channels per work item; a multiple of cpu::kLanes
-static_assert(kBlock % cpu::kLanes == 0);
+constexpr int64_t kTokens = 32;  // tokens per work item (at least K−1, see below)
+
+// One output row: out[c] = act(bias[c] + Σ_k wt[k][c] · src[k][c]) over C channels.
+void conv_row(const float* const* src, const float* wt, const float* bias, int64_t K, int64_t C, bool silu,
+              float* out) {
+  int64_t c = 0;
+  for (; c + cpu::kLanes <= C; c += cpu::kLanes) {
+    cpu::VecF acc = bias ? cpu::load(bias + c) : cpu::VecF{};
+    for (int64_t k = 0; k < K; ++k) acc += cpu::load(wt + k * C + c) * cpu::load(src[k] + c);
+    cpu::store(out + c, silu ? cpu::silu(acc) : acc);
+  }
+  for (; c < C; ++c) {
+    float acc = bias ? bias[c] : 0.0f;
+    for (int64_t k = 0; k < K; ++k) acc += wt[k * C + c] * src[k][c];
+    out[c] = silu ? cpu::silu(acc) : acc;
+  }
+}
 }  // namespace
 
 void CpuBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
@@ -38,9 +56,7 @@ void CpuBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
   const int64_t n_slots = p.state.shape[0];
   cpu::check_tensor(p.state, {n_slots, C, hist}, "conv1d", "state");
   const float* bias = cpu::optional_vector(p.bias, C, "conv1d", "bias");
-  const bool in_place = p.out.data == p.x.data && p.out.stride[0] == p.x.stride[0];
-  STATELM_CHECK(in_place || !cpu::overlaps(p.out, p.x), "conv1d: out ", p.out.describe(),
-                " overlaps x ", p.x.describe(), " without being the same view");
+  STATELM_CHECK(!cpu::overlaps(p.out, p.x), "conv1d: out ", p.out.describe(), " overlaps x ", p.x.describe());
   STATELM_CHECK(!cpu::overlaps(p.out, p.state), "conv1d: out overlaps the state");
   cpu::check_spans(batch, T, n_slots, "conv1d");
   if (batch.spans.empty()) return;
@@ -52,57 +68,56 @@ void CpuBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
   for (int64_t c = 0; c < C; ++c)
     for (int64_t k = 0; k < K; ++k) wt[size_t(k * C + c)] = w[c * K + k];
 
+  // Work items: the token blocks of every span, in span order. A block of at least K−1 tokens
+  // means that only a span's first block reaches back into the state.
+  const int64_t block = std::max(kTokens, hist);
+  static thread_local std::vector<int64_t> first_item;  // first_item[s]: span s's first item
+  const int64_t n_spans = int64_t(batch.spans.size());
+  first_item.resize(size_t(n_spans + 1));
+  first_item[0] = 0;
+  for (int64_t s = 0; s < n_spans; ++s)
+    first_item[size_t(s + 1)] = first_item[size_t(s)] + (batch.spans[size_t(s)].len + block - 1) / block;
+  const int64_t n_items = first_item[size_t(n_spans)];
+
   const float* x = p.x.f32();
   float* out = p.out.f32();
   float* state = p.state.f32();
   const int64_t xs = p.x.stride[0], os = p.out.stride[0];
   const int64_t ss0 = p.state.stride[0], ss1 = p.state.stride[1];
-  const int64_t n_blocks = (C + kBlock - 1) / kBlock;
-  const int64_t n_items = int64_t(batch.spans.size()) * n_blocks;
+  const int64_t* firsts = first_item.data();
   const float* wtp = wt.data();
   const bool silu = p.silu;
 
 #pragma omp parallel if (T * C * K > 32768)
   {
     cpu::DenormalsAreZero daz;
+    std::vector<const float*> src(static_cast<size_t>(K));
+    static thread_local std::vector<float> history;
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < n_items; ++item) {
-      const SeqSpan sp = batch.spans[size_t(item / n_blocks)];
-      const int64_t c0 = (item % n_blocks) * kBlock;
-      const int64_t width = std::min(kBlock, C - c0);
-      static thread_local std::vector<float> history;
-      history.resize(size_t(hist * kBlock));
-      float* h = history.data();
-      float* st = state + sp.slot * ss0 + c0 * ss1;
-
-      // history[i][c] = state[c][i]
-      for (int64_t c = 0; c < width; ++c)
-        for (int64_t i = 0; i < hist; ++i) h[i * kBlock + c] = st[c * ss1 + i];
-
-      // Input j of the span (j may be negative: then it comes from the history).
-      auto input_row = [&](int64_t j) -> const float* {
-        return j >= 0 ? x + (sp.start + j) * xs + c0 : h + (hist + j) * kBlock;
-      };
-
-      // New state before any output is written (out may alias x).
-      for (int64_t i = 0; i < hist; ++i) {
-        const float* src = input_row(sp.len - hist + i);
-        for (int64_t c = 0; c < width; ++c) st[c * ss1 + i] = src[c];
+      const int64_t s = std::upper_bound(firsts, firsts + n_spans + 1, item) - firsts - 1;
+      const SeqSpan sp = batch.spans[size_t(s)];
+      const int64_t t0 = (item - firsts[s]) * block, t1 = std::min<int64_t>(sp.len, t0 + block);
+      const bool first = t0 == 0;
+      float* st = state + sp.slot * ss0;
+      if (first) {  // history[i][c] = state[c][i]
+        history.resize(size_t(hist * C));
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t i = 0; i < hist; ++i) history[size_t(i * C + c)] = st[c * ss1 + i];
       }
-
-      alignas(64) float acc[kBlock];
-      for (int64_t t = sp.len - 1; t >= 0; --t) {
-        for (int64_t c = 0; c < width; ++c) acc[c] = bias ? bias[c0 + c] : 0.0f;
-        for (int64_t c = width; c < kBlock; ++c) acc[c] = 0.0f;
-        for (int64_t k = 0; k < K; ++k) {
-          const float* src = input_row(t - hist + k);
-          const float* wk = wtp + k * C + c0;
-          for (int64_t c = 0; c < width; ++c) acc[c] += wk[c] * src[c];
+      // Input j of the span (j < 0: the rows before it, from the history).
+      auto input_row = [&](int64_t j) -> const float* {
+        return j >= 0 ? x + (sp.start + j) * xs : history.data() + (hist + j) * C;
+      };
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int64_t k = 0; k < K; ++k) src[size_t(k)] = input_row(t - hist + k);
+        conv_row(src.data(), wtp, bias, K, C, silu, out + (sp.start + t) * os);
+      }
+      if (first) {
+        for (int64_t i = 0; i < hist; ++i) {
+          const float* row = input_row(sp.len - hist + i);
+          for (int64_t c = 0; c < C; ++c) st[c * ss1 + i] = row[c];
         }
-        if (silu)
-          for (int64_t c = 0; c < kBlock; c += cpu::kLanes) cpu::store(acc + c, cpu::silu(cpu::load(acc + c)));
-        float* o = out + (sp.start + t) * os + c0;
-        for (int64_t c = 0; c < width; ++c) o[c] = acc[c];
       }
     }
   }

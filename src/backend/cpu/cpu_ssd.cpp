@@ -66,6 +66,7 @@ struct SsdArgs {
   const float *x, *dt_raw, *dt_bias, *A, *B, *C, *D;
   float *out, *state;
   int64_t H, P, G, N, Q;
+  int64_t longest_chunk;  // of this batch: sizes the per-thread scratch
   int64_t xs0, xs1, dts, Bs0, Bs1, Cs0, Cs1, os0, os1, ss0, ss1, ss2;
   float dt_min, dt_max;
   bool dt_limited;
@@ -144,20 +145,21 @@ void decode_step(const SsdArgs& a, const SeqSpan& sp, int64_t h) {
   }
 }
 
-// Per-thread buffers of phase 2, sized for chunk Q; reused across items and calls.
+// Per-thread buffers of phase 2, sized for chunks of up to Q tokens; reused across items and calls.
 struct ChunkScratch {
   std::vector<float> buf;
-  float *st, *xc, *xdec, *mask, *dt, *a, *seg, *ecs;
+  float *st, *xc, *yc, *xdec, *mask, *dt, *a, *seg, *ecs;
   int64_t ldp, ld_mask;  // leading dimensions of the [· × P] matrices and of the mask
   void size_for(int64_t Q, int64_t P, int64_t N) {
     const int64_t Qp = round_up(Q, cpu::kLanes);
     ldp = padded_ld(P);
     ld_mask = padded_ld(Qp);
-    const int64_t need = N * ldp + 2 * Q * ldp + kTri * ld_mask + 4 * Qp;
+    const int64_t need = N * ldp + 3 * Q * ldp + kTri * ld_mask + 4 * Qp;
     if (int64_t(buf.size()) < need) buf.resize(size_t(need));
     st = buf.data();        // Sᵀ [N × P]
     xc = st + N * ldp;      // the chunk's x [L × P]
-    xdec = xc + Q * ldp;    // e^{cs_last − cs_j} dt_j x_j [L × P]
+    yc = xc + Q * ldp;      // the chunk's y [L × P], before it goes to the strided out
+    xdec = yc + Q * ldp;    // e^{cs_last − cs_j} dt_j x_j [L × P]
     mask = xdec + Q * ldp;  // one row block of the masked CB [kTri × L]
     dt = mask + kTri * ld_mask;  // dt_i
     a = dt + Qp;            // dt_i · A
@@ -171,7 +173,7 @@ void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPla
                   const float* shared) {
   const int64_t g = h / (a.H / a.G), P = a.P, N = a.N;
   static thread_local ChunkScratch s;
-  s.size_for(a.Q, P, N);
+  s.size_for(a.longest_chunk, P, N);
   const float A = a.A[h], d = a.D ? a.D[h] : 0.0f;
   float* S = a.state + sp.slot * a.ss0 + h * a.ss1;
   for (int64_t p = 0; p < P; ++p)
@@ -193,17 +195,16 @@ void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPla
     for (int64_t i = 0; i < Lp; ++i) s.ecs[i] = cs += s.a[i];
     for (int64_t i = 0; i < Lp; i += cpu::kLanes) cpu::store(s.ecs + i, decay(cpu::load(s.ecs + i)));
 
-    // y = e^{cs_i} (C Sᵀ)_i + D x_i
-    cpu::small_gemm(L, P, N, Cg, a.Cs0, s.st, s.ldp, yh, a.os0, false);
+    // x and y of the chunk live in contiguous scratch while the products run: rows of x and
+    // out are H·P floats apart, which maps a GEMM panel onto a few L1 sets (see padded_ld).
+    for (int64_t i = 0; i < L; ++i) std::copy_n(xh + i * a.xs0, P, s.xc + i * s.ldp);
+
+    // y = e^{cs_i} (C Sᵀ)_i
+    cpu::small_gemm(L, P, N, Cg, a.Cs0, s.st, s.ldp, s.yc, s.ldp, false);
     for (int64_t i = 0; i < L; ++i) {
-      float* yi = yh + i * a.os0;
-      const float* xi = xh + i * a.xs0;
-      float* xci = s.xc + i * s.ldp;
+      float* yi = s.yc + i * s.ldp;
       const float e = s.ecs[i];
-      for (int64_t p = 0; p < P; ++p) {
-        yi[p] = yi[p] * e + d * xi[p];
-        xci[p] = xi[p];
-      }
+      for (int64_t p = 0; p < P; ++p) yi[p] *= e;
     }
 
     // y += (CB ∘ e^{cs_i − cs_j} ∘ dt_j, j ≤ i) · X, by row blocks up to the diagonal. Row i of
@@ -227,7 +228,15 @@ void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPla
         }
         for (int64_t j = end; j < r1p; ++j) mi[j] = 0.0f;
       }
-      cpu::small_gemm(r1 - r0, P, r1, s.mask, s.ld_mask, s.xc, s.ldp, yh + r0 * a.os0, a.os0, true);
+      cpu::small_gemm(r1 - r0, P, r1, s.mask, s.ld_mask, s.xc, s.ldp, s.yc + r0 * s.ldp, s.ldp, true);
+    }
+
+    // out = y + D x
+    for (int64_t i = 0; i < L; ++i) {
+      const float* yi = s.yc + i * s.ldp;
+      const float* xi = s.xc + i * s.ldp;
+      float* oi = yh + i * a.os0;
+      for (int64_t p = 0; p < P; ++p) oi[p] = yi[p] + d * xi[p];
     }
 
     // Sᵀ ← e^{cs_last} Sᵀ + Bᵀ · (e^{cs_last − cs_j} dt_j x_j)
@@ -274,7 +283,7 @@ void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
   if (batch.spans.empty()) return;
 
   SsdArgs a{p.x.f32(), p.dt.f32(), dt_bias, p.A.f32(), p.B.f32(), p.C.f32(), Dskip, p.out.f32(), p.state.f32(),
-            H, P, G, N, p.chunk_size,
+            H, P, G, N, p.chunk_size, 0,
             p.x.stride[0], p.x.stride[1], p.dt.stride[0], p.B.stride[0], p.B.stride[1], p.C.stride[0], p.C.stride[1],
             p.out.stride[0], p.out.stride[1], p.state.stride[0], p.state.stride[1], p.state.stride[2],
             p.dt_min, p.dt_max, p.dt_limited};
@@ -294,6 +303,7 @@ void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
     for (int64_t t = 0; t < sp.len; t += a.Q) {
       const int64_t len = std::min(a.Q, int64_t(sp.len) - t);
       chunks.push_back({sp.start + t, len, total});
+      a.longest_chunk = std::max(a.longest_chunk, len);
       total += G * chunk_group_floats(len, N);
     }
   }
