@@ -47,6 +47,34 @@ void BM_MemoryCopyBandwidth(benchmark::State& state) {
 }
 BENCHMARK(BM_MemoryCopyBandwidth)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 
+// Decode only reads weights: the read-only streaming rate is its real ceiling.
+void BM_MemoryReadBandwidth(benchmark::State& state) {
+  const size_t n = size_t(1) << 27;  // 512 MiB of floats
+  Buffer a = host_buffer(n * sizeof(float));
+  float* p = static_cast<float*>(a.data());
+  for (size_t i = 0; i < n; ++i) p[i] = 1.0f;
+  typedef float vec __attribute__((vector_size(64)));
+  for (auto _ : state) {
+    float total = 0.0f;
+#pragma omp parallel reduction(+ : total)
+    {
+      const size_t per = n / size_t(omp_get_num_threads()), begin = per * size_t(omp_get_thread_num());
+      vec acc[4] = {};  // four independent chains: the loads, not the adds, must be the limit
+      for (size_t i = begin; i + 64 <= begin + per; i += 64)
+        for (int a = 0; a < 4; ++a) {
+          vec v;
+          __builtin_memcpy(&v, p + i + 16 * a, sizeof v);
+          acc[a] += v;
+        }
+      for (int a = 0; a < 4; ++a)
+        for (int l = 0; l < 16; ++l) total += acc[a][l];
+    }
+    benchmark::DoNotOptimize(total);
+  }
+  state.counters["bytes/s"] = benchmark::Counter(double(n * sizeof(float)), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_MemoryReadBandwidth)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+
 // matmul x[T, K] w[N, K]^T at the model's in_proj shape (K = 768, N = 3352).
 void matmul_case(benchmark::State& state, bool openblas) {
   const int64_t t = state.range(0), k = 768, n = 2 * 1536 + 2 * 128 + 24;

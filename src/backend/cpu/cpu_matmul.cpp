@@ -56,7 +56,11 @@ void dot_block(const float* w, int64_t k, const float* const* xs, const float* b
   int64_t i = 0;
   for (; i + kLanes <= k; i += kLanes) {
     vec wv[kW];
-    for (int a = 0; a < kW; ++a) wv[a] = load(w + (j + a) * k + i);
+    for (int a = 0; a < kW; ++a) {
+      // Decode streams the weights from DRAM: ask for the next cache lines early.
+      __builtin_prefetch(w + (j + a) * k + i + 8 * kLanes);
+      wv[a] = load(w + (j + a) * k + i);
+    }
     for (int r = 0; r < kR; ++r) {
       const vec xv = load(xs[r] + i);
       for (int a = 0; a < kW; ++a) acc[a][r] += wv[a] * xv;
@@ -74,6 +78,9 @@ template <int kR>
 void dot_rows(const float* const* xs, const float* w, int64_t j0, int64_t j1, int64_t k, const float* bias,
               float* const* outs) {
   int64_t j = j0;
+  // Few inputs: more weight rows at once, so more independent loads are in flight.
+  if constexpr (kR <= 2)
+    for (; j + 8 <= j1; j += 8) dot_block<8, kR>(w, k, xs, bias, j, outs);
   for (; j + 4 <= j1; j += 4) dot_block<4, kR>(w, k, xs, bias, j, outs);
   for (; j < j1; ++j) dot_block<1, kR>(w, k, xs, bias, j, outs);
 }
