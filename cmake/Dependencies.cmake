@@ -10,3 +10,6 @@ find_library(UTF8PROC_LIBRARY utf8proc REQUIRED)
 add_library(statelm_utf8proc INTERFACE)
 target_include_directories(statelm_utf8proc INTERFACE ${UTF8PROC_INCLUDE_DIR})
 target_link_libraries(statelm_utf8proc INTERFACE ${UTF8PROC_LIBRARY})
+# Sessions: SQLite holds persisted conversations; zstd compresses state snapshots.
+find_package(SQLite3 REQUIRED)
+pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)

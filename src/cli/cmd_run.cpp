@@ -1,13 +1,23 @@
 // `statelm run MODEL_DIR --prompt TEXT`: tokenizes with the model folder's tokenizer.json,
 // streams the generated text to stdout as it is decoded, and reports prefill and decode speed
 // and peak memory on stderr at the end.
+//
+// With --session NAME the conversation persists in a session database (runtime/session_store.h):
+// a run restores the session's state and prefills only its new prompt tokens, then saves the
+// state after generating, so each turn costs its own tokens, not the whole history's.
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <optional>
 
 #include "cli/cli_util.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "runtime/generate.h"
+#include "runtime/session_store.h"
+#include "runtime/snapshot.h"
 #include "runtime/stop_strings.h"
 #include "tokenizer/tokenizer.h"
 
@@ -16,9 +26,64 @@ namespace statelm::cli {
 namespace {
 struct RunOptions {
   std::string model, prompt, tokenizer, device = "cpu";
+  std::string session, sessions_db;
   bool no_echo = false, quiet = false;
   SamplingParams sampling;
 };
+
+// A session as this run found it: its conversation's token ids, of which the first `reused`
+// are in its stored state (the rest, e.g. the last sampled token, still to be fed).
+struct SessionTurn {
+  std::optional<SessionStore> store;
+  std::optional<std::string> blob;
+  std::vector<int32_t> history;
+  int64_t reused = 0;
+
+  // Prefixes an error with where the session lives, keeping its kind.
+  template <typename Fn>
+  auto about(const std::string& name, Fn&& fn) {
+    try {
+      return fn();
+    } catch (const Error& e) {
+      fail(e.kind(), store->path(), ": session \"", name, "\": ", e.what());
+    }
+  }
+};
+
+// One turn on the sequence `seq` (fresh or restored): feeds `context[seq.n_tokens:]`, then
+// samples and feeds token by token, exactly as generate() does for a whole prompt (the sampler's
+// history is the whole conversation). `context` grows by the generated tokens.
+GenerationResult continue_sequence(ModelRunner& runner, Sequence& seq, std::vector<int32_t>& context,
+                                   const SamplingParams& params, const std::function<bool(int32_t)>& on_token) {
+  using clock = std::chrono::steady_clock;
+  Sampler sampler(params);
+  GenerationResult r;
+  r.finish_reason = "length";
+  std::vector<int32_t> feed(context.begin() + seq.n_tokens, context.end());
+  r.prompt_tokens = int64_t(feed.size());
+  Sequence* seqs[] = {&seq};
+  auto t0 = clock::now();
+  std::vector<float> logits = runner.step(seqs, std::span(&feed, 1));
+  auto t1 = clock::now();
+  r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+  for (int64_t i = 0; i < params.max_tokens; ++i) {
+    const int32_t id = sampler.sample(logits, context);
+    r.tokens.push_back(id);
+    context.push_back(id);
+    const bool stop_id =
+        std::find(params.stop_token_ids.begin(), params.stop_token_ids.end(), id) != params.stop_token_ids.end();
+    const bool keep_going = on_token ? on_token(id) : true;
+    if (stop_id || !keep_going) {
+      r.finish_reason = "stop";
+      break;
+    }
+    if (i + 1 == params.max_tokens) break;  // the last token stays pending in the session
+    feed.assign(1, id);
+    logits = runner.step(seqs, std::span(&feed, 1));
+  }
+  r.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  return r;
+}
 
 int run_run(RunOptions& o) {
   const std::string tok_path = o.tokenizer.empty() ? (std::filesystem::path(o.model) / "tokenizer.json").string() : o.tokenizer;
@@ -26,13 +91,27 @@ int run_run(RunOptions& o) {
     fail(ErrorKind::Io, tok_path, ": no tokenizer.json (pass --tokenizer FILE, or use `statelm generate` with ids)");
   Tokenizer tokenizer = Tokenizer::from_file(tok_path);
   std::string prompt = o.prompt == "-" ? read_stdin() : o.prompt;
-  std::vector<int32_t> ids = tokenizer.encode(prompt);
+
+  SessionTurn turn;
+  if (!o.session.empty()) {
+    turn.store.emplace(o.sessions_db.empty() ? default_sessions_db_path() : o.sessions_db);
+    turn.blob = turn.store->get(o.session);
+    if (turn.blob) {
+      SnapshotHeader h = turn.about(o.session, [&] { return read_snapshot_header(*turn.blob); });
+      turn.history = std::move(h.tokens);
+      turn.reused = h.n_tokens;
+    }
+  }
+  // A later turn continues the text: no BOS (or other special tokens) mid-conversation.
+  std::vector<int32_t> ids = tokenizer.encode(prompt, /*add_special_tokens=*/!turn.blob);
   if (ids.empty()) fail(ErrorKind::InvalidArgument, "--prompt: empty prompt");
+  std::vector<int32_t> context = turn.history;
+  context.insert(context.end(), ids.begin(), ids.end());
 
   auto backend = make_backend(o.device);
   RunnerOptions ro;
   ro.max_sequences = 1;
-  ro.max_context = int64_t(ids.size()) + o.sampling.max_tokens;
+  ro.max_context = int64_t(context.size()) + o.sampling.max_tokens;
   ModelRunner runner(o.model, *backend, ro);
   if (o.sampling.stop_token_ids.empty()) {
     for (int64_t id : runner.spec().eos_token_ids) o.sampling.stop_token_ids.push_back(int32_t(id));
@@ -42,12 +121,30 @@ int run_run(RunOptions& o) {
   if (!o.no_echo) std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
   IncrementalDetokenizer detok(tokenizer);
+  // A resumed stream continues the conversation's text (leading spaces, split UTF-8): replay it.
+  if (turn.blob)
+    for (int32_t id : context) detok.push(id);
   StopStringMatcher stops(o.sampling.stop_strings);
-  GenerationResult r = generate(runner, ids, o.sampling, [&](int32_t id) {
+  auto on_token = [&](int32_t id) {
     std::fputs(stops.push(detok.push(id)).c_str(), stdout);
     std::fflush(stdout);
     return !stops.stopped();
-  });
+  };
+  GenerationResult r;
+  if (o.session.empty()) {
+    r = generate(runner, ids, o.sampling, on_token);
+  } else {
+    Sequence seq = turn.blob ? turn.about(o.session, [&] { return restore_sequence(runner, *turn.blob); }) : runner.open();
+    if (!o.quiet && turn.blob) std::fprintf(stderr, "[session %s] reused %lld tokens\n", o.session.c_str(), (long long)turn.reused);
+    try {
+      r = continue_sequence(runner, seq, context, o.sampling, on_token);
+      turn.store->put(o.session, snapshot_sequence(runner, seq, context));
+    } catch (...) {
+      runner.close(seq);
+      throw;
+    }
+    runner.close(seq);
+  }
   if (!stops.stopped()) std::fputs(stops.push(detok.flush()).c_str(), stdout), std::fputs(stops.flush().c_str(), stdout);
   std::fputs("\n", stdout);
   if (!o.quiet)
@@ -68,6 +165,12 @@ void add_run_command(CLI::App& app, Action& action) {
   cmd->add_option("--device", o->device, "cpu | cuda");
   cmd->add_flag("--no-echo", o->no_echo, "Do not print the prompt before the generated text");
   cmd->add_flag("--quiet,-q", o->quiet, "No speed report on stderr");
+  CLI::Option* session = cmd->add_option("--session", o->session,
+                  "Continue the conversation saved as NAME (created if new): only the new prompt is prefilled, "
+                  "and the state is saved after generating");
+  cmd->add_option("--sessions-db", o->sessions_db,
+                  "Session database (default: $XDG_DATA_HOME/statelm/sessions.db or ~/.local/share/statelm/sessions.db)")
+      ->needs(session);
   add_sampling_flags(cmd, o->sampling);
   cmd->callback([o, &action] { action = [o] { return run_run(*o); }; });
 }

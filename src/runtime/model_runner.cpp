@@ -1,14 +1,70 @@
 #include "runtime/model_runner.h"
 
+#include <cstdio>
+
 #include "core/error.h"
 
 namespace statelm {
+
+namespace {
+
+// FNV-1a in two lanes (different offset bases) for 128 bits: cheap, stable across builds and
+// hosts, and enough to tell checkpoints apart (this is an identity check, not a security one).
+struct Fingerprinter {
+  uint64_t a = 0xcbf29ce484222325ull, b = 0x84222325cbf29ce4ull;
+  void bytes(const void* data, size_t n) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    for (size_t i = 0; i < n; ++i) {
+      a = (a ^ p[i]) * 0x100000001b3ull;
+      b = (b ^ p[i]) * 0x100000001b3ull;
+      b ^= b >> 29;
+    }
+  }
+  void text(const std::string& s) { bytes(s.data(), s.size() + 1); }  // with the NUL: "ab"+"c" != "a"+"bc"
+  void number(int64_t v) { bytes(&v, sizeof v); }
+  std::string hex() const {
+    char out[33];
+    std::snprintf(out, sizeof out, "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
+    return out;
+  }
+};
+
+// Hashes every tensor's name, shape and dtype plus up to 16 windows of 256 bytes spread over
+// its data (all of it when small): reading whole multi-GB checkpoints would slow every load.
+std::string model_fingerprint(const ModelSpec& spec, const Checkpoint* checkpoint, uint64_t random_seed) {
+  Fingerprinter h;
+  h.text(spec.architecture);
+  h.text(spec.layout);
+  h.text(spec.mixer_pattern());
+  h.text(spec.ffn_pattern());
+  if (!checkpoint) {
+    h.text("random weights");
+    h.number(int64_t(random_seed));
+  }
+  for (const TensorSpec& t : expected_tensors(spec)) {
+    h.text(t.name);
+    for (int64_t d : t.shape) h.number(d);
+    if (!checkpoint) continue;
+    TensorRef ref = checkpoint->require(t);
+    h.text(ref.info->dtype_code);
+    const size_t n = ref.info->nbytes(), window = 256, windows = 16;
+    if (n <= window * windows) {
+      h.bytes(ref.data, n);
+    } else {
+      for (size_t i = 0; i < windows; ++i) h.bytes(ref.data + i * (n - window) / (windows - 1), window);
+    }
+  }
+  return h.hex();
+}
+
+}  // namespace
 
 ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerOptions o)
     : model_dir_(model_dir), backend_(backend), files_(open_model_files(model_dir, !o.random_weights)) {
   const ModelSpec& spec = files_.spec;
   weights_ = o.random_weights ? random_weights(spec, backend, o.seed) : load_weights(spec, *files_.checkpoint, backend);
   forward_ = std::make_unique<Forward>(spec, weights_, backend);
+  fingerprint_ = model_fingerprint(spec, o.random_weights ? nullptr : &*files_.checkpoint, o.seed);
   max_context_ = o.max_context > 0 ? o.max_context
                                    : (spec.max_position_embeddings > 0 ? spec.max_position_embeddings : 4096);
   states_ = std::make_unique<StateCache>(spec, backend, o.max_sequences);

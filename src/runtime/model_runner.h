@@ -41,6 +41,14 @@ class ModelRunner {
   Forward& forward() { return *forward_; }
   size_t weight_bytes() const { return weights_.bytes; }
   int64_t max_context() const { return max_context_; }
+  // Caches and backend, for snapshot/restore (runtime/snapshot.h) to copy a sequence's state.
+  Backend& backend() { return backend_; }
+  StateCache& states() { return *states_; }
+  KvCache& kv() { return *kv_; }
+  // Identifies these weights (32 hex digits), computed once at load: architecture, every
+  // tensor's name, shape and dtype, and a sample of each tensor's bytes, so two checkpoints of
+  // the same shape differ. A snapshot is only restored into the model it was taken from.
+  const std::string& fingerprint() const { return fingerprint_; }
 
   // A fresh sequence with a zeroed state slot; Error(OutOfMemory) when none is free.
   Sequence open();
@@ -68,6 +76,7 @@ class ModelRunner {
   std::unique_ptr<StateCache> states_;
   std::unique_ptr<KvCache> kv_;
   std::vector<LayerCaches> caches_;
+  std::string fingerprint_;
 };
 
 }  // namespace statelm

@@ -175,7 +175,8 @@ TEST(ModelSpec, Llama3RopeScaling) {
             {"num_attention_heads", 4}, {"vocab_size", 100}, {"rope_theta", 500000.0},
             {"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
                               {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}}}};
-  const auto& rope = std::get<AttentionDims>(spec_of(c).layers[0].mixer).rope;
+  const ModelSpec spec = spec_of(c);
+  const auto& rope = std::get<AttentionDims>(spec.layers[0].mixer).rope;
   EXPECT_EQ(rope.kind, RopeKind::Llama3);
   EXPECT_DOUBLE_EQ(rope.factor, 8.0);
   EXPECT_DOUBLE_EQ(rope.theta, 500000.0);

@@ -14,6 +14,7 @@
 // STATELM_CPU_GEMM=openblas switches T > kRowGroup to OpenBLAS sgemm (faster prefill, not
 // batch-invariant): used by the benchmarks as the reference rate.
 #include <cblas.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -35,6 +36,27 @@ inline vec load(const float* p) {
   vec v;
   __builtin_memcpy(&v, p, sizeof v);
   return v;
+}
+
+// acc + a * b with one rounding, spelled out: whether the compiler fuses a multiply-add must not
+// depend on how a template instance was optimised (it did, under sanitizers), or batch
+// invariance would hang on code generation. This file is built with -ffp-contract=off.
+inline vec fmadd(vec a, vec b, vec acc) {
+#if defined(__AVX512F__)
+  return (vec)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+#elif defined(__FMA__)
+  typedef float half __attribute__((vector_size(32)));
+  half ah[2], bh[2], ch[2];
+  __builtin_memcpy(ah, &a, sizeof a);
+  __builtin_memcpy(bh, &b, sizeof b);
+  __builtin_memcpy(ch, &acc, sizeof acc);
+  for (int i = 0; i < 2; ++i) ch[i] = (half)_mm256_fmadd_ps((__m256)ah[i], (__m256)bh[i], (__m256)ch[i]);
+  __builtin_memcpy(&acc, ch, sizeof acc);
+  return acc;
+#else
+  for (int i = 0; i < kLanes; ++i) acc[i] = __builtin_fmaf(a[i], b[i], acc[i]);
+  return acc;
+#endif
 }
 
 // The fixed reduction of one accumulator: pairwise over the lanes, always in this order.
@@ -63,13 +85,13 @@ void dot_block(const float* w, int64_t k, const float* const* xs, const float* b
     }
     for (int r = 0; r < kR; ++r) {
       const vec xv = load(xs[r] + i);
-      for (int a = 0; a < kW; ++a) acc[a][r] += wv[a] * xv;
+      for (int a = 0; a < kW; ++a) acc[a][r] = fmadd(wv[a], xv, acc[a][r]);
     }
   }
   for (int a = 0; a < kW; ++a)
     for (int r = 0; r < kR; ++r) {
       float s = reduce(acc[a][r]);
-      for (int64_t t = i; t < k; ++t) s += w[(j + a) * k + t] * xs[r][t];
+      for (int64_t t = i; t < k; ++t) s = __builtin_fmaf(w[(j + a) * k + t], xs[r][t], s);
       outs[r][j + a] = s + (bias ? bias[j + a] : 0.0f);
     }
 }

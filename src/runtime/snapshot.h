@@ -1,0 +1,65 @@
+// Snapshot / restore of one sequence: its whole state (every Mamba layer's conv + SSM state in
+// its slot, the K/V of its first n_tokens positions in every attention layer) and its token ids
+// as one versioned, checksummed blob. Restoring continues generation exactly as if the sequence
+// had never left the runner, in any free slot and any KV blocks.
+//
+// Blob: one zstd frame (content size declared, content checksum on) whose content is, little
+// endian, version 1:
+//   [0]  "STLMSNAP"                       magic
+//   [8]  u32 format version               kSnapshotVersion
+//   [12] u32 header bytes                 offset of the first section (a multiple of 8)
+//   [16] str model fingerprint            u32 length + bytes (ModelRunner::fingerprint())
+//        str state dtype                  u32 length + bytes ("float32")
+//        i64 n_tokens                     positions held by the state
+//        u64 n_ids, i32[n_ids] token ids  the sequence's tokens; n_ids >= n_tokens, and ids past
+//                                         n_tokens are pending (sampled, not yet fed)
+//        u32 n_layers, then per layer     u8 mixer kind (MixerKind), u64 bytes of section a,
+//                                         u64 bytes of section b; zero padding to header bytes
+//   then per layer, in order, fp32:       Mamba: a = conv state [C, K-1], b = SSM state;
+//                                         attention: a = K [n_tokens, Hkv, Dh], b = V (same)
+// KV is stored by position, not by block, so a blob restores into any KV block size. Nothing
+// read from a blob is trusted: zstd detects truncation and corruption, and every size in the
+// header is checked against the model before a byte of state is copied.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "runtime/model_runner.h"
+
+namespace statelm {
+
+inline constexpr uint32_t kSnapshotVersion = 1;
+
+// What a snapshot says about itself (no model needed to read it).
+struct SnapshotHeader {
+  uint32_t version = 0;
+  std::string fingerprint;  // of the model it was taken from
+  std::string state_dtype;  // dtype of that runner's state cache, e.g. "float32"
+  int64_t n_tokens = 0;     // positions in the state
+  std::vector<int32_t> tokens;  // the sequence's ids; tokens[n_tokens:] are pending
+};
+
+// Both calls read or write the runner's caches: make them where the runner is stepped (the
+// engine thread), never while a step is running.
+
+// Serialises `seq`'s state. `tokens` are the sequence's ids: the n_tokens it was fed, then any
+// pending ones (e.g. the last sampled token, never fed); Error(InvalidArgument) when fewer.
+std::string snapshot_sequence(ModelRunner& runner, const Sequence& seq, std::span<const int32_t> tokens);
+
+// A new sequence holding the blob's state: it takes a free slot (and KV blocks for n_tokens),
+// Error(OutOfMemory) when none is free. Error(InvalidArgument) for a blob of another model or
+// state dtype, or more tokens than the runner's context; Error(Format) for an empty, truncated,
+// corrupted or foreign blob, or another format version. Nothing is taken when it throws.
+// `tokens` (optional) receives the blob's token ids.
+Sequence restore_sequence(ModelRunner& runner, std::string_view blob, std::vector<int32_t>* tokens = nullptr);
+
+// Reads only the header (decompressing no further), e.g. to size a runner before restoring or
+// to index a session store. The checksum covers the whole frame, so only restore_sequence()
+// verifies it. Error(Format) as restore_sequence().
+SnapshotHeader read_snapshot_header(std::string_view blob);
+
+}  // namespace statelm
