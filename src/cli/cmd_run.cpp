@@ -6,7 +6,6 @@
 // a run restores the session's state and prefills only its new prompt tokens, then saves the
 // state after generating, so each turn costs its own tokens, not the whole history's.
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -49,41 +48,6 @@ struct SessionTurn {
     }
   }
 };
-
-// One turn on the sequence `seq` (fresh or restored): feeds `context[seq.n_tokens:]`, then
-// samples and feeds token by token, exactly as generate() does for a whole prompt (the sampler's
-// history is the whole conversation). `context` grows by the generated tokens.
-GenerationResult continue_sequence(ModelRunner& runner, Sequence& seq, std::vector<int32_t>& context,
-                                   const SamplingParams& params, const std::function<bool(int32_t)>& on_token) {
-  using clock = std::chrono::steady_clock;
-  Sampler sampler(params);
-  GenerationResult r;
-  r.finish_reason = "length";
-  std::vector<int32_t> feed(context.begin() + seq.n_tokens, context.end());
-  r.prompt_tokens = int64_t(feed.size());
-  Sequence* seqs[] = {&seq};
-  auto t0 = clock::now();
-  std::vector<float> logits = runner.step(seqs, std::span(&feed, 1));
-  auto t1 = clock::now();
-  r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
-  for (int64_t i = 0; i < params.max_tokens; ++i) {
-    const int32_t id = sampler.sample(logits, context);
-    r.tokens.push_back(id);
-    context.push_back(id);
-    const bool stop_id =
-        std::find(params.stop_token_ids.begin(), params.stop_token_ids.end(), id) != params.stop_token_ids.end();
-    const bool keep_going = on_token ? on_token(id) : true;
-    if (stop_id || !keep_going) {
-      r.finish_reason = "stop";
-      break;
-    }
-    if (i + 1 == params.max_tokens) break;  // the last token stays pending in the session
-    feed.assign(1, id);
-    logits = runner.step(seqs, std::span(&feed, 1));
-  }
-  r.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
-  return r;
-}
 
 int run_run(RunOptions& o) {
   const std::string tok_path = o.tokenizer.empty() ? (std::filesystem::path(o.model) / "tokenizer.json").string() : o.tokenizer;
@@ -137,7 +101,7 @@ int run_run(RunOptions& o) {
     Sequence seq = turn.blob ? turn.about(o.session, [&] { return restore_sequence(runner, *turn.blob); }) : runner.open();
     if (!o.quiet && turn.blob) std::fprintf(stderr, "[session %s] reused %lld tokens\n", o.session.c_str(), (long long)turn.reused);
     try {
-      r = continue_sequence(runner, seq, context, o.sampling, on_token);
+      r = continue_generation(runner, seq, context, o.sampling, on_token);
       turn.store->put(o.session, snapshot_sequence(runner, seq, context));
     } catch (...) {
       runner.close(seq);

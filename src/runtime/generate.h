@@ -24,4 +24,11 @@ struct GenerationResult {
 GenerationResult generate(ModelRunner& runner, std::span<const int32_t> prompt, const SamplingParams& params,
                           const std::function<bool(int32_t)>& on_token = {});
 
+// The same loop on a sequence that already holds a state (a restored session): `context` is
+// every token of the conversation; the tokens past seq.n_tokens are fed first, and the
+// generated ones are appended to it. The last generated token is not fed (it stays pending,
+// so a snapshot taken now continues exactly).
+GenerationResult continue_generation(ModelRunner& runner, Sequence& seq, std::vector<int32_t>& context,
+                                     const SamplingParams& params, const std::function<bool(int32_t)>& on_token = {});
+
 }  // namespace statelm
