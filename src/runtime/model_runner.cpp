@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "core/log.h"
 
 namespace statelm {
 
@@ -59,6 +60,29 @@ std::string model_fingerprint(const ModelSpec& spec, const Checkpoint* checkpoin
 
 }  // namespace
 
+namespace {
+// How many sequences of max_context tokens fit the memory budget (state slot + worst-case KV
+// each), at most the number asked for.
+int32_t fit_sequences(const ModelSpec& spec, const RunnerOptions& o, int64_t max_context) {
+  STATELM_CHECK(o.max_sequences > 0, "max_sequences must be positive");
+  if (o.cache_memory_bytes <= 0) return o.max_sequences;
+  const MemoryFigures m = memory_figures(spec, DType::F32, DType::F32);
+  const int64_t blocks = (max_context + o.kv_block_size - 1) / o.kv_block_size;
+  const int64_t per_sequence = m.state_bytes() + blocks * o.kv_block_size * m.kv_bytes_per_token;
+  const int64_t fit = per_sequence > 0 ? o.cache_memory_bytes / per_sequence : o.max_sequences;
+  if (fit < 1)
+    fail(ErrorKind::OutOfMemory, "a cache memory budget of ", o.cache_memory_bytes, " bytes does not hold one sequence of ",
+         max_context, " tokens (", per_sequence, " bytes: state ", m.state_bytes(), " + KV ",
+         per_sequence - m.state_bytes(), "); raise the budget or lower the context");
+  if (fit < o.max_sequences) {
+    log_warning("max sequences clamped from ", o.max_sequences, " to ", fit, ": ", per_sequence,
+                " bytes each (state + KV at ", max_context, " tokens) in a budget of ", o.cache_memory_bytes, " bytes");
+    return int32_t(fit);
+  }
+  return o.max_sequences;
+}
+}  // namespace
+
 ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerOptions o)
     : model_dir_(model_dir), backend_(backend), files_(open_model_files(model_dir, !o.random_weights)) {
   const ModelSpec& spec = files_.spec;
@@ -67,7 +91,10 @@ ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerO
   fingerprint_ = model_fingerprint(spec, o.random_weights ? nullptr : &*files_.checkpoint, o.seed);
   max_context_ = o.max_context > 0 ? o.max_context
                                    : (spec.max_position_embeddings > 0 ? spec.max_position_embeddings : 4096);
-  states_ = std::make_unique<StateCache>(spec, backend, o.max_sequences);
+  o.max_sequences = fit_sequences(spec, o, max_context_);
+  STATELM_CHECK(o.prefix_cache_slots >= 0, "prefix_cache_slots must not be negative");
+  prefix_cache_slots_ = o.prefix_cache_slots;
+  states_ = std::make_unique<StateCache>(spec, backend, o.max_sequences + o.prefix_cache_slots);
   const int64_t blocks_per_seq = (max_context_ + o.kv_block_size - 1) / o.kv_block_size;
   kv_ = std::make_unique<KvCache>(spec, backend, int32_t(blocks_per_seq * o.max_sequences), o.kv_block_size);
   caches_.resize(spec.layers.size());

@@ -21,6 +21,13 @@ struct RunnerOptions {
   int32_t max_sequences = 4;        // state slots
   int64_t max_context = 0;          // KV tokens per sequence; 0 = the model's max_position_embeddings (or 4096)
   int32_t kv_block_size = 16;
+  // Bytes for state slots + KV blocks together (0 = no limit). Settings that do not fit are
+  // clamped with a warning (fewer sequences), never a failure, unless not even one sequence
+  // of max_context fits.
+  int64_t cache_memory_bytes = 0;
+  // Extra state slots beyond max_sequences, for the scheduler's prefix cache (checkpoints of
+  // recent prompts' state); they hold no KV blocks of their own.
+  int32_t prefix_cache_slots = 0;
   bool random_weights = false;      // shapes from config.json only (benchmarks)
   uint64_t seed = 0;
 };
@@ -41,6 +48,8 @@ class ModelRunner {
   Forward& forward() { return *forward_; }
   size_t weight_bytes() const { return weights_.bytes; }
   int64_t max_context() const { return max_context_; }
+  int32_t max_sequences() const { return states_->n_slots() - prefix_cache_slots_; }
+  int32_t prefix_cache_slots() const { return prefix_cache_slots_; }
   // Caches and backend, for snapshot/restore (runtime/snapshot.h) to copy a sequence's state.
   Backend& backend() { return backend_; }
   StateCache& states() { return *states_; }
@@ -73,6 +82,7 @@ class ModelRunner {
   ModelWeights weights_;
   std::unique_ptr<Forward> forward_;
   int64_t max_context_;
+  int32_t prefix_cache_slots_ = 0;
   std::unique_ptr<StateCache> states_;
   std::unique_ptr<KvCache> kv_;
   std::vector<LayerCaches> caches_;
