@@ -163,11 +163,7 @@ TEST_P(FixtureModel, BadInputIsAClearError) {
 INSTANTIATE_TEST_SUITE_P(AllFamilies, FixtureModel,
                          ::testing::Values("mamba-tiny", "mamba-tiny-ssm", "mamba2-tiny", "mamba2-tiny-ssm", "jamba-tiny",
                                            "jamba-tiny-b", "llama-tiny", "llama3-tiny"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         [](const auto& info) { return test::param_name(info.param); });
 
 TEST(FixtureModelErrors, ContextOverTheLimit) {
   CpuBackend backend;

@@ -24,65 +24,24 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "unit/op_test_util.h"
 #include "unit/reference_ssm.h"
 
 namespace statelm {
 namespace {
 
+using test::expect_close;
+using test::gather;
+using test::random_vector;
+using test::Wide;
+
 constexpr double kTol = 2e-6;  // observed ≤ 4e-7; 1e-5 let a cancellation bug (4e-6) through
-
-std::vector<float> random_vector(std::mt19937& rng, size_t n, float lo, float hi) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-// Rows [start, start + len) of a view whose dimensions after the first are contiguous,
-// as a contiguous array.
-std::vector<float> gather(const Tensor& t, int64_t start, int64_t len) {
-  const int64_t inner = t.numel() / t.shape[0];
-  if (t.ndim == 3) {
-    EXPECT_EQ(t.stride[1], t.shape[2]);
-  }
-  std::vector<float> v(size_t(len * inner));
-  for (int64_t r = 0; r < len; ++r) std::copy_n(t.f32() + (start + r) * t.stride[0], inner, v.begin() + r * inner);
-  return v;
-}
 
 void scatter(const Tensor& t, int64_t start, const std::vector<float>& v) {
   const int64_t inner = t.numel() / t.shape[0];
   for (size_t r = 0; r * size_t(inner) < v.size(); ++r)
     std::copy_n(v.begin() + int64_t(r) * inner, inner, t.f32() + (start + int64_t(r)) * t.stride[0]);
 }
-
-// max |got − want| ≤ tol · max |want| (with a floor, for all-zero references).
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double scale = 1e-6, err = 0.0;
-  size_t worst = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    scale = std::max(scale, double(std::fabs(want[i])));
-    const double e = std::fabs(double(got[i]) - double(want[i]));
-    if (!(e <= err)) {  // also catches NaN
-      err = e;
-      worst = i;
-    }
-  }
-  EXPECT_LE(err, tol * scale) << what << ": worst at " << worst << " got " << got[worst] << " want " << want[worst]
-                              << " (max |ref| " << scale << ")";
-}
-
-// A [rows, cols] matrix with slack columns on both sides, so views of it are row-strided.
-struct Wide {
-  std::vector<float> buf;
-  Tensor full;
-  Wide(std::mt19937& rng, int64_t rows, int64_t cols, float lo = -1.0f, float hi = 1.0f) {
-    buf = random_vector(rng, size_t(rows * (cols + 5)), lo, hi);
-    full = Tensor::contiguous(buf.data(), DType::F32, {rows, cols + 5}).cols(2, cols);
-  }
-  Tensor cols(int64_t begin, int64_t count) const { return full.cols(begin, count); }
-};
 
 // One op on fixed random inputs of T tokens.
 class OpHarness {

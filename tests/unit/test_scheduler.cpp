@@ -97,11 +97,7 @@ TEST_P(SchedulerModel, SixtyFourSequencesEqualEachAlone) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, SchedulerModel, ::testing::Values("mamba2-tiny", "jamba-tiny", "llama-tiny"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         [](const auto& info) { return test::param_name(info.param); });
 
 TEST(Scheduler, CancelFreesSlotAndBlocksAtOnce) {
   CpuBackend backend;

@@ -225,31 +225,13 @@ TEST(SessionStore, ForksAreIndependentContinuations) {
 
 // --- `statelm run --session` ---
 
-// A byte-level tokenizer whose vocabulary exactly covers mamba-tiny's 216 ids: the printable
-// ASCII characters (as GPT-2's byte-to-unicode map shows them) and two-character tokens.
-// (Copied from test_cli_engine.cpp.)
-std::string tiny_tokenizer_json() {
-  json vocab = json::object();
-  int id = 0;
-  for (int c = 33; c < 127; ++c) vocab[std::string(1, char(c))] = id++;
-  vocab["\xc4\xa0"] = id++;  // "Ġ" = space
-  for (char a = 'a'; id < 216; ++a)
-    for (char b = 'a'; b <= 'z' && id < 216; ++b) vocab[std::string{a, b}] = id++;
-  json t = {{"version", "1.0"}, {"added_tokens", json::array()}, {"normalizer", nullptr},
-            {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-            {"post_processor", nullptr},
-            {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-            {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"fuse_unk", false},
-                       {"byte_fallback", false}, {"vocab", vocab}, {"merges", json::array()}}}};
-  return t.dump();
-}
 
 // A model folder with a tokenizer: mamba-tiny's config and weights.
 void make_model_folder(const fs::path& dir, const std::string& model = "mamba-tiny") {
   fs::create_directories(dir);
   for (const char* f : {"config.json", "model.safetensors"})
     fs::copy_file(test::fixture("models/" + model + "/" + f), dir / f);
-  test::write_file(dir / "tokenizer.json", tiny_tokenizer_json());
+  test::write_file(dir / "tokenizer.json", test::tiny_tokenizer_json());
 }
 
 std::vector<int32_t> tokenize(const fs::path& model, const std::string& text) {

@@ -3,8 +3,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -43,6 +45,29 @@ std::string read_file(const fs::path& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+std::string tiny_tokenizer_json(int vocab_size) {
+  using nlohmann::json;
+  json vocab = json::object();
+  int id = 0;
+  for (int c = 33; c < 127 && id < vocab_size; ++c) vocab[std::string(1, char(c))] = id++;
+  vocab["\xc4\xa0"] = id++;  // "Ġ" = space
+  for (char a = 'a'; id < vocab_size; ++a)
+    for (char b = 'a'; b <= 'z' && id < vocab_size; ++b) vocab[std::string{a, b}] = id++;
+  json t = {{"version", "1.0"}, {"added_tokens", json::array()}, {"normalizer", nullptr},
+            {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+            {"post_processor", nullptr},
+            {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+            {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"fuse_unk", false},
+                       {"byte_fallback", false}, {"vocab", vocab}, {"merges", json::array()}}}};
+  return t.dump();
+}
+
+std::string param_name(const std::string& fixture_name) {
+  std::string n = fixture_name;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
 }
 
 CommandResult run_statelm(const std::string& args, const std::string& stdin_bytes) {

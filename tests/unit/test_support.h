@@ -31,6 +31,14 @@ struct CommandResult {
   std::string err;  // stderr
 };
 
+// A byte-level BPE tokenizer.json whose vocabulary covers exactly ids [0, vocab) (vocab >= 95):
+// the printable ASCII characters (as GPT-2's byte-to-unicode map shows them), the space, then
+// two-letter tokens. Lets the tiny fixture models run text through `statelm run`.
+std::string tiny_tokenizer_json(int vocab = 216);
+
+// gtest parameter name from a fixture name: "mamba2-tiny" -> "mamba2_tiny".
+std::string param_name(const std::string& fixture_name);
+
 // Runs the built `statelm` binary with the given argument string (shell syntax), optional
 // stdin bytes. Used to test the CLI's exit codes and one-line errors end to end.
 CommandResult run_statelm(const std::string& args, const std::string& stdin_bytes = "");
