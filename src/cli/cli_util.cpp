@@ -67,6 +67,16 @@ std::unique_ptr<Backend> make_backend(const std::string& device) {
   fail(ErrorKind::InvalidArgument, "--device: unknown device \"", device, "\" (cpu, cuda)");
 }
 
+LocalModel open_local_model(const std::string& model_dir, const std::string& device, int64_t context) {
+  LocalModel m;
+  m.backend = make_backend(device);
+  RunnerOptions o;
+  o.max_sequences = 1;
+  o.max_context = std::max<int64_t>(context, 1);
+  m.runner = std::make_unique<ModelRunner>(model_dir, *m.backend, o);
+  return m;
+}
+
 size_t peak_rss_bytes() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);

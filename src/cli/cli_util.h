@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/ops.h"
+#include "runtime/model_runner.h"
 #include "runtime/sampler.h"
 
 namespace statelm::cli {
@@ -23,6 +24,13 @@ void add_sampling_flags(CLI::App* cmd, SamplingParams& p);
 
 // The compute backend for --device (only "cpu" until the CUDA backend lands).
 std::unique_ptr<Backend> make_backend(const std::string& device);
+
+// A model loaded for one sequence of up to `context` tokens (the one-shot commands).
+struct LocalModel {
+  std::unique_ptr<Backend> backend;  // outlives the runner: declared first
+  std::unique_ptr<ModelRunner> runner;
+};
+LocalModel open_local_model(const std::string& model_dir, const std::string& device, int64_t context);
 
 // Peak resident memory of this process, bytes.
 size_t peak_rss_bytes();

@@ -22,11 +22,8 @@ int run_generate(GenerateOptions& o) {
   if (prompt.empty()) fail(ErrorKind::InvalidArgument, "--ids: empty prompt");
   if (!o.sampling.stop_strings.empty())
     fail(ErrorKind::InvalidArgument, "--stop: stop strings need text; use `statelm run` (generate works on ids)");
-  auto backend = make_backend(o.device);
-  RunnerOptions ro;
-  ro.max_sequences = 1;
-  ro.max_context = int64_t(prompt.size()) + o.sampling.max_tokens;
-  ModelRunner runner(o.model, *backend, ro);
+  LocalModel local = open_local_model(o.model, o.device, int64_t(prompt.size()) + o.sampling.max_tokens);
+  ModelRunner& runner = *local.runner;
   GenerationResult r = generate(runner, prompt, o.sampling);
   if (o.json) {
     std::printf("%s\n", nlohmann::json(r.tokens).dump().c_str());

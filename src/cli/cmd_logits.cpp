@@ -18,11 +18,8 @@ struct LogitsOptions {
 int run_logits(const LogitsOptions& o) {
   std::vector<int32_t> ids = parse_ids("--ids", o.ids);
   if (ids.empty()) fail(ErrorKind::InvalidArgument, "--ids: empty prompt");
-  auto backend = make_backend(o.device);
-  RunnerOptions ro;
-  ro.max_sequences = 1;
-  ro.max_context = std::max<int64_t>(int64_t(ids.size()), 1);
-  ModelRunner runner(o.model, *backend, ro);
+  LocalModel local = open_local_model(o.model, o.device, int64_t(ids.size()));
+  ModelRunner& runner = *local.runner;
   Sequence seq = runner.open();
   Sequence* seqs[] = {&seq};
   std::vector<float> logits = runner.step(seqs, std::span(&ids, 1), /*all_logits=*/true);

@@ -72,11 +72,8 @@ int run_run(RunOptions& o) {
   std::vector<int32_t> context = turn.history;
   context.insert(context.end(), ids.begin(), ids.end());
 
-  auto backend = make_backend(o.device);
-  RunnerOptions ro;
-  ro.max_sequences = 1;
-  ro.max_context = int64_t(context.size()) + o.sampling.max_tokens;
-  ModelRunner runner(o.model, *backend, ro);
+  LocalModel local = open_local_model(o.model, o.device, int64_t(context.size()) + o.sampling.max_tokens);
+  ModelRunner& runner = *local.runner;
   if (o.sampling.stop_token_ids.empty()) {
     for (int64_t id : runner.spec().eos_token_ids) o.sampling.stop_token_ids.push_back(int32_t(id));
     if (auto eos = tokenizer.eos_id(); eos && o.sampling.stop_token_ids.empty()) o.sampling.stop_token_ids.push_back(*eos);

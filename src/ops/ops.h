@@ -129,6 +129,9 @@ class Backend {
   // Copies `src` (fp32) to host memory.
   virtual void download(const Tensor& src, float* host) = 0;
   virtual void fill_zero(const Tensor& t) = 0;
+  // dst = src: contiguous tensors of the same shape and dtype on this backend (a state slot
+  // copied into another, e.g. a prefix checkpoint).
+  virtual void copy(const Tensor& dst, const Tensor& src) = 0;
 
   // out[t] = table[ids[t]]; ids are host indices already checked against the vocabulary.
   virtual void embed(std::span<const int32_t> ids, const Tensor& table, const Tensor& out) = 0;

@@ -1,6 +1,10 @@
 // KvCache: keys and values of the attention layers in fixed-size blocks (paged), so memory
 // grows with each sequence's length and is freed block by block. Pure Mamba models have no
 // attention layers and allocate nothing here.
+//
+// Blocks are reference counted: a full block of a shared prompt prefix can be held by several
+// sequences and by the prefix cache at once (never written again: every holder writes only
+// past it), and goes back to the free list when its last holder releases it.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +33,12 @@ class KvCache {
 
   // Grows `seq` to hold `tokens` tokens; false (and no change) when not enough blocks are free.
   bool reserve(BlockList& seq, int64_t tokens);
+  // Drops seq's hold on each of its blocks (a block is free once no one holds it) and empties it.
   void release(BlockList& seq);
+  // A new hold on the first n_blocks blocks of `seq` (they must be full: holders only read them).
+  BlockList share(const BlockList& seq, int64_t n_blocks);
+  // How many lists hold `block` (0 = free).
+  int32_t holders(int32_t block) const { return refs_[size_t(block)]; }
 
   const Tensor& k(int64_t layer) const { return k_[size_t(layer)]; }
   const Tensor& v(int64_t layer) const { return v_[size_t(layer)]; }
@@ -41,6 +50,7 @@ class KvCache {
   std::vector<Buffer> storage_;
   std::vector<Tensor> k_, v_;
   std::vector<int32_t> free_;
+  std::vector<int32_t> refs_;  // per block
 };
 
 }  // namespace statelm

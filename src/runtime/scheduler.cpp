@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "core/log.h"
 
 namespace statelm {
 
@@ -11,7 +12,8 @@ struct Scheduler::Active {
   uint64_t id = 0;
   Request req;
   Sequence seq;
-  int64_t prefilled = 0;           // prompt tokens already fed
+  int64_t prefilled = 0;           // prompt tokens already fed (or resumed from the prefix cache)
+  int64_t cached_tokens = 0;       // prompt tokens resumed from the prefix cache
   std::vector<int32_t> history;    // prompt + generated, for the repetition penalty
   std::unique_ptr<Sampler> sampler;
   int64_t generated = 0;
@@ -23,6 +25,17 @@ struct Scheduler::Active {
 
 Scheduler::Scheduler(ModelRunner& runner, SchedulerOptions options) : runner_(runner), options_(options) {
   STATELM_CHECK(options_.max_batch_tokens > 0, "max_batch_tokens must be positive");
+  if (options_.prefix_cache) {
+    const int32_t slots = runner_.prefix_cache_slots();
+    if (slots == 0)
+      fail(ErrorKind::InvalidArgument, "the prefix cache needs state slots of its own: set the runner's prefix_cache_slots");
+    int32_t entries = options_.prefix_max_entries > 0 ? options_.prefix_max_entries : slots;
+    if (entries > slots) {
+      log_warning("prefix cache entries clamped from ", entries, " to the runner's ", slots, " prefix cache slots");
+      entries = slots;
+    }
+    prefix_ = std::make_unique<PrefixCache>(runner_.states(), runner_.kv(), options_.prefix_interval, entries);
+  }
 }
 
 Scheduler::~Scheduler() { stop(); }
@@ -63,7 +76,54 @@ void Scheduler::finish(Active& a, const std::string& reason, const std::string& 
   e.error = error;
   e.prompt_tokens = int64_t(a.req.prompt.size());
   e.completion_tokens = a.generated;
+  e.cached_tokens = a.cached_tokens;
   if (a.req.on_event) a.req.on_event(e);
+}
+
+// Opens a's sequence, from the longest cached prefix of its prompt when there is one. The
+// cache's slots are its own (running sequences stay within max_sequences); its KV blocks are
+// not, so when blocks are short, checkpoints are dropped (least recently used first) only if
+// that can make room for this request.
+bool Scheduler::try_admit(Active& a) {
+  if (runner_.free_slots() == 0 || int64_t(running_.size()) >= runner_.max_sequences()) return false;
+  const int64_t worst = int64_t(a.req.prompt.size()) + a.req.sampling.max_tokens;
+  if (!prefix_) {
+    auto seq = runner_.try_open(worst);
+    if (!seq) return false;
+    a.seq = std::move(*seq);
+    return true;
+  }
+  KvCache& kv = runner_.kv();
+  while (true) {
+    const int64_t hit = prefix_->longest_prefix(a.req.prompt);
+    auto seq = hit > 0 ? prefix_->open(a.req.prompt, hit, worst) : runner_.try_open(worst);
+    if (seq) {
+      a.seq = std::move(*seq);
+      a.prefilled = a.cached_tokens = hit;
+      ++prefix_lookups_;
+      prefix_hits_ += hit > 0;
+      prefix_reused_ += hit;
+      return true;
+    }
+    const int64_t need = kv.empty() ? 0 : kv.blocks_for(worst) - hit / kv.block_size();
+    if (prefix_->size() == 0 || runner_.free_blocks() + prefix_->reclaimable_blocks() < need) return false;
+    prefix_->evict_lru();
+  }
+}
+
+// Keeps a's state at a checkpoint boundary it just reached (the step that fed up to here ended
+// exactly on it). Skipped when the cache has no slot to give.
+void Scheduler::checkpoint(Active& a) {
+  const auto prefix = std::span<const int32_t>(a.req.prompt).first(size_t(a.prefilled));
+  if (prefix_->insert(prefix, a.seq)) ++prefix_checkpoints_;
+}
+
+void Scheduler::clear_prefix_cache() {
+  if (prefix_) prefix_->clear();
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.prefix_entries = 0;
+  stats_.free_slots = runner_.free_slots();
+  stats_.free_blocks = runner_.free_blocks();
 }
 
 void Scheduler::admit_incoming() {
@@ -106,7 +166,11 @@ bool Scheduler::step() {
       --budget;
     }
   auto add_prefill = [&](Active& a) {
-    const int64_t n = std::min<int64_t>(budget, int64_t(a.req.prompt.size()) - a.prefilled);
+    int64_t n = std::min<int64_t>(budget, int64_t(a.req.prompt.size()) - a.prefilled);
+    if (prefix_) {  // end the chunk on the next checkpoint boundary, if it comes first
+      const int64_t interval = prefix_->interval();
+      n = std::min(n, (a.prefilled / interval + 1) * interval - a.prefilled);
+    }
     batch.push_back(&a);
     inputs.emplace_back(a.req.prompt.begin() + a.prefilled, a.req.prompt.begin() + a.prefilled + n);
     budget -= n;
@@ -115,9 +179,7 @@ bool Scheduler::step() {
     if (!a->prefill_done() && budget > 0) add_prefill(*a);
   while (budget > 0 && !waiting_.empty()) {
     Active& a = *waiting_.front();
-    auto seq = runner_.try_open(int64_t(a.req.prompt.size()) + a.req.sampling.max_tokens);
-    if (!seq) break;  // head of line waits for memory: FIFO keeps latecomers from starving it
-    a.seq = std::move(*seq);
+    if (!try_admit(a)) break;  // head of line waits for memory: FIFO keeps latecomers from starving it
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
     add_prefill(*running_.back());
@@ -146,6 +208,9 @@ bool Scheduler::step() {
     if (!a.prefill_done()) {
       a.prefilled += int64_t(inputs[i].size());
       tokens_in += int64_t(inputs[i].size());
+      // A boundary at the prompt's very end is kept too: the state holds exactly the prompt
+      // until the sampled token is fed, and a longer prompt (the next turn) may start with it.
+      if (prefix_ && a.prefilled % prefix_->interval() == 0) checkpoint(a);
       if (!a.prefill_done()) continue;  // mid-prompt: these logits predict a known token
     }
     if (a.generated >= a.req.sampling.max_tokens) {
@@ -161,6 +226,7 @@ bool Scheduler::step() {
     e.token = token;
     e.prompt_tokens = int64_t(a.req.prompt.size());
     e.completion_tokens = a.generated;
+    e.cached_tokens = a.cached_tokens;
     const bool keep_going = a.req.on_event ? a.req.on_event(e) : true;
     const auto& stops = a.req.sampling.stop_token_ids;
     if (!keep_going || std::find(stops.begin(), stops.end(), token) != stops.end()) finish(a, "stop");
@@ -176,6 +242,11 @@ bool Scheduler::step() {
   stats_.waiting = int64_t(waiting_.size());
   stats_.free_slots = runner_.free_slots();
   stats_.free_blocks = runner_.free_blocks();
+  stats_.prefix_lookups = prefix_lookups_;
+  stats_.prefix_hits = prefix_hits_;
+  stats_.prefix_reused_tokens = prefix_reused_;
+  stats_.prefix_checkpoints = prefix_checkpoints_;
+  stats_.prefix_entries = prefix_ ? prefix_->size() : 0;
   return true;
 }
 

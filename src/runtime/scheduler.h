@@ -5,6 +5,10 @@
 // Admission is planned, never hoped: a request starts only when a state slot and the KV blocks
 // for its worst case (prompt + max_tokens) are free, so a running sequence never runs out of
 // memory mid-flight. Finished and cancelled sequences give their slot and blocks back at once.
+//
+// With the prefix cache on (runtime/prefix_cache.h), prefills stop at every multiple of the
+// checkpoint interval and the state there is kept; a new request starts from the longest kept
+// prefix of its prompt and prefills only the rest, with the same tokens as without the cache.
 // One thread drives the model (step() / the loop started by start()); submit() and cancel()
 // may be called from any thread.
 #pragma once
@@ -22,6 +26,7 @@
 #include <vector>
 
 #include "runtime/model_runner.h"
+#include "runtime/prefix_cache.h"
 #include "runtime/sampler.h"
 
 namespace statelm {
@@ -34,6 +39,7 @@ struct RequestEvent {
   std::string finish_reason;      // "stop" | "length" | "cancelled" | "error"
   std::string error;              // for finish_reason "error"
   int64_t prompt_tokens = 0, completion_tokens = 0;
+  int64_t cached_tokens = 0;      // prompt tokens not prefilled: resumed from the prefix cache
 };
 
 // Returning false stops the request (finish_reason "stop"), e.g. when a stop string matched.
@@ -48,12 +54,22 @@ struct Request {
 struct SchedulerOptions {
   int64_t max_batch_tokens = 512;  // tokens per forward (decodes + prefill chunks)
   int64_t max_waiting = 1024;      // queued requests beyond this are refused
+  // Prefix cache: state checkpoints every prefix_interval prompt tokens (a multiple of the KV
+  // block size), at most prefix_max_entries of them (0 = every slot the runner set aside,
+  // RunnerOptions::prefix_cache_slots, which must then be > 0).
+  bool prefix_cache = false;
+  int64_t prefix_interval = 256;
+  int32_t prefix_max_entries = 0;
 };
 
 struct SchedulerStats {
   int64_t running = 0, waiting = 0, steps = 0;
   int64_t free_slots = 0, free_blocks = 0;
   int64_t tokens_in = 0, tokens_out = 0;
+  // Admitted requests that looked in the prefix cache, those that resumed from a checkpoint,
+  // the prompt tokens they skipped, checkpoints taken, and checkpoints held now.
+  int64_t prefix_lookups = 0, prefix_hits = 0, prefix_reused_tokens = 0;
+  int64_t prefix_checkpoints = 0, prefix_entries = 0;
 };
 
 class Scheduler {
@@ -75,10 +91,15 @@ class Scheduler {
   void stop();  // cancels what is left, joins the thread
 
   SchedulerStats stats() const;
+  // Drops every prefix checkpoint (their slots and KV blocks go back). Engine thread only:
+  // call it between steps, not while start()'s thread runs.
+  void clear_prefix_cache();
 
  private:
   struct Active;
   void admit_incoming();
+  bool try_admit(Active& a);
+  void checkpoint(Active& a);
   void finish(Active& a, const std::string& reason, const std::string& error = {});
 
   ModelRunner& runner_;
@@ -91,6 +112,8 @@ class Scheduler {
   // Owned by the engine thread.
   std::deque<std::unique_ptr<Active>> waiting_;
   std::vector<std::unique_ptr<Active>> running_;
+  std::unique_ptr<PrefixCache> prefix_;  // null when off
+  int64_t prefix_hits_ = 0, prefix_lookups_ = 0, prefix_reused_ = 0, prefix_checkpoints_ = 0;
   SchedulerStats stats_;
   std::atomic<bool> stop_{false};
   std::thread thread_;

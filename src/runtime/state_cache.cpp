@@ -50,4 +50,14 @@ void StateCache::zero(int32_t slot) {
   }
 }
 
+void StateCache::copy(int32_t dst, int32_t src) {
+  STATELM_CHECK(dst >= 0 && dst < n_slots_ && in_use_[size_t(dst)] && src >= 0 && src < n_slots_ &&
+                    in_use_[size_t(src)],
+                "copy between slots ", src, " -> ", dst, " not both in use");
+  for (size_t i = 0; i < conv_.size(); ++i) {
+    if (conv_[i].defined()) backend_.copy(conv_[i].rows(dst, 1), conv_[i].rows(src, 1));
+    if (ssm_[i].defined()) backend_.copy(ssm_[i].rows(dst, 1), ssm_[i].rows(src, 1));
+  }
+}
+
 }  // namespace statelm

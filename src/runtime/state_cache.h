@@ -25,6 +25,9 @@ class StateCache {
   std::optional<int32_t> acquire();
   void release(int32_t slot);
   void zero(int32_t slot);
+  // Slot dst takes slot src's state (both in use): a prefix checkpoint, or a sequence resuming
+  // from one.
+  void copy(int32_t dst, int32_t src);
 
   // Per-layer state tensors (undefined for attention layers).
   const Tensor& conv(int64_t layer) const { return conv_[size_t(layer)]; }

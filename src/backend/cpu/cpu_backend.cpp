@@ -3,6 +3,7 @@
 // cpu_moe).
 #include "backend/cpu/cpu_backend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -32,6 +33,15 @@ void CpuBackend::download(const Tensor& src, float* host) {
 void CpuBackend::fill_zero(const Tensor& t) {
   STATELM_CHECK(t.is_contiguous(), "fill_zero of a strided view ", t.describe());
   std::memset(t.data, 0, t.nbytes());
+}
+
+void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
+  STATELM_CHECK(dst.is_contiguous() && src.is_contiguous(), "copy of a strided view ", dst.describe(), " <- ",
+                src.describe());
+  STATELM_CHECK(dst.dtype == src.dtype && dst.ndim == src.ndim &&
+                    std::equal(dst.shape, dst.shape + dst.ndim, src.shape), "copy between different tensors ", dst.describe(),
+                " <- ", src.describe());
+  if (dst.data != src.data) std::memmove(dst.data, src.data, src.nbytes());
 }
 
 void CpuBackend::embed(std::span<const int32_t> ids, const Tensor& table, const Tensor& out) {

@@ -17,6 +17,7 @@ class CpuBackend final : public Backend {
   void upload(const Tensor& dst, const float* host) override;
   void download(const Tensor& src, float* host) override;
   void fill_zero(const Tensor& t) override;
+  void copy(const Tensor& dst, const Tensor& src) override;
 
   void embed(std::span<const int32_t> ids, const Tensor& table, const Tensor& out) override;
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override;
