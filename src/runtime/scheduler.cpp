@@ -150,6 +150,7 @@ void Scheduler::admit_incoming() {
 }
 
 bool Scheduler::step() {
+  const auto step_start = std::chrono::steady_clock::now();
   admit_incoming();
   std::erase_if(waiting_, [](const auto& a) { return a->done; });
   std::erase_if(running_, [](const auto& a) { return a->done; });
@@ -194,8 +195,11 @@ bool Scheduler::step() {
   std::vector<Sequence*> seqs;
   for (Active* a : batch) seqs.push_back(&a->seq);
   std::vector<float> logits;
+  double model_seconds = 0;
   try {
+    const auto model_start = std::chrono::steady_clock::now();
     logits = runner_.step(seqs, inputs);
+    model_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - model_start).count();
   } catch (const std::exception& e) {
     for (Active* a : batch) finish(*a, "error", e.what());
     return true;
@@ -236,6 +240,8 @@ bool Scheduler::step() {
   std::erase_if(running_, [](const auto& a) { return a->done; });
   std::lock_guard<std::mutex> lock(mu_);
   ++stats_.steps;
+  stats_.model_seconds += model_seconds;
+  stats_.step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
   stats_.tokens_in += tokens_in;
   stats_.tokens_out += tokens_out;
   stats_.running = int64_t(running_.size());

@@ -70,6 +70,9 @@ struct SchedulerStats {
   // the prompt tokens they skipped, checkpoints taken, and checkpoints held now.
   int64_t prefix_lookups = 0, prefix_hits = 0, prefix_reused_tokens = 0;
   int64_t prefix_checkpoints = 0, prefix_entries = 0;
+  // Wall time of the steps that ran the model, and the part spent inside the model: the rest
+  // is the scheduler's own overhead (packing, sampling, callbacks, bookkeeping).
+  double step_seconds = 0, model_seconds = 0;
 };
 
 class Scheduler {
