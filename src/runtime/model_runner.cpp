@@ -66,7 +66,7 @@ namespace {
 int32_t fit_sequences(const ModelSpec& spec, const RunnerOptions& o, int64_t max_context) {
   STATELM_CHECK(o.max_sequences > 0, "max_sequences must be positive");
   if (o.cache_memory_bytes <= 0) return o.max_sequences;
-  const MemoryFigures m = memory_figures(spec, DType::F32, DType::F32);
+  const MemoryFigures m = memory_figures(spec, o.state_dtype, DType::F32);
   const int64_t blocks = (max_context + o.kv_block_size - 1) / o.kv_block_size;
   const int64_t per_sequence = m.state_bytes() + blocks * o.kv_block_size * m.kv_bytes_per_token;
   const int64_t fit = per_sequence > 0 ? o.cache_memory_bytes / per_sequence : o.max_sequences;
@@ -85,6 +85,9 @@ int32_t fit_sequences(const ModelSpec& spec, const RunnerOptions& o, int64_t max
 
 ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerOptions o)
     : model_dir_(model_dir), backend_(backend), files_(open_model_files(model_dir, !o.random_weights)) {
+  if (o.state_dtype != DType::F32 && o.state_dtype != DType::BF16)
+    fail(ErrorKind::InvalidArgument, "RunnerOptions::state_dtype must be float32 or bfloat16, got ",
+         dtype_name(o.state_dtype));
   const ModelSpec& spec = files_.spec;
   weights_ = o.random_weights ? random_weights(spec, backend, o.seed) : load_weights(spec, *files_.checkpoint, backend);
   forward_ = std::make_unique<Forward>(spec, weights_, backend);
@@ -94,9 +97,11 @@ ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerO
   o.max_sequences = fit_sequences(spec, o, max_context_);
   STATELM_CHECK(o.prefix_cache_slots >= 0, "prefix_cache_slots must not be negative");
   prefix_cache_slots_ = o.prefix_cache_slots;
-  states_ = std::make_unique<StateCache>(spec, backend, o.max_sequences + o.prefix_cache_slots);
+  states_ = std::make_unique<StateCache>(spec, backend, o.max_sequences + o.prefix_cache_slots,
+                                         o.state_dtype);
   const int64_t blocks_per_seq = (max_context_ + o.kv_block_size - 1) / o.kv_block_size;
-  kv_ = std::make_unique<KvCache>(spec, backend, int32_t(blocks_per_seq * o.max_sequences), o.kv_block_size);
+  const int64_t n_blocks = o.kv_blocks > 0 ? o.kv_blocks : blocks_per_seq * o.max_sequences;
+  kv_ = std::make_unique<KvCache>(spec, backend, int32_t(n_blocks), o.kv_block_size);
   caches_.resize(spec.layers.size());
   for (size_t i = 0; i < spec.layers.size(); ++i)
     caches_[i] = LayerCaches{states_->conv(int64_t(i)), states_->ssm(int64_t(i)), kv_->k(int64_t(i)), kv_->v(int64_t(i))};

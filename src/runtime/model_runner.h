@@ -21,6 +21,7 @@ struct RunnerOptions {
   int32_t max_sequences = 4;        // state slots
   int64_t max_context = 0;          // KV tokens per sequence; 0 = the model's max_position_embeddings (or 4096)
   int32_t kv_block_size = 16;
+  int32_t kv_blocks = 0;            // KV blocks in all; 0 = max_sequences sequences of max_context
   // Bytes for state slots + KV blocks together (0 = no limit). Settings that do not fit are
   // clamped with a warning (fewer sequences), never a failure, unless not even one sequence
   // of max_context fits.
@@ -28,6 +29,11 @@ struct RunnerOptions {
   // Extra state slots beyond max_sequences, for the scheduler's prefix cache (checkpoints of
   // recent prompts' state); they hold no KV blocks of their own.
   int32_t prefix_cache_slots = 0;
+  // Element type of the recurrent state (conv + SSM state of every Mamba layer): DType::F32, or
+  // DType::BF16 for half the bytes per slot (the ops still compute in fp32 and round the state
+  // once per span; drift measured by bench/cpu/state_drift.cpp). Anything else is
+  // Error(InvalidArgument). The KV cache stays fp32.
+  DType state_dtype = DType::F32;
   bool random_weights = false;      // shapes from config.json only (benchmarks)
   uint64_t seed = 0;
 };
@@ -64,6 +70,8 @@ class ModelRunner {
   // A fresh sequence that also holds KV blocks for `tokens` tokens (its worst case), or nullopt
   // when the slot or the blocks are not free now (nothing is taken then).
   std::optional<Sequence> try_open(int64_t tokens);
+  // Grows seq's KV blocks to hold `tokens` tokens; false (and no change) when too few are free.
+  bool reserve(Sequence& seq, int64_t tokens) { return kv_->reserve(seq.blocks, tokens); }
   // Whether a sequence of `tokens` tokens could ever run here (memory and context limits).
   bool fits(int64_t tokens) const;
   int32_t free_slots() const { return states_->free_slots(); }

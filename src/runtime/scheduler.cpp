@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "runtime/snapshot.h"
 
 namespace statelm {
 
@@ -19,6 +20,8 @@ struct Scheduler::Active {
   int64_t generated = 0;
   int32_t next_input = -1;         // the token the next decode step feeds
   bool done = false;
+  std::string swapped;             // the state, swapped out to host memory while preempted
+  int64_t swapped_tokens = 0;      // positions in that state
 
   bool prefill_done() const { return prefilled == int64_t(req.prompt.size()); }
 };
@@ -86,7 +89,18 @@ void Scheduler::finish(Active& a, const std::string& reason, const std::string& 
 // that can make room for this request.
 bool Scheduler::try_admit(Active& a) {
   if (runner_.free_slots() == 0 || int64_t(running_.size()) >= runner_.max_sequences()) return false;
-  const int64_t worst = int64_t(a.req.prompt.size()) + a.req.sampling.max_tokens;
+  if (!a.swapped.empty()) {  // a preempted sequence: swap its state back in, exactly as it was
+    // Room for what it does next: one more token, or the rest of its prompt.
+    const int64_t next = a.prefill_done() ? a.swapped_tokens + 1 : int64_t(a.req.prompt.size());
+    const KvCache& kv = runner_.kv();
+    if (!kv.empty() && kv.blocks_for(next) > runner_.free_blocks()) return false;
+    a.seq = restore_sequence(runner_, a.swapped);
+    STATELM_CHECK(runner_.reserve(a.seq, next), "blocks checked free before the restore");
+    a.swapped.clear();
+    return true;
+  }
+  const int64_t worst = options_.reserve_worst_case ? int64_t(a.req.prompt.size()) + a.req.sampling.max_tokens
+                                                    : int64_t(a.req.prompt.size());
   if (!prefix_) {
     auto seq = runner_.try_open(worst);
     if (!seq) return false;
@@ -109,6 +123,30 @@ bool Scheduler::try_admit(Active& a) {
     if (prefix_->size() == 0 || runner_.free_blocks() + prefix_->reclaimable_blocks() < need) return false;
     prefix_->evict_lru();
   }
+}
+
+// Grows a's KV blocks to `tokens`; when they are short, preempts the most recently admitted
+// running sequences (possibly a itself) until it fits. False when a was preempted.
+bool Scheduler::grow_or_preempt(Active& a, int64_t tokens) {
+  while (!runner_.reserve(a.seq, tokens)) {
+    Active* victim = nullptr;
+    for (auto it = running_.rbegin(); it != running_.rend() && !victim; ++it)
+      if (!(*it)->done && (*it)->swapped.empty()) victim = it->get();
+    preempt(*victim);
+    if (victim == &a) return false;
+  }
+  return true;
+}
+
+// Swaps the victim's whole state (slot + KV) out to host memory and frees its slot and blocks.
+// Its tokens so far: the prompt part fed, or the whole history (the last one still pending).
+void Scheduler::preempt(Active& v) {
+  std::span<const int32_t> tokens = v.prefill_done() ? std::span<const int32_t>(v.history)
+                                                     : std::span<const int32_t>(v.req.prompt).first(size_t(v.prefilled));
+  v.swapped = snapshot_sequence(runner_, v.seq, tokens);
+  v.swapped_tokens = v.seq.n_tokens;
+  runner_.close(v.seq);
+  ++preemptions_;
 }
 
 // Keeps a's state at a checkpoint boundary it just reached (the step that fed up to here ended
@@ -155,6 +193,17 @@ bool Scheduler::step() {
   std::erase_if(waiting_, [](const auto& a) { return a->done; });
   std::erase_if(running_, [](const auto& a) { return a->done; });
 
+  // Every decoding sequence needs room for one more token; without worst-case reservation,
+  // that may take preempting the youngest (they go back to the front of the queue, oldest
+  // first, and resume from their swapped state).
+  if (!options_.reserve_worst_case) {
+    for (auto& a : running_)
+      if (!a->done && a->swapped.empty() && a->prefill_done()) grow_or_preempt(*a, a->seq.n_tokens + 1);
+    for (auto it = running_.rbegin(); it != running_.rend(); ++it)
+      if (!(*it)->swapped.empty()) waiting_.push_front(std::move(*it));
+    std::erase_if(running_, [](const auto& a) { return !a; });
+  }
+
   // Pack the batch: decodes first (they hold memory and users are waiting on each token), then
   // prefill chunks of admitted prompts, then newly admitted prompts, FIFO, while budget lasts.
   int64_t budget = options_.max_batch_tokens;
@@ -183,7 +232,13 @@ bool Scheduler::step() {
     if (!try_admit(a)) break;  // head of line waits for memory: FIFO keeps latecomers from starving it
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
-    add_prefill(*running_.back());
+    if (a.prefill_done()) {  // a preempted sequence resuming its decode
+      batch.push_back(&a);
+      inputs.push_back({a.next_input});
+      --budget;
+    } else {
+      add_prefill(a);
+    }
   }
   if (batch.empty()) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -253,6 +308,7 @@ bool Scheduler::step() {
   stats_.prefix_reused_tokens = prefix_reused_;
   stats_.prefix_checkpoints = prefix_checkpoints_;
   stats_.prefix_entries = prefix_ ? prefix_->size() : 0;
+  stats_.preemptions = preemptions_;
   return true;
 }
 

@@ -60,6 +60,13 @@ struct SchedulerOptions {
   bool prefix_cache = false;
   int64_t prefix_interval = 256;
   int32_t prefix_max_entries = 0;
+  // Admission. true: a request starts only when KV blocks for its worst case (prompt +
+  // max_tokens) are free, so nothing is ever preempted. false: it starts with blocks for its
+  // prompt and grows as it decodes; when blocks run out, the most recently admitted sequence
+  // is preempted — its whole state (slot + KV) swapped to host memory as a snapshot — and
+  // resumes from exactly there when memory frees up (never recomputed). More sequences run
+  // at once; the price is the swap.
+  bool reserve_worst_case = true;
 };
 
 struct SchedulerStats {
@@ -73,6 +80,7 @@ struct SchedulerStats {
   // Wall time of the steps that ran the model, and the part spent inside the model: the rest
   // is the scheduler's own overhead (packing, sampling, callbacks, bookkeeping).
   double step_seconds = 0, model_seconds = 0;
+  int64_t preemptions = 0;  // sequences swapped out to host memory (reserve_worst_case = false)
 };
 
 class Scheduler {
@@ -101,6 +109,8 @@ class Scheduler {
  private:
   struct Active;
   void admit_incoming();
+  bool grow_or_preempt(Active& a, int64_t tokens);
+  void preempt(Active& victim);
   bool try_admit(Active& a);
   void checkpoint(Active& a);
   void finish(Active& a, const std::string& reason, const std::string& error = {});
@@ -114,7 +124,8 @@ class Scheduler {
   uint64_t next_id_ = 1;
   // Owned by the engine thread.
   std::deque<std::unique_ptr<Active>> waiting_;
-  std::vector<std::unique_ptr<Active>> running_;
+  std::vector<std::unique_ptr<Active>> running_;  // in admission order, oldest first
+  int64_t preemptions_ = 0;
   std::unique_ptr<PrefixCache> prefix_;  // null when off
   int64_t prefix_hits_ = 0, prefix_lookups_ = 0, prefix_reused_ = 0, prefix_checkpoints_ = 0;
   SchedulerStats stats_;

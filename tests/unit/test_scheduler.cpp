@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <random>
@@ -216,6 +217,61 @@ TEST(Scheduler, StressSubmitCancelFinish) {
   EXPECT_EQ(runner.free_slots(), 5);
   EXPECT_EQ(runner.free_blocks(), blocks);
 }
+
+}  // namespace
+}  // namespace statelm
+
+namespace statelm {
+namespace {
+
+// Without worst-case reservation, more sequences run than the KV cache could hold at their
+// full length: the youngest are preempted (state swapped to host) and resumed later, and every
+// request still gets exactly the tokens it gets alone.
+class PreemptionModel : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PreemptionModel, SwappedSequencesContinueExactly) {
+  CpuBackend backend;
+  RunnerOptions o;
+  o.max_sequences = 6;
+  o.max_context = 96;
+  o.kv_blocks = 14;  // worst case would be 6 x 6 = 36 blocks of 16
+  ModelRunner runner(test::fixture(std::string("models/") + GetParam()).string(), backend, o);
+  const int32_t blocks = runner.free_blocks();
+  std::mt19937 rng(77);
+  std::vector<Request> requests;
+  for (int i = 0; i < 14; ++i) {
+    Request r;
+    r.prompt = random_prompt(rng, runner.spec().vocab_size, 30);
+    r.sampling.max_tokens = std::uniform_int_distribution<int>(20, 60)(rng);
+    r.sampling.greedy = i % 2 == 0;
+    r.sampling.seed = uint64_t(i);
+    requests.push_back(r);
+  }
+  std::vector<std::vector<int32_t>> alone;
+  for (const auto& r : requests) alone.push_back(generate(runner, r.prompt, r.sampling).tokens);
+  Collector c;
+  SchedulerOptions so;
+  so.max_batch_tokens = 41;
+  so.reserve_worst_case = false;
+  Scheduler s(runner, so);
+  std::vector<uint64_t> ids;
+  for (auto r : requests) {
+    r.on_event = c.callback();
+    ids.push_back(s.submit(std::move(r)));
+  }
+  s.run_until_idle();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_EQ(c.by_id[ids[i]].tokens, alone[i]) << GetParam() << " request " << i;
+    EXPECT_EQ(c.by_id[ids[i]].finished_events, 1);
+  }
+  EXPECT_GT(s.stats().preemptions, 0) << "the test should force preemption";
+  std::cout << GetParam() << ": " << s.stats().preemptions << " preemptions, " << s.stats().steps << " steps\n";
+  EXPECT_EQ(runner.free_slots(), 6);
+  EXPECT_EQ(runner.free_blocks(), blocks);
+}
+
+INSTANTIATE_TEST_SUITE_P(Attention, PreemptionModel, ::testing::Values("jamba-tiny", "llama-tiny"),
+                         [](const auto& info) { return test::param_name(info.param); });
 
 }  // namespace
 }  // namespace statelm
