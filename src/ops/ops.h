@@ -7,6 +7,8 @@
 // tokens it had before this batch. A decode step is a span of length 1; a prefill chunk a longer
 // one; both can share one call. Stateful ops (conv1d, scans, attention) read and update the
 // per-slot state / KV cache in place, so a span continues exactly where its sequence stopped.
+// The recurrent state may be fp32 or bf16; the ops compute in fp32 and round a bf16 state once
+// per span (when the span's new state is stored).
 #pragma once
 
 #include <cstdint>
@@ -43,7 +45,7 @@ struct Conv1dParams {
   Tensor x;       // [T, C]            (row-strided view allowed)
   Tensor weight;  // [C, K]
   Tensor bias;    // [C] or undefined
-  Tensor state;   // [n_slots, C, K-1] fp32, oldest input first
+  Tensor state;   // [n_slots, C, K-1] fp32 or bf16, oldest input first
   Tensor out;     // [T, C]
   bool silu = true;
 };
@@ -60,7 +62,7 @@ struct SelectiveScanParams {
   Tensor B, C;        // [T, N]    (row-strided views into x_proj's output allowed)
   Tensor D;           // [Di]
   Tensor z;           // [T, Di]   gate; undefined = no gate
-  Tensor state;       // [n_slots, Di, N] fp32
+  Tensor state;       // [n_slots, Di, N] fp32 or bf16
   Tensor out;         // [T, Di]
 };
 
@@ -77,7 +79,7 @@ struct SsdParams {
   Tensor A;        // [H]       = -exp(A_log)
   Tensor B, C;     // [T, G, N]
   Tensor D;        // [H]
-  Tensor state;    // [n_slots, H, P, N] fp32
+  Tensor state;    // [n_slots, H, P, N] fp32 or bf16
   Tensor out;      // [T, H, P]
   float dt_min = 0.0f, dt_max = 0.0f;
   bool dt_limited = false;
@@ -126,7 +128,7 @@ class Backend {
   virtual Buffer allocate(size_t bytes) = 0;
   // Copies host fp32 values into `dst` (converting to dst.dtype), e.g. weights at load.
   virtual void upload(const Tensor& dst, const float* host) = 0;
-  // Copies `src` (fp32) to host memory.
+  // Copies `src` to host fp32 memory (a bf16 tensor is widened, exactly).
   virtual void download(const Tensor& src, float* host) = 0;
   virtual void fill_zero(const Tensor& t) = 0;
   // dst = src: contiguous tensors of the same shape and dtype on this backend (a state slot

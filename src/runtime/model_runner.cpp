@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/system_memory.h"
 
 namespace statelm {
 
@@ -65,7 +66,7 @@ namespace {
 // each), at most the number asked for.
 int32_t fit_sequences(const ModelSpec& spec, const RunnerOptions& o, int64_t max_context) {
   STATELM_CHECK(o.max_sequences > 0, "max_sequences must be positive");
-  if (o.cache_memory_bytes <= 0) return o.max_sequences;
+  if (o.cache_memory_bytes <= 0) return o.max_sequences;  // budget resolved by the caller
   const MemoryFigures m = memory_figures(spec, o.state_dtype, DType::F32);
   const int64_t blocks = (max_context + o.kv_block_size - 1) / o.kv_block_size;
   const int64_t per_sequence = m.state_bytes() + blocks * o.kv_block_size * m.kv_bytes_per_token;
@@ -94,6 +95,12 @@ ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerO
   fingerprint_ = model_fingerprint(spec, o.random_weights ? nullptr : &*files_.checkpoint, o.seed);
   max_context_ = o.max_context > 0 ? o.max_context
                                    : (spec.max_position_embeddings > 0 ? spec.max_position_embeddings : 4096);
+  if (o.cache_memory_bytes <= 0 && o.cache_memory_fraction > 0) {
+    if (!(o.cache_memory_fraction <= 1.0))
+      fail(ErrorKind::InvalidArgument, "cache memory fraction ", o.cache_memory_fraction, " must be in (0, 1]");
+    // MemAvailable is read after the weights were loaded, so they are already accounted for.
+    o.cache_memory_bytes = int64_t(o.cache_memory_fraction * double(system_memory().available_bytes));
+  }
   o.max_sequences = fit_sequences(spec, o, max_context_);
   STATELM_CHECK(o.prefix_cache_slots >= 0, "prefix_cache_slots must not be negative");
   prefix_cache_slots_ = o.prefix_cache_slots;

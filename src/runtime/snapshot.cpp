@@ -35,7 +35,7 @@ struct LayerSections {
   uint64_t a = 0, b = 0;
 };
 
-int64_t row_numel(const Tensor& t) { return t.numel() / t.dim(0); }
+uint64_t row_bytes(const Tensor& t) { return uint64_t(t.nbytes() / size_t(t.dim(0))); }
 
 std::vector<LayerSections> model_sections(ModelRunner& runner, int64_t n_tokens) {
   const ModelSpec& spec = runner.spec();
@@ -44,27 +44,29 @@ std::vector<LayerSections> model_sections(ModelRunner& runner, int64_t n_tokens)
     const int64_t layer = int64_t(l);
     out[l].kind = spec.layers[l].mixer_kind();
     if (spec.layers[l].is_mamba()) {
-      out[l].a = uint64_t(row_numel(runner.states().conv(layer))) * sizeof(float);
-      out[l].b = uint64_t(row_numel(runner.states().ssm(layer))) * sizeof(float);
+      out[l].a = row_bytes(runner.states().conv(layer));
+      out[l].b = row_bytes(runner.states().ssm(layer));
     } else {
       const Tensor& k = runner.kv().k(layer);  // [n_blocks, block_size, Hkv, Dh]
-      out[l].a = out[l].b = uint64_t(n_tokens) * uint64_t(k.dim(2) * k.dim(3)) * sizeof(float);
+      out[l].a = out[l].b = uint64_t(n_tokens) * uint64_t(k.dim(2) * k.dim(3)) * dtype_size(k.dtype);
     }
   }
   return out;
 }
 
-// The dtype the runner keeps state in (the first state or KV tensor says; all are alike).
+// The dtype the runner keeps recurrent state in (RunnerOptions::state_dtype) when the model has
+// Mamba layers, else the KV cache's: the dtype a restore must match. Each section is stored in
+// its own tensor's dtype, so a Jamba blob with bf16 state has bf16 Mamba and fp32 KV sections.
 DType state_dtype(ModelRunner& runner) {
-  for (int64_t l = 0; l < runner.spec().n_layers(); ++l) {
-    if (runner.states().conv(l).defined()) return runner.states().conv(l).dtype;
+  for (int64_t l = 0; l < runner.spec().n_layers(); ++l)
+    if (runner.states().conv(l).defined()) return runner.states().dtype();
+  for (int64_t l = 0; l < runner.spec().n_layers(); ++l)
     if (runner.kv().k(l).defined()) return runner.kv().k(l).dtype;
-  }
   return DType::F32;
 }
 
-// Visits the state of `seq` section by section, in blob order: fn(host_offset_floats, tensor)
-// for each contiguous piece (a slot row, or the used positions of one KV block).
+// Visits the state of `seq` section by section, in blob order: fn(byte offset into the
+// sections, tensor) for each contiguous piece (a slot row, or the used positions of one KV block).
 template <typename Fn>
 void for_each_piece(ModelRunner& runner, const Sequence& seq, Fn&& fn) {
   const ModelSpec& spec = runner.spec();
@@ -74,7 +76,7 @@ void for_each_piece(ModelRunner& runner, const Sequence& seq, Fn&& fn) {
       for (const Tensor* t : {&runner.states().conv(l), &runner.states().ssm(l)}) {
         Tensor row = t->rows(seq.slot, 1);
         fn(at, row);
-        at += size_t(row.numel());
+        at += row.nbytes();
       }
       continue;
     }
@@ -85,10 +87,36 @@ void for_each_piece(ModelRunner& runner, const Sequence& seq, Fn&& fn) {
         // [block_size, Hkv, Dh] of block i, its first `count` positions
         Tensor piece = t->rows(seq.blocks.blocks[size_t(i)], 1).reshape({bs, t->dim(2), t->dim(3)}).rows(0, count);
         fn(at, piece);
-        at += size_t(piece.numel());
+        at += piece.nbytes();
       }
     }
   }
+}
+
+// A piece's values cross the backend as fp32 (upload/download) and are kept in the blob in the
+// piece's own dtype: bf16 state round-trips exactly (widening, then rounding a bf16 value).
+// fp32 pieces are copied bytewise: after a bf16 section an fp32 one may be only 2-aligned.
+void piece_to_blob(Backend& backend, const Tensor& t, char* dst) {
+  static thread_local std::vector<float> values;
+  values.resize(size_t(t.numel()));
+  backend.download(t, values.data());
+  if (t.dtype == DType::F32) {
+    std::memcpy(dst, values.data(), t.nbytes());
+    return;
+  }
+  STATELM_CHECK(t.dtype == DType::BF16, "snapshot of a ", dtype_name(t.dtype), " state tensor");
+  for (size_t i = 0; i < values.size(); ++i) {
+    const uint16_t v = f32_to_bf16(values[i]);
+    std::memcpy(dst + 2 * i, &v, 2);
+  }
+}
+
+void piece_from_blob(Backend& backend, const Tensor& t, const char* src) {
+  static thread_local std::vector<float> values;
+  values.resize(size_t(t.numel()));
+  STATELM_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16, "restore of a ", dtype_name(t.dtype), " state tensor");
+  convert_to_f32(t.dtype, src, values.data(), values.size());
+  backend.upload(t, values.data());
 }
 
 template <typename T>
@@ -301,8 +329,8 @@ std::string snapshot_sequence(ModelRunner& runner, const Sequence& seq, std::spa
   uint64_t total = header_bytes;
   for (const LayerSections& s : sections) total += s.a + s.b;
   raw.resize(size_t(total));
-  float* state = reinterpret_cast<float*>(raw.data() + header_bytes);
-  for_each_piece(runner, seq, [&](size_t at, const Tensor& t) { runner.backend().download(t, state + at); });
+  char* state = raw.data() + header_bytes;
+  for_each_piece(runner, seq, [&](size_t at, const Tensor& t) { piece_to_blob(runner.backend(), t, state + at); });
 
   std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> cctx{ZSTD_createCCtx(), ZSTD_freeCCtx};
   if (!cctx) fail(ErrorKind::OutOfMemory, "zstd: cannot create a compression context");
@@ -352,8 +380,8 @@ Sequence restore_sequence(ModelRunner& runner, std::string_view blob, std::vecto
   }
   seq->n_tokens = h.n_tokens;
   try {
-    const float* state = reinterpret_cast<const float*>(raw.data() + header_bytes);
-    for_each_piece(runner, *seq, [&](size_t at, const Tensor& t) { runner.backend().upload(t, state + at); });
+    const char* state = raw.data() + header_bytes;
+    for_each_piece(runner, *seq, [&](size_t at, const Tensor& t) { piece_from_blob(runner.backend(), t, state + at); });
   } catch (...) {
     runner.close(*seq);
     throw;

@@ -9,14 +9,17 @@
 //   [8]  u32 format version               kSnapshotVersion
 //   [12] u32 header bytes                 offset of the first section (a multiple of 8)
 //   [16] str model fingerprint            u32 length + bytes (ModelRunner::fingerprint())
-//        str state dtype                  u32 length + bytes ("float32")
+//        str state dtype                  u32 length + bytes ("float32" or "bfloat16": the
+//                                         Mamba state's, RunnerOptions::state_dtype; the KV
+//                                         cache's for a model without Mamba layers)
 //        i64 n_tokens                     positions held by the state
 //        u64 n_ids, i32[n_ids] token ids  the sequence's tokens; n_ids >= n_tokens, and ids past
 //                                         n_tokens are pending (sampled, not yet fed)
 //        u32 n_layers, then per layer     u8 mixer kind (MixerKind), u64 bytes of section a,
 //                                         u64 bytes of section b; zero padding to header bytes
-//   then per layer, in order, fp32:       Mamba: a = conv state [C, K-1], b = SSM state;
-//                                         attention: a = K [n_tokens, Hkv, Dh], b = V (same)
+//   then per layer, in order:             Mamba: a = conv state [C, K-1], b = SSM state, in
+//                                         the state dtype; attention: a = K [n_tokens, Hkv, Dh],
+//                                         b = V (same), in the KV dtype (fp32)
 // KV is stored by position, not by block, so a blob restores into any KV block size. Nothing
 // read from a blob is trusted: zstd detects truncation and corruption, and every size in the
 // header is checked against the model before a byte of state is copied.

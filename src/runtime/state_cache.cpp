@@ -4,11 +4,13 @@
 
 namespace statelm {
 
-StateCache::StateCache(const ModelSpec& spec, Backend& backend, int32_t n_slots)
-    : backend_(backend), n_slots_(n_slots), conv_(spec.layers.size()), ssm_(spec.layers.size()), in_use_(size_t(n_slots)) {
+StateCache::StateCache(const ModelSpec& spec, Backend& backend, int32_t n_slots, DType dtype)
+    : backend_(backend), n_slots_(n_slots), dtype_(dtype), conv_(spec.layers.size()), ssm_(spec.layers.size()), in_use_(size_t(n_slots)) {
   STATELM_CHECK(n_slots > 0, "state cache needs at least one slot");
+  STATELM_CHECK(dtype == DType::F32 || dtype == DType::BF16, "state cache dtype must be float32 or bfloat16, got ",
+                dtype_name(dtype));
   auto alloc = [&](std::initializer_list<int64_t> shape) {
-    Tensor t = Tensor::contiguous(nullptr, DType::F32, shape, backend.device());
+    Tensor t = Tensor::contiguous(nullptr, dtype, shape, backend.device());
     Buffer b = backend.allocate(t.nbytes());
     t.data = b.data();
     bytes_per_slot_ += t.nbytes() / size_t(n_slots);

@@ -2,6 +2,10 @@
 // For every Mamba layer a slot holds the conv state [C, K-1] and the SSM state (Mamba-1
 // [Di, N], Mamba-2 [H, P, N]); the per-layer tensors are [n_slots, ...] so a batch of sequences
 // indexes them by slot id. A slot is zeroed when a sequence takes it: no cross-talk.
+//
+// The state is kept in fp32 (default) or bf16 (half the bytes per slot). The SSM ops compute in
+// fp32 either way: a bf16 state is widened exactly when a span starts and rounded to nearest
+// even once when it ends, so a decode step rounds every token and a prefill span only its last.
 #pragma once
 
 #include <cstdint>
@@ -15,11 +19,13 @@ namespace statelm {
 
 class StateCache {
  public:
-  StateCache(const ModelSpec& spec, Backend& backend, int32_t n_slots);
+  // dtype: DType::F32 or DType::BF16 (checked by the caller, see RunnerOptions::state_dtype).
+  StateCache(const ModelSpec& spec, Backend& backend, int32_t n_slots, DType dtype = DType::F32);
 
   int32_t n_slots() const { return n_slots_; }
   int32_t free_slots() const { return int32_t(free_.size()); }
   size_t bytes_per_slot() const { return bytes_per_slot_; }
+  DType dtype() const { return dtype_; }
 
   // Takes a free slot and zeroes it; nullopt when all are in use.
   std::optional<int32_t> acquire();
@@ -36,6 +42,7 @@ class StateCache {
  private:
   Backend& backend_;
   int32_t n_slots_;
+  DType dtype_;
   size_t bytes_per_slot_ = 0;
   std::vector<Buffer> storage_;
   std::vector<Tensor> conv_, ssm_;

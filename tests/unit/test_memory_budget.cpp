@@ -5,6 +5,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "core/system_memory.h"
 #include "runtime/model_runner.h"
 #include "unit/test_support.h"
 
@@ -58,6 +59,21 @@ TEST(MemoryBudget, TooSmallForOneSequenceIsAClearError) {
     EXPECT_EQ(e.kind(), ErrorKind::OutOfMemory);
     EXPECT_NE(std::string(e.what()).find("30208 bytes"), std::string::npos) << e.what();
   }
+}
+
+TEST(MemoryBudget, FractionOfAvailableRam) {
+  CpuBackend backend;
+  RunnerOptions o;
+  o.max_sequences = 1 << 20;  // far more than fits: the fraction decides
+  o.max_context = 64;
+  o.cache_memory_fraction = 0.001;
+  ModelRunner runner(test::fixture("models/jamba-tiny").string(), backend, o);
+  const int64_t expected = int64_t(0.001 * double(system_memory().available_bytes)) / 30208;
+  // MemAvailable moves a little between the two reads: allow 5%.
+  EXPECT_NEAR(double(runner.max_sequences()), double(expected), 0.05 * double(expected) + 1);
+  EXPECT_GT(runner.max_sequences(), 1);
+  o.cache_memory_fraction = 1.5;
+  EXPECT_THROW(ModelRunner(test::fixture("models/jamba-tiny").string(), backend, o), Error);
 }
 
 }  // namespace

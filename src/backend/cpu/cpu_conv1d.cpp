@@ -16,11 +16,15 @@
 // item of a span copies the old state into a [K−1][C] history (the rows before the span) and,
 // after its outputs, writes the new state: it is the only item that touches the span's slot.
 // out must not overlap x (items read rows that other items write).
+//
+// The state may be fp32 or bf16 (cpu_state_dtype.h): it is widened into the history and the
+// new state is rounded as it is written, once per span; everything in between is fp32.
 #include <algorithm>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_op_checks.h"
+#include "backend/cpu/cpu_state_dtype.h"
 #include "backend/cpu/cpu_vec_math.h"
 
 namespace statelm {
@@ -54,7 +58,7 @@ void CpuBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
   cpu::check_tensor(p.x, {T, C}, "conv1d", "x");
   cpu::check_tensor(p.out, {T, C}, "conv1d", "out");
   const int64_t n_slots = p.state.shape[0];
-  cpu::check_tensor(p.state, {n_slots, C, hist}, "conv1d", "state");
+  cpu::check_state(p.state, {n_slots, C, hist}, "conv1d");
   const float* bias = cpu::optional_vector(p.bias, C, "conv1d", "bias");
   STATELM_CHECK(!cpu::overlaps(p.out, p.x), "conv1d: out ", p.out.describe(), " overlaps x ", p.x.describe());
   STATELM_CHECK(!cpu::overlaps(p.out, p.state), "conv1d: out overlaps the state");
@@ -81,46 +85,49 @@ void CpuBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
 
   const float* x = p.x.f32();
   float* out = p.out.f32();
-  float* state = p.state.f32();
   const int64_t xs = p.x.stride[0], os = p.out.stride[0];
   const int64_t ss0 = p.state.stride[0], ss1 = p.state.stride[1];
   const int64_t* firsts = first_item.data();
   const float* wtp = wt.data();
   const bool silu = p.silu;
 
+  cpu::with_state_type(p.state, "conv1d", [&](auto state_type) {
+    using S = typename decltype(state_type)::type;
+    S* state = static_cast<S*>(p.state.data);
 #pragma omp parallel if (T * C * K > 32768)
-  {
-    cpu::DenormalsAreZero daz;
-    std::vector<const float*> src(static_cast<size_t>(K));
-    static thread_local std::vector<float> history;
+    {
+      cpu::DenormalsAreZero daz;
+      std::vector<const float*> src(static_cast<size_t>(K));
+      static thread_local std::vector<float> history;
 #pragma omp for schedule(dynamic)
-    for (int64_t item = 0; item < n_items; ++item) {
-      const int64_t s = std::upper_bound(firsts, firsts + n_spans + 1, item) - firsts - 1;
-      const SeqSpan sp = batch.spans[size_t(s)];
-      const int64_t t0 = (item - firsts[s]) * block, t1 = std::min<int64_t>(sp.len, t0 + block);
-      const bool first = t0 == 0;
-      float* st = state + sp.slot * ss0;
-      if (first) {  // history[i][c] = state[c][i]
-        history.resize(size_t(hist * C));
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t i = 0; i < hist; ++i) history[size_t(i * C + c)] = st[c * ss1 + i];
-      }
-      // Input j of the span (j < 0: the rows before it, from the history).
-      auto input_row = [&](int64_t j) -> const float* {
-        return j >= 0 ? x + (sp.start + j) * xs : history.data() + (hist + j) * C;
-      };
-      for (int64_t t = t0; t < t1; ++t) {
-        for (int64_t k = 0; k < K; ++k) src[size_t(k)] = input_row(t - hist + k);
-        conv_row(src.data(), wtp, bias, K, C, silu, out + (sp.start + t) * os);
-      }
-      if (first) {
-        for (int64_t i = 0; i < hist; ++i) {
-          const float* row = input_row(sp.len - hist + i);
-          for (int64_t c = 0; c < C; ++c) st[c * ss1 + i] = row[c];
+      for (int64_t item = 0; item < n_items; ++item) {
+        const int64_t s = std::upper_bound(firsts, firsts + n_spans + 1, item) - firsts - 1;
+        const SeqSpan sp = batch.spans[size_t(s)];
+        const int64_t t0 = (item - firsts[s]) * block, t1 = std::min<int64_t>(sp.len, t0 + block);
+        const bool first = t0 == 0;
+        S* st = state + sp.slot * ss0;
+        if (first) {  // history[i][c] = state[c][i]
+          history.resize(size_t(hist * C));
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t i = 0; i < hist; ++i) history[size_t(i * C + c)] = cpu::widen(st[c * ss1 + i]);
+        }
+        // Input j of the span (j < 0: the rows before it, from the history).
+        auto input_row = [&](int64_t j) -> const float* {
+          return j >= 0 ? x + (sp.start + j) * xs : history.data() + (hist + j) * C;
+        };
+        for (int64_t t = t0; t < t1; ++t) {
+          for (int64_t k = 0; k < K; ++k) src[size_t(k)] = input_row(t - hist + k);
+          conv_row(src.data(), wtp, bias, K, C, silu, out + (sp.start + t) * os);
+        }
+        if (first) {
+          for (int64_t i = 0; i < hist; ++i) {
+            const float* row = input_row(sp.len - hist + i);
+            for (int64_t c = 0; c < C; ++c) st[c * ss1 + i] = cpu::narrow<S>(row[c]);
+          }
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace statelm

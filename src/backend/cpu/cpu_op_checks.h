@@ -13,11 +13,10 @@
 
 namespace statelm::cpu {
 
-// `t` is a host float32 tensor of exactly `shape`, with a contiguous last dimension (the other
+// `t` has exactly `shape`, lives on the host and has a contiguous last dimension (the other
 // strides are free: column slices of a wider matrix are accepted).
-inline void check_tensor(const Tensor& t, std::initializer_list<int64_t> shape, const char* op, const char* what) {
-  STATELM_CHECK(t.defined() && t.dtype == DType::F32 && t.device == Device::Cpu, op, ": ", what,
-                " must be a host float32 tensor, got ", t.describe());
+inline void check_shape(const Tensor& t, std::initializer_list<int64_t> shape, const char* op, const char* what) {
+  STATELM_CHECK(t.defined() && t.device == Device::Cpu, op, ": ", what, " must be a host tensor, got ", t.describe());
   bool same = t.ndim == int(shape.size());
   int i = 0;
   for (int64_t d : shape) same = same && t.shape[i++] == d;
@@ -30,13 +29,20 @@ inline void check_tensor(const Tensor& t, std::initializer_list<int64_t> shape, 
     STATELM_CHECK(t.stride[k] >= 0, op, ": ", what, " has a negative stride: ", t.describe());
 }
 
+// `t` is a host float32 tensor of exactly `shape` (see check_shape).
+inline void check_tensor(const Tensor& t, std::initializer_list<int64_t> shape, const char* op, const char* what) {
+  STATELM_CHECK(t.defined() && t.dtype == DType::F32 && t.device == Device::Cpu, op, ": ", what,
+                " must be a host float32 tensor, got ", t.describe());
+  check_shape(t, shape, op, what);
+}
+
 // Whether the memory spanned by two views (first to last element) intersects.
 inline bool overlaps(const Tensor& a, const Tensor& b) {
   auto range = [](const Tensor& t, const char*& lo, const char*& hi) {
     int64_t last = 0;
     for (int k = 0; k < t.ndim; ++k) last += (t.shape[k] - 1) * t.stride[k];
     lo = static_cast<const char*>(t.data);
-    hi = lo + (last + 1) * int64_t(sizeof(float));
+    hi = lo + (last + 1) * int64_t(dtype_size(t.dtype));
   };
   if (!a.defined() || !b.defined() || a.numel() == 0 || b.numel() == 0) return false;
   const char *alo, *ahi, *blo, *bhi;

@@ -5,7 +5,8 @@
 //   h[d, n] ← exp(dt · A[d, n]) · h[d, n] + dt · B[t, n] · u[t, d]
 //   y[t, d] = (Σ_n C[t, n] · h[d, n] + D[d] · u[t, d]) · silu(z[t, d])     (gate if z given)
 //
-// state [n_slots, Di, N] holds h and is updated in place.
+// state [n_slots, Di, N] holds h and is updated in place; fp32 or bf16 (cpu_state_dtype.h): h
+// is widened when an item starts and rounded when it ends, once per span, fp32 in between.
 //
 // Work split: (span, block of kBlock channels) items over OpenMP threads; a channel's
 // recurrence is sequential in t, channels are independent. In an item the block's h and A are
@@ -18,6 +19,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_op_checks.h"
+#include "backend/cpu/cpu_state_dtype.h"
 #include "backend/cpu/cpu_vec_math.h"
 
 namespace statelm {
@@ -63,7 +65,7 @@ void CpuBackend::selective_scan(const SelectiveScanParams& p, const BatchView& b
   cpu::check_tensor(p.out, {T, Di}, op, "out");
   if (p.z.defined()) cpu::check_tensor(p.z, {T, Di}, op, "z");
   const int64_t n_slots = p.state.shape[0];
-  cpu::check_tensor(p.state, {n_slots, Di, N}, op, "state");
+  cpu::check_state(p.state, {n_slots, Di, N}, op);
   const float* delta_bias = cpu::optional_vector(p.delta_bias, Di, op, "delta_bias");
   const float* Dskip = cpu::optional_vector(p.D, Di, op, "D");
   // out may be u, delta or z itself (each row piece is read before it is written), but no
@@ -81,81 +83,84 @@ void CpuBackend::selective_scan(const SelectiveScanParams& p, const BatchView& b
   const float *u = p.u.f32(), *delta = p.delta.f32(), *A = p.A.f32(), *B = p.B.f32(), *C = p.C.f32();
   const float* z = p.z.defined() ? p.z.f32() : nullptr;
   float* out = p.out.f32();
-  float* state = p.state.f32();
   const int64_t us = p.u.stride[0], ds = p.delta.stride[0], zs = z ? p.z.stride[0] : 0, os = p.out.stride[0];
   const int64_t As = p.A.stride[0], Bs = p.B.stride[0], Cs = p.C.stride[0];
   const int64_t ss0 = p.state.stride[0], ss1 = p.state.stride[1];
   const int64_t n_blocks = (Di + kBlock - 1) / kBlock;
   const int64_t n_items = int64_t(batch.spans.size()) * n_blocks;
 
+  cpu::with_state_type(p.state, op, [&](auto state_type) {
+    using S = typename decltype(state_type)::type;
+    S* state = static_cast<S*>(p.state.data);
 #pragma omp parallel if (T * Di * N > 16384)
-  {
-    cpu::DenormalsAreZero daz;
+    {
+      cpu::DenormalsAreZero daz;
 #pragma omp for schedule(dynamic)
-    for (int64_t item = 0; item < n_items; ++item) {
-      const SeqSpan sp = batch.spans[size_t(item / n_blocks)];
-      const int64_t d0 = (item % n_blocks) * kBlock;
-      const int64_t width = std::min(kBlock, Di - d0);
-      // hT[n][j] = h[d0 + j, n], aT[n][j] = A[d0 + j, n]; lanes past width stay 0, which keeps
-      // them 0 through the recurrence (exp(dt·0)·0 + dt·0·B).
-      static thread_local std::vector<float> scratch;
-      scratch.assign(size_t(2 * N * kBlock), 0.0f);
-      float* hT = scratch.data();
-      float* aT = hT + N * kBlock;
-      float* st = state + sp.slot * ss0 + d0 * ss1;
-      for (int64_t j = 0; j < width; ++j)
-        for (int64_t n = 0; n < N; ++n) {
-          hT[n * kBlock + j] = st[j * ss1 + n];
-          aT[n * kBlock + j] = A[(d0 + j) * As + n];
-        }
-      cpu::VecF bias[kVecs], dskip[kVecs];
-      for (int i = 0; i < kVecs; ++i) bias[i] = dskip[i] = cpu::VecF{};
-      if (delta_bias) load_block(delta_bias + d0, width, bias);
-      if (Dskip) load_block(Dskip + d0, width, dskip);
-
-      for (int64_t t = sp.start; t < sp.start + sp.len; ++t) {
-        if (t + kAhead < sp.start + sp.len) {
-          const int64_t ta = t + kAhead;
-          for (int64_t c = 0; c < width; c += 64 / int64_t(sizeof(float))) {
-            __builtin_prefetch(u + ta * us + d0 + c);
-            __builtin_prefetch(delta + ta * ds + d0 + c);
-            if (z) __builtin_prefetch(z + ta * zs + d0 + c);
-            __builtin_prefetch(out + ta * os + d0 + c, 1);
+      for (int64_t item = 0; item < n_items; ++item) {
+        const SeqSpan sp = batch.spans[size_t(item / n_blocks)];
+        const int64_t d0 = (item % n_blocks) * kBlock;
+        const int64_t width = std::min(kBlock, Di - d0);
+        // hT[n][j] = h[d0 + j, n], aT[n][j] = A[d0 + j, n]; lanes past width stay 0, which keeps
+        // them 0 through the recurrence (exp(dt·0)·0 + dt·0·B).
+        static thread_local std::vector<float> scratch;
+        scratch.assign(size_t(2 * N * kBlock), 0.0f);
+        float* hT = scratch.data();
+        float* aT = hT + N * kBlock;
+        S* st = state + sp.slot * ss0 + d0 * ss1;
+        for (int64_t j = 0; j < width; ++j)
+          for (int64_t n = 0; n < N; ++n) {
+            hT[n * kBlock + j] = cpu::widen(st[j * ss1 + n]);
+            aT[n * kBlock + j] = A[(d0 + j) * As + n];
           }
-        }
-        cpu::VecF uv[kVecs], dt[kVecs], du[kVecs], y[kVecs];
-        load_block(u + t * us + d0, width, uv);
-        load_block(delta + t * ds + d0, width, dt);
-        for (int i = 0; i < kVecs; ++i) {
-          dt[i] = cpu::softplus(dt[i] + bias[i]);
-          du[i] = dt[i] * uv[i];
-          y[i] = cpu::VecF{};
-        }
-        const float* bt = B + t * Bs;
-        const float* ct = C + t * Cs;
-        for (int64_t n = 0; n < N; ++n) {
-          float* hn = hT + n * kBlock;
-          const float* an = aT + n * kBlock;
+        cpu::VecF bias[kVecs], dskip[kVecs];
+        for (int i = 0; i < kVecs; ++i) bias[i] = dskip[i] = cpu::VecF{};
+        if (delta_bias) load_block(delta_bias + d0, width, bias);
+        if (Dskip) load_block(Dskip + d0, width, dskip);
+
+        for (int64_t t = sp.start; t < sp.start + sp.len; ++t) {
+          if (t + kAhead < sp.start + sp.len) {
+            const int64_t ta = t + kAhead;
+            for (int64_t c = 0; c < width; c += 64 / int64_t(sizeof(float))) {
+              __builtin_prefetch(u + ta * us + d0 + c);
+              __builtin_prefetch(delta + ta * ds + d0 + c);
+              if (z) __builtin_prefetch(z + ta * zs + d0 + c);
+              __builtin_prefetch(out + ta * os + d0 + c, 1);
+            }
+          }
+          cpu::VecF uv[kVecs], dt[kVecs], du[kVecs], y[kVecs];
+          load_block(u + t * us + d0, width, uv);
+          load_block(delta + t * ds + d0, width, dt);
           for (int i = 0; i < kVecs; ++i) {
-            const int64_t o = i * cpu::kLanes;
-            const cpu::VecF h = cpu::exp(dt[i] * cpu::load(an + o)) * cpu::load(hn + o) + du[i] * bt[n];
-            cpu::store(hn + o, h);
-            y[i] += h * ct[n];
+            dt[i] = cpu::softplus(dt[i] + bias[i]);
+            du[i] = dt[i] * uv[i];
+            y[i] = cpu::VecF{};
           }
+          const float* bt = B + t * Bs;
+          const float* ct = C + t * Cs;
+          for (int64_t n = 0; n < N; ++n) {
+            float* hn = hT + n * kBlock;
+            const float* an = aT + n * kBlock;
+            for (int i = 0; i < kVecs; ++i) {
+              const int64_t o = i * cpu::kLanes;
+              const cpu::VecF h = cpu::exp(dt[i] * cpu::load(an + o)) * cpu::load(hn + o) + du[i] * bt[n];
+              cpu::store(hn + o, h);
+              y[i] += h * ct[n];
+            }
+          }
+          for (int i = 0; i < kVecs; ++i) y[i] += dskip[i] * uv[i];
+          if (z) {
+            cpu::VecF zv[kVecs];
+            load_block(z + t * zs + d0, width, zv);
+            for (int i = 0; i < kVecs; ++i) y[i] *= cpu::silu(zv[i]);
+          }
+          store_block(out + t * os + d0, width, y);
         }
-        for (int i = 0; i < kVecs; ++i) y[i] += dskip[i] * uv[i];
-        if (z) {
-          cpu::VecF zv[kVecs];
-          load_block(z + t * zs + d0, width, zv);
-          for (int i = 0; i < kVecs; ++i) y[i] *= cpu::silu(zv[i]);
-        }
-        store_block(out + t * os + d0, width, y);
-      }
 
-      for (int64_t j = 0; j < width; ++j)
-        for (int64_t n = 0; n < N; ++n) st[j * ss1 + n] = hT[n * kBlock + j];
+        for (int64_t j = 0; j < width; ++j)
+          for (int64_t n = 0; n < N; ++n) st[j * ss1 + n] = cpu::narrow<S>(hT[n * kBlock + j]);
+      }
     }
-  }
+  });
 }
 
 }  // namespace statelm

@@ -32,12 +32,16 @@
 //   2. (span, head) items: the chunks of the span in order, carrying Sᵀ; decode spans here too.
 // The intra-chunk product skips the upper block triangle the same way. Products are
 // cpu::small_gemm (one thread each; see cpu_small_gemm.h for why not OpenBLAS).
+//
+// The state is fp32 or bf16 (cpu_state_dtype.h), widened as a span starts and rounded as it
+// ends: a decode step rounds S every token, a prefill span once after its last chunk.
 #include <algorithm>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_op_checks.h"
 #include "backend/cpu/cpu_small_gemm.h"
+#include "backend/cpu/cpu_state_dtype.h"
 #include "backend/cpu/cpu_vec_math.h"
 
 namespace statelm {
@@ -64,7 +68,8 @@ struct ChunkPlan {
 
 struct SsdArgs {
   const float *x, *dt_raw, *dt_bias, *A, *B, *C, *D;
-  float *out, *state;
+  float* out;
+  void* state;  // [n_slots, H, P, N] of float or cpu::Bf16
   int64_t H, P, G, N, Q;
   int64_t longest_chunk;  // of this batch: sizes the per-thread scratch
   int64_t xs0, xs1, dts, Bs0, Bs1, Cs0, Cs1, os0, os1, ss0, ss1, ss2;
@@ -118,7 +123,22 @@ void chunk_products(const SsdArgs& a, const ChunkPlan& c, int64_t g, float* bt, 
   }
 }
 
-// The plain recurrence for a span of one token, head h.
+// One state row of the recurrence, S[n] ← dA · S[n] + xdt · B[n], returning Σ_n C[n] · S[n].
+// Both state types run this same loop on fp32 values, so the sum is vectorised (and therefore
+// ordered) the same way: a bf16 state is widened into a row of floats first.
+inline float decode_row(float* Sp, float dA, float xdt, const float* Bg, const float* Cg, int64_t N) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t n = 0; n < N; ++n) {
+    const float s = dA * Sp[n] + xdt * Bg[n];
+    Sp[n] = s;
+    acc += Cg[n] * s;
+  }
+  return acc;
+}
+
+// The plain recurrence for a span of one token, head h; S is the state's element type.
+template <typename S>
 void decode_step(const SsdArgs& a, const SeqSpan& sp, int64_t h) {
   const int64_t g = h / (a.H / a.G), t = sp.start;
   alignas(64) float dtv[cpu::kLanes];
@@ -130,17 +150,21 @@ void decode_step(const SsdArgs& a, const SeqSpan& sp, int64_t h) {
   const float* Bg = a.B + t * a.Bs0 + g * a.Bs1;
   const float* Cg = a.C + t * a.Cs0 + g * a.Cs1;
   float* yh = a.out + t * a.os0 + h * a.os1;
-  float* S = a.state + sp.slot * a.ss0 + h * a.ss1;
+  S* state = static_cast<S*>(a.state) + sp.slot * a.ss0 + h * a.ss1;
+  static thread_local std::vector<float> row;  // a bf16 state row, widened
+  if constexpr (!std::is_same_v<S, float>) row.resize(size_t(a.N));
   for (int64_t p = 0; p < a.P; ++p) {
-    float* Sp = S + p * a.ss2;
-    const float xdt = dt * xh[p];
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t n = 0; n < a.N; ++n) {
-      const float s = dA * Sp[n] + xdt * Bg[n];
-      Sp[n] = s;
-      acc += Cg[n] * s;
+    S* Sp = state + p * a.ss2;
+    float* Sf;
+    if constexpr (std::is_same_v<S, float>) {
+      Sf = Sp;
+    } else {
+      Sf = row.data();
+      for (int64_t n = 0; n < a.N; ++n) Sf[n] = cpu::widen(Sp[n]);
     }
+    const float acc = decode_row(Sf, dA, dt * xh[p], Bg, Cg, a.N);
+    if constexpr (!std::is_same_v<S, float>)
+      for (int64_t n = 0; n < a.N; ++n) Sp[n] = cpu::narrow<S>(Sf[n]);
     yh[p] = acc + d * xh[p];
   }
 }
@@ -168,16 +192,17 @@ struct ChunkScratch {
   }
 };
 
-// Phase 2 for one prefill span and head: the chunks in order, carrying Sᵀ.
+// Phase 2 for one prefill span and head: the chunks in order, carrying Sᵀ (in fp32 whatever S).
+template <typename S>
 void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPlan* chunks, int64_t n_chunks,
                   const float* shared) {
   const int64_t g = h / (a.H / a.G), P = a.P, N = a.N;
   static thread_local ChunkScratch s;
   s.size_for(a.longest_chunk, P, N);
   const float A = a.A[h], d = a.D ? a.D[h] : 0.0f;
-  float* S = a.state + sp.slot * a.ss0 + h * a.ss1;
+  S* state = static_cast<S*>(a.state) + sp.slot * a.ss0 + h * a.ss1;
   for (int64_t p = 0; p < P; ++p)
-    for (int64_t n = 0; n < N; ++n) s.st[n * s.ldp + p] = S[p * a.ss2 + n];
+    for (int64_t n = 0; n < N; ++n) s.st[n * s.ldp + p] = cpu::widen(state[p * a.ss2 + n]);
 
   for (int64_t ci = 0; ci < n_chunks; ++ci) {
     const ChunkPlan& c = chunks[ci];
@@ -255,7 +280,7 @@ void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPla
   }
 
   for (int64_t p = 0; p < P; ++p)
-    for (int64_t n = 0; n < N; ++n) S[p * a.ss2 + n] = s.st[n * s.ldp + p];
+    for (int64_t n = 0; n < N; ++n) state[p * a.ss2 + n] = cpu::narrow<S>(s.st[n * s.ldp + p]);
 }
 
 }  // namespace
@@ -270,7 +295,7 @@ void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
   cpu::check_tensor(p.C, {T, G, N}, op, "C");
   cpu::check_tensor(p.out, {T, H, P}, op, "out");
   const int64_t n_slots = p.state.shape[0];
-  cpu::check_tensor(p.state, {n_slots, H, P, N}, op, "state");
+  cpu::check_state(p.state, {n_slots, H, P, N}, op);
   STATELM_CHECK(G >= 1 && H % G == 0, "ssd: ", H, " heads do not split into ", G, " groups (B ", p.B.describe(), ")");
   STATELM_CHECK(p.chunk_size >= 1, "ssd: chunk_size ", p.chunk_size);
   STATELM_CHECK(!p.dt_limited || p.dt_min <= p.dt_max, "ssd: dt limits [", p.dt_min, ", ", p.dt_max, "]");
@@ -282,7 +307,7 @@ void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
   cpu::check_spans(batch, T, n_slots, op);
   if (batch.spans.empty()) return;
 
-  SsdArgs a{p.x.f32(), p.dt.f32(), dt_bias, p.A.f32(), p.B.f32(), p.C.f32(), Dskip, p.out.f32(), p.state.f32(),
+  SsdArgs a{p.x.f32(), p.dt.f32(), dt_bias, p.A.f32(), p.B.f32(), p.C.f32(), Dskip, p.out.f32(), p.state.data,
             H, P, G, N, p.chunk_size, 0,
             p.x.stride[0], p.x.stride[1], p.dt.stride[0], p.B.stride[0], p.B.stride[1], p.C.stride[0], p.C.stride[1],
             p.out.stride[0], p.out.stride[1], p.state.stride[0], p.state.stride[1], p.state.stride[2],
@@ -316,26 +341,29 @@ void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
   const int64_t n_chunk_items = int64_t(chunks.size()) * G;
   const int64_t n_head_items = n_spans * H;
 
+  cpu::with_state_type(p.state, op, [&](auto state_type) {
+    using S = typename decltype(state_type)::type;
 #pragma omp parallel if (T * H * P * N > 32768)
-  {
-    cpu::DenormalsAreZero daz;
+    {
+      cpu::DenormalsAreZero daz;
 #pragma omp for schedule(dynamic)
-    for (int64_t item = 0; item < n_chunk_items; ++item) {
-      const ChunkPlan& c = plan[item / G];
-      const int64_t g = item % G;
-      float* bt = sh + c.offset + g * chunk_group_floats(c.len, N);
-      chunk_products(a, c, g, bt, bt + N * padded_ld(c.len));
-    }
+      for (int64_t item = 0; item < n_chunk_items; ++item) {
+        const ChunkPlan& c = plan[item / G];
+        const int64_t g = item % G;
+        float* bt = sh + c.offset + g * chunk_group_floats(c.len, N);
+        chunk_products(a, c, g, bt, bt + N * padded_ld(c.len));
+      }
 #pragma omp for schedule(dynamic)
-    for (int64_t item = 0; item < n_head_items; ++item) {
-      const int64_t si = item / H, h = item % H;
-      const SeqSpan& sp = batch.spans[size_t(si)];
-      if (sp.len == 1)
-        decode_step(a, sp, h);
-      else
-        prefill_span(a, sp, h, plan + first[si], first[si + 1] - first[si], sh);
+      for (int64_t item = 0; item < n_head_items; ++item) {
+        const int64_t si = item / H, h = item % H;
+        const SeqSpan& sp = batch.spans[size_t(si)];
+        if (sp.len == 1)
+          decode_step<S>(a, sp, h);
+        else
+          prefill_span<S>(a, sp, h, plan + first[si], first[si + 1] - first[si], sh);
+      }
     }
-  }
+  });
 }
 
 }  // namespace statelm
