@@ -172,10 +172,10 @@ MemoryFigures memory_figures(const ModelSpec& spec, DType state_dtype, DType kv_
   const int64_t sb = int64_t(dtype_size(state_dtype)), kb = int64_t(dtype_size(kv_dtype));
   for (const auto& l : spec.layers) {
     if (auto* m = std::get_if<Mamba1Dims>(&l.mixer)) {
-      f.conv_state_bytes += m->d_inner * (m->d_conv - 1) * sb;
+      f.conv_state_bytes += m->d_inner * (m->d_conv - 1) * 4;  // the conv window is always fp32
       f.ssm_state_bytes += m->d_inner * m->d_state * sb;
     } else if (auto* m2 = std::get_if<Mamba2Dims>(&l.mixer)) {
-      f.conv_state_bytes += m2->conv_dim() * (m2->d_conv - 1) * sb;
+      f.conv_state_bytes += m2->conv_dim() * (m2->d_conv - 1) * 4;
       f.ssm_state_bytes += m2->n_heads * m2->head_dim * m2->d_state * sb;
     } else if (auto* a = std::get_if<AttentionDims>(&l.mixer)) {
       f.kv_bytes_per_token += 2 * a->n_kv_heads * a->head_dim * kb;

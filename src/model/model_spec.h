@@ -169,6 +169,7 @@ struct MemoryFigures {
   // when that does not fit in int64.
   int64_t bytes_for(int64_t batch, int64_t context) const;
 };
+// state_dtype is the SSM state's; the conv windows are always fp32 (see runtime/state_cache.h).
 MemoryFigures memory_figures(const ModelSpec& spec, DType state_dtype, DType kv_dtype);
 
 // "[2, 64]"

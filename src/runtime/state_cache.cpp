@@ -9,8 +9,8 @@ StateCache::StateCache(const ModelSpec& spec, Backend& backend, int32_t n_slots,
   STATELM_CHECK(n_slots > 0, "state cache needs at least one slot");
   STATELM_CHECK(dtype == DType::F32 || dtype == DType::BF16, "state cache dtype must be float32 or bfloat16, got ",
                 dtype_name(dtype));
-  auto alloc = [&](std::initializer_list<int64_t> shape) {
-    Tensor t = Tensor::contiguous(nullptr, dtype, shape, backend.device());
+  auto alloc = [&](DType type, std::initializer_list<int64_t> shape) {
+    Tensor t = Tensor::contiguous(nullptr, type, shape, backend.device());
     Buffer b = backend.allocate(t.nbytes());
     t.data = b.data();
     bytes_per_slot_ += t.nbytes() / size_t(n_slots);
@@ -20,11 +20,11 @@ StateCache::StateCache(const ModelSpec& spec, Backend& backend, int32_t n_slots,
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     const LayerSpec& l = spec.layers[i];
     if (auto* m = std::get_if<Mamba1Dims>(&l.mixer)) {
-      conv_[i] = alloc({n_slots, m->d_inner, m->d_conv - 1});
-      ssm_[i] = alloc({n_slots, m->d_inner, m->d_state});
+      conv_[i] = alloc(DType::F32, {n_slots, m->d_inner, m->d_conv - 1});
+      ssm_[i] = alloc(dtype, {n_slots, m->d_inner, m->d_state});
     } else if (auto* m2 = std::get_if<Mamba2Dims>(&l.mixer)) {
-      conv_[i] = alloc({n_slots, m2->conv_dim(), m2->d_conv - 1});
-      ssm_[i] = alloc({n_slots, m2->n_heads, m2->head_dim, m2->d_state});
+      conv_[i] = alloc(DType::F32, {n_slots, m2->conv_dim(), m2->d_conv - 1});
+      ssm_[i] = alloc(dtype, {n_slots, m2->n_heads, m2->head_dim, m2->d_state});
     }
   }
   for (int32_t s = n_slots - 1; s >= 0; --s) free_.push_back(s);
