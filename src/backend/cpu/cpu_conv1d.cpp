@@ -94,6 +94,10 @@ void CpuBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
   cpu::with_state_type(p.state, "conv1d", [&](auto state_type) {
     using S = typename decltype(state_type)::type;
     S* state = static_cast<S*>(p.state.data);
+    // Copies the inner lambda can capture: clang 14 rejects a lambda inside an OpenMP region
+    // inside this generic lambda that names the enclosing function's locals.
+    const float* x_in = x;
+    const int64_t x_stride = xs;
 #pragma omp parallel if (T * C * K > 32768)
     {
       cpu::DenormalsAreZero daz;
@@ -113,7 +117,7 @@ void CpuBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
         }
         // Input j of the span (j < 0: the rows before it, from the history).
         auto input_row = [&](int64_t j) -> const float* {
-          return j >= 0 ? x + (sp.start + j) * xs : history.data() + (hist + j) * C;
+          return j >= 0 ? x_in + (sp.start + j) * x_stride : history.data() + (hist + j) * C;
         };
         for (int64_t t = t0; t < t1; ++t) {
           for (int64_t k = 0; k < K; ++k) src[size_t(k)] = input_row(t - hist + k);
