@@ -67,10 +67,20 @@ std::unique_ptr<Backend> make_backend(const std::string& device) {
   fail(ErrorKind::InvalidArgument, "--device: unknown device \"", device, "\" (cpu, cuda)");
 }
 
-LocalModel open_local_model(const std::string& model_dir, const std::string& device, int64_t context) {
+void add_engine_flags(CLI::App* cmd, EngineFlags& flags) {
+  cmd->add_option("--device", flags.device, "cpu | cuda");
+  cmd->add_option("--state-dtype", flags.state_dtype,
+                  "Recurrent (SSM) state: float32 (default) or bfloat16 (half the memory; drift in bench/RESULTS.md)");
+}
+
+LocalModel open_local_model(const std::string& model_dir, const EngineFlags& flags, int64_t context) {
   LocalModel m;
-  m.backend = make_backend(device);
+  m.backend = make_backend(flags.device);
   RunnerOptions o;
+  const auto dtype = dtype_from_name(flags.state_dtype);
+  if (!dtype || (*dtype != DType::F32 && *dtype != DType::BF16))
+    fail(ErrorKind::InvalidArgument, "--state-dtype: \"", flags.state_dtype, "\" is not float32 or bfloat16");
+  o.state_dtype = *dtype;
   o.max_sequences = 1;
   o.max_context = std::max<int64_t>(context, 1);
   m.runner = std::make_unique<ModelRunner>(model_dir, *m.backend, o);

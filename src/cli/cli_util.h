@@ -25,12 +25,19 @@ void add_sampling_flags(CLI::App* cmd, SamplingParams& p);
 // The compute backend for --device (only "cpu" until the CUDA backend lands).
 std::unique_ptr<Backend> make_backend(const std::string& device);
 
+// Where and how a command computes: --device, --state-dtype.
+struct EngineFlags {
+  std::string device = "cpu";
+  std::string state_dtype = "float32";
+};
+void add_engine_flags(CLI::App* cmd, EngineFlags& flags);
+
 // A model loaded for one sequence of up to `context` tokens (the one-shot commands).
 struct LocalModel {
   std::unique_ptr<Backend> backend;  // outlives the runner: declared first
   std::unique_ptr<ModelRunner> runner;
 };
-LocalModel open_local_model(const std::string& model_dir, const std::string& device, int64_t context);
+LocalModel open_local_model(const std::string& model_dir, const EngineFlags& flags, int64_t context);
 
 // Peak resident memory of this process, bytes.
 size_t peak_rss_bytes();

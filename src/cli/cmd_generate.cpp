@@ -12,7 +12,8 @@ namespace statelm::cli {
 
 namespace {
 struct GenerateOptions {
-  std::string model, ids, device = "cpu";
+  std::string model, ids;
+  EngineFlags engine;
   bool json = false;
   SamplingParams sampling;
 };
@@ -22,7 +23,7 @@ int run_generate(GenerateOptions& o) {
   if (prompt.empty()) fail(ErrorKind::InvalidArgument, "--ids: empty prompt");
   if (!o.sampling.stop_strings.empty())
     fail(ErrorKind::InvalidArgument, "--stop: stop strings need text; use `statelm run` (generate works on ids)");
-  LocalModel local = open_local_model(o.model, o.device, int64_t(prompt.size()) + o.sampling.max_tokens);
+  LocalModel local = open_local_model(o.model, o.engine, int64_t(prompt.size()) + o.sampling.max_tokens);
   ModelRunner& runner = *local.runner;
   GenerationResult r = generate(runner, prompt, o.sampling);
   if (o.json) {
@@ -43,7 +44,7 @@ void add_generate_command(CLI::App& app, Action& action) {
   cmd->add_option("model", o->model, "Model folder")->required();
   cmd->add_option("--ids", o->ids, "Prompt ids: 5,17,3 or - for a JSON array on stdin")->required();
   cmd->add_flag("--json", o->json, "Print a JSON array");
-  cmd->add_option("--device", o->device, "cpu | cuda");
+  add_engine_flags(cmd, o->engine);
   add_sampling_flags(cmd, o->sampling);
   cmd->callback([o, &action] { action = [o] { return run_generate(*o); }; });
 }

@@ -12,13 +12,14 @@ namespace statelm::cli {
 
 namespace {
 struct LogitsOptions {
-  std::string model, ids, out, device = "cpu";
+  std::string model, ids, out;
+  EngineFlags engine;
 };
 
 int run_logits(const LogitsOptions& o) {
   std::vector<int32_t> ids = parse_ids("--ids", o.ids);
   if (ids.empty()) fail(ErrorKind::InvalidArgument, "--ids: empty prompt");
-  LocalModel local = open_local_model(o.model, o.device, int64_t(ids.size()));
+  LocalModel local = open_local_model(o.model, o.engine, int64_t(ids.size()));
   ModelRunner& runner = *local.runner;
   Sequence seq = runner.open();
   Sequence* seqs[] = {&seq};
@@ -39,7 +40,7 @@ void add_logits_command(CLI::App& app, Action& action) {
   cmd->add_option("model", o->model, "Model folder")->required();
   cmd->add_option("--ids", o->ids, "Token ids: 5,17,3 or - for a JSON array on stdin")->required();
   cmd->add_option("--out,-o", o->out, "Output file (float32 little-endian [n_tokens x vocab])")->required();
-  cmd->add_option("--device", o->device, "cpu | cuda");
+  add_engine_flags(cmd, o->engine);
   cmd->callback([o, &action] { action = [o] { return run_logits(*o); }; });
 }
 

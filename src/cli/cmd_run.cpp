@@ -24,7 +24,8 @@ namespace statelm::cli {
 
 namespace {
 struct RunOptions {
-  std::string model, prompt, tokenizer, device = "cpu";
+  std::string model, prompt, tokenizer;
+  EngineFlags engine;
   std::string session, sessions_db;
   bool no_echo = false, quiet = false;
   SamplingParams sampling;
@@ -72,7 +73,7 @@ int run_run(RunOptions& o) {
   std::vector<int32_t> context = turn.history;
   context.insert(context.end(), ids.begin(), ids.end());
 
-  LocalModel local = open_local_model(o.model, o.device, int64_t(context.size()) + o.sampling.max_tokens);
+  LocalModel local = open_local_model(o.model, o.engine, int64_t(context.size()) + o.sampling.max_tokens);
   ModelRunner& runner = *local.runner;
   if (o.sampling.stop_token_ids.empty()) {
     for (int64_t id : runner.spec().eos_token_ids) o.sampling.stop_token_ids.push_back(int32_t(id));
@@ -123,7 +124,7 @@ void add_run_command(CLI::App& app, Action& action) {
   cmd->add_option("model", o->model, "Model folder (with tokenizer.json)")->required();
   cmd->add_option("--prompt,-p", o->prompt, "Prompt text (- reads stdin)")->required();
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the model folder's)");
-  cmd->add_option("--device", o->device, "cpu | cuda");
+  add_engine_flags(cmd, o->engine);
   cmd->add_flag("--no-echo", o->no_echo, "Do not print the prompt before the generated text");
   cmd->add_flag("--quiet,-q", o->quiet, "No speed report on stderr");
   CLI::Option* session = cmd->add_option("--session", o->session,
