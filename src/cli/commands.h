@@ -15,5 +15,6 @@ void add_tokenize_commands(CLI::App& app, Action& action);  // tokenize + detoke
 void add_logits_command(CLI::App& app, Action& action);
 void add_generate_command(CLI::App& app, Action& action);
 void add_run_command(CLI::App& app, Action& action);
+void add_serve_command(CLI::App& app, Action& action);
 
 }  // namespace statelm::cli
