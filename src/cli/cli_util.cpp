@@ -73,14 +73,19 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& flags) {
                   "Recurrent (SSM) state: float32 (default) or bfloat16 (half the memory; drift in bench/RESULTS.md)");
 }
 
-LocalModel open_local_model(const std::string& model_dir, const EngineFlags& flags, int64_t context) {
-  LocalModel m;
-  m.backend = make_backend(flags.device);
+RunnerOptions runner_options(const EngineFlags& flags) {
   RunnerOptions o;
   const auto dtype = dtype_from_name(flags.state_dtype);
   if (!dtype || (*dtype != DType::F32 && *dtype != DType::BF16))
     fail(ErrorKind::InvalidArgument, "--state-dtype: \"", flags.state_dtype, "\" is not float32 or bfloat16");
   o.state_dtype = *dtype;
+  return o;
+}
+
+LocalModel open_local_model(const std::string& model_dir, const EngineFlags& flags, int64_t context) {
+  LocalModel m;
+  m.backend = make_backend(flags.device);
+  RunnerOptions o = runner_options(flags);
   o.max_sequences = 1;
   o.max_context = std::max<int64_t>(context, 1);
   m.runner = std::make_unique<ModelRunner>(model_dir, *m.backend, o);

@@ -31,6 +31,8 @@ struct EngineFlags {
   std::string state_dtype = "float32";
 };
 void add_engine_flags(CLI::App* cmd, EngineFlags& flags);
+// Runner options from the engine flags (state dtype checked); the caller sets the sizes.
+RunnerOptions runner_options(const EngineFlags& flags);
 
 // A model loaded for one sequence of up to `context` tokens (the one-shot commands).
 struct LocalModel {

@@ -35,11 +35,7 @@ int run_serve(const ServeOptions& o) {
   Tokenizer tokenizer = Tokenizer::from_file(tok_path.string());
 
   auto backend = make_backend(o.engine.device);
-  RunnerOptions ro;
-  const auto dtype = dtype_from_name(o.engine.state_dtype);
-  if (!dtype || (*dtype != DType::F32 && *dtype != DType::BF16))
-    fail(ErrorKind::InvalidArgument, "--state-dtype: \"", o.engine.state_dtype, "\" is not float32 or bfloat16");
-  ro.state_dtype = *dtype;
+  RunnerOptions ro = runner_options(o.engine);
   ro.max_sequences = o.max_sequences;
   ro.max_context = o.max_context;
   ModelRunner runner(o.model, *backend, ro);
