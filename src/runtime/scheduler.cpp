@@ -9,6 +9,19 @@
 
 namespace statelm {
 
+namespace {
+
+// The cheap counts, refreshed by every step (whether it ran the model or not) and by stop(),
+// so that stats() read between requests shows the idle values. Under the scheduler's mu_.
+void publish_counts(SchedulerStats& s, size_t running, size_t waiting, const ModelRunner& runner) {
+  s.running = int64_t(running);
+  s.waiting = int64_t(waiting);
+  s.free_slots = runner.free_slots();
+  s.free_blocks = runner.free_blocks();
+}
+
+}  // namespace
+
 struct Scheduler::Active {
   uint64_t id = 0;
   Request req;
@@ -240,10 +253,9 @@ bool Scheduler::step() {
       add_prefill(a);
     }
   }
-  if (batch.empty()) {
+  if (batch.empty()) {  // nothing to run, but a cancel may just have freed a slot
     std::lock_guard<std::mutex> lock(mu_);
-    stats_.waiting = int64_t(waiting_.size());
-    stats_.running = int64_t(running_.size());
+    publish_counts(stats_, running_.size(), waiting_.size(), runner_);
     return false;
   }
 
@@ -257,6 +269,9 @@ bool Scheduler::step() {
     model_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - model_start).count();
   } catch (const std::exception& e) {
     for (Active* a : batch) finish(*a, "error", e.what());
+    std::erase_if(running_, [](const auto& a) { return a->done; });
+    std::lock_guard<std::mutex> lock(mu_);
+    publish_counts(stats_, running_.size(), waiting_.size(), runner_);
     return true;
   }
   const int64_t vocab = runner_.spec().vocab_size;
@@ -299,10 +314,7 @@ bool Scheduler::step() {
   stats_.step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
   stats_.tokens_in += tokens_in;
   stats_.tokens_out += tokens_out;
-  stats_.running = int64_t(running_.size());
-  stats_.waiting = int64_t(waiting_.size());
-  stats_.free_slots = runner_.free_slots();
-  stats_.free_blocks = runner_.free_blocks();
+  publish_counts(stats_, running_.size(), waiting_.size(), runner_);
   stats_.prefix_lookups = prefix_lookups_;
   stats_.prefix_hits = prefix_hits_;
   stats_.prefix_reused_tokens = prefix_reused_;
@@ -347,6 +359,8 @@ void Scheduler::stop() {
   for (auto& a : waiting_) finish(*a, "cancelled");
   running_.clear();
   waiting_.clear();
+  std::lock_guard<std::mutex> lock(mu_);
+  publish_counts(stats_, running_.size(), waiting_.size(), runner_);
 }
 
 SchedulerStats Scheduler::stats() const {

@@ -75,13 +75,22 @@ HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ModelLi
                {"max_model_len", limits_.max_context}};
     res.set_content(dump(json{{"object", "list"}, {"data", json::array({model})}}), "application/json");
   }));
-  http_->Post("/v1/completions",
-              guarded([this](const httplib::Request& req, httplib::Response& res) { handle_completion(req, res); }));
+  http_->Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics_->render(scheduler_.stats()), std::string(ServerMetrics::kContentType));
+  }));
+  auto completion = guarded([this](const httplib::Request& req, httplib::Response& res) { handle_completion(req, res); });
+  http_->Post("/v1/completions", [this, completion](const httplib::Request& req, httplib::Response& res) {
+    completion(req, res);
+    // httplib turns a status left unset (-1) into 200 later. A stream's status is its
+    // header's: errors that come later are sent in-band.
+    metrics_->record_status(res.status == -1 ? 200 : res.status);
+  });
 
   // httplib calls this for every response >= 400, including the ones a handler filled in:
   // only an empty body (no route matched) is ours to write.
-  http_->set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+  http_->set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Handled;
+    if (req.path == "/v1/completions") metrics_->record_status(res.status);  // e.g. 404 for GET
     const ApiError e = res.status == 404
                            ? ApiError(404, "invalid_request_error", str_cat("no route ", req.method, " ", req.path))
                            : ApiError(res.status, "invalid_request_error", str_cat("HTTP status ", res.status));
@@ -126,6 +135,7 @@ uint64_t HttpServer::submit(Request request) {
 }
 
 void HttpServer::handle_completion(const httplib::Request& req, httplib::Response& res) {
+  const auto received = std::chrono::steady_clock::now();
   CompletionRequest cr = parse_completion_request(req.body, tokenizer_, limits_);
   const CompletionMeta meta{str_cat("cmpl-", unix_now(), "-", next_completion_++), options_.model_id, unix_now()};
   auto stream = std::make_shared<RequestStream>(tokenizer_, limits_.stop_token_ids, cr.sampling.stop_strings);
@@ -133,7 +143,21 @@ void HttpServer::handle_completion(const httplib::Request& req, httplib::Respons
   request.prompt = std::move(cr.prompt);
   request.sampling = cr.sampling;
   request.sampling.stop_strings.clear();  // matched on text by the stream, not on ids
-  request.on_event = [stream](const RequestEvent& e) { return stream->on_event(e); };
+  // Engine thread. Metrics are recorded before the stream sees the event, so a client that
+  // has its response finds them counted.
+  request.on_event = [stream, metrics = metrics_, last = received, first = true](const RequestEvent& e) mutable {
+    if (e.finished) {
+      metrics->record_usage(e.prompt_tokens, e.completion_tokens);
+    } else {
+      const auto now = std::chrono::steady_clock::now();
+      const double seconds = std::chrono::duration<double>(now - last).count();
+      if (first) metrics->record_time_to_first_token(seconds);
+      else metrics->record_inter_token(seconds);
+      first = false;
+      last = now;
+    }
+    return stream->on_event(e);
+  };
   const uint64_t id = submit(std::move(request));
 
   if (!cr.stream) {

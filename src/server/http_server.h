@@ -5,6 +5,7 @@
 //   GET  /health          200 {"status":"ok"} (the model is loaded before the server exists)
 //   GET  /v1/models       the one model, id = the model folder's name
 //   POST /v1/completions  text_completion, or server-sent events with "stream": true
+//   GET  /metrics         Prometheus text format (server/metrics.h)
 // Every error is an OpenAI error body (openai_errors.h); unknown routes are 404.
 #pragma once
 
@@ -16,6 +17,7 @@
 #include "runtime/model_runner.h"
 #include "runtime/scheduler.h"
 #include "server/completions.h"
+#include "server/metrics.h"
 #include "tokenizer/tokenizer.h"
 
 namespace httplib {
@@ -62,6 +64,8 @@ class HttpServer {
   std::mutex submit_mu_;  // orders submit() against shutdown()
   bool stopping_ = false;
   std::atomic<uint64_t> next_completion_{1};
+  // Shared with the requests' event callbacks, which the scheduler may call after this is gone.
+  std::shared_ptr<ServerMetrics> metrics_ = std::make_shared<ServerMetrics>();
 };
 
 }  // namespace statelm::server

@@ -7,6 +7,8 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -62,9 +64,8 @@ class TestServer {
     return c;
   }
   httplib::Result post(const json& body) const { return client().Post("/v1/completions", body.dump(), "application/json"); }
-  // Waits (up to 10 s) until no request holds a slot or waits for one. The scheduler's stats
-  // are refreshed only by steps that run the model, so a one-token probe request makes one
-  // run after any cancellation (the probe itself is finished by then).
+  // Waits (up to 10 s) until no request holds a slot or waits for one, and a one-token probe
+  // request still succeeds.
   bool idle() const {
     for (int i = 0; i < 100; ++i) {
       auto r = post({{"prompt", {1}}, {"max_tokens", 1}});
@@ -364,6 +365,74 @@ TEST_F(ServerTest, ConcurrentClientsEachGetTheirAloneResult) {
     EXPECT_EQ(reason[i], want[i].finish_reason) << "client " << i;
   }
   EXPECT_TRUE(s.idle());
+}
+
+// GET /metrics as {"name{labels}": value}; comment lines skipped.
+std::map<std::string, double> scrape(const TestServer& s) {
+  auto r = s.client().Get("/metrics");
+  std::map<std::string, double> m;
+  if (!r || r->status != 200) {
+    ADD_FAILURE() << "GET /metrics failed";
+    return m;
+  }
+  EXPECT_EQ(r->get_header_value("Content-Type"), "text/plain; version=0.0.4");
+  std::istringstream in(r->body);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t sp = line.rfind(' ');
+    EXPECT_NE(sp, std::string::npos) << line;
+    if (sp != std::string::npos) m[line.substr(0, sp)] = std::stod(line.substr(sp + 1));
+  }
+  return m;
+}
+
+TEST_F(ServerTest, MetricsCountCompletionsAndReturnToIdle) {
+  TestServer s(model);
+  CpuBackend b2;
+  ModelRunner alone_runner(model.path(), b2, runner_options(1));
+  const std::vector<int32_t> prompt{5, 17, 3, 40, 41};
+  Alone want = run_alone(s, alone_runner, prompt, 12);
+  ASSERT_GE(want.completion_tokens, 2);
+
+  expect_error(s.post({{"prompt", {1, 216}}}), 400, "prompt", "token id outside the vocabulary");
+  auto r = s.post({{"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens"], want.completion_tokens);
+  r = s.post({{"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0}, {"stream", true}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_TRUE(parse_sse(r->body).done);
+
+  // The gauges come from the scheduler's stats, refreshed by its next (idle) step.
+  std::map<std::string, double> m;
+  for (int i = 0; i < 200; ++i) {
+    m = scrape(s);
+    if (m["statelm_running_sequences"] == 0 && m["statelm_state_slots_free"] == s.runner.max_sequences()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(m["statelm_requests_total{status=\"200\"}"], 2);
+  EXPECT_EQ(m["statelm_requests_total{status=\"400\"}"], 1);
+  EXPECT_EQ(m["statelm_requests_total{status=\"503\"}"], 0);
+  EXPECT_EQ(m["statelm_prompt_tokens_total"], 2 * prompt.size());
+  EXPECT_EQ(m["statelm_generation_tokens_total"], 2 * want.completion_tokens);
+  EXPECT_EQ(m["statelm_time_to_first_token_seconds_count"], 2);
+  EXPECT_EQ(m["statelm_time_to_first_token_seconds_bucket{le=\"+Inf\"}"], 2);
+  EXPECT_GT(m["statelm_time_to_first_token_seconds_sum"], 0);
+  EXPECT_EQ(m["statelm_inter_token_latency_seconds_count"], 2 * (want.completion_tokens - 1));
+  EXPECT_EQ(m["statelm_inter_token_latency_seconds_bucket{le=\"+Inf\"}"], 2 * (want.completion_tokens - 1));
+  EXPECT_EQ(m["statelm_running_sequences"], 0);
+  EXPECT_EQ(m["statelm_waiting_sequences"], 0);
+  EXPECT_EQ(m["statelm_state_slots_free"], s.runner.max_sequences());
+  EXPECT_EQ(m["statelm_kv_blocks_free"], s.runner.free_blocks());
+  EXPECT_EQ(m["statelm_scheduler_steps_total"], s.scheduler.stats().steps);
+  EXPECT_GT(m["statelm_scheduler_steps_total"], 0);
+  EXPECT_EQ(m["statelm_preemptions_total"], 0);
+  EXPECT_EQ(m["statelm_prefix_cache_lookups_total"], 0);
+
+  // A wrong method on the completions route counts as its 404.
+  EXPECT_EQ(s.client().Get("/v1/completions")->status, 404);
+  EXPECT_EQ(scrape(s)["statelm_requests_total{status=\"404\"}"], 1);
 }
 
 }  // namespace
