@@ -43,7 +43,6 @@ class Forward {
   void set_debug_hook(DebugHook hook) { debug_ = std::move(hook); }
 
  private:
-  struct Scratch;
   void mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b, const Tensor& x,
               const Tensor& out, int64_t layer);
   void mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCaches& c, const BatchView& b, const Tensor& x,

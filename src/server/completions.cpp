@@ -166,8 +166,9 @@ std::string CompletionText::finish() {
   return out;
 }
 
-json completion_response(const CompletionMeta& meta, const std::string& text, const std::string& finish_reason,
-                         int64_t prompt_tokens, int64_t completion_tokens) {
+namespace {
+// The text_completion envelope shared by whole responses and stream chunks.
+json completion_object(const CompletionMeta& meta, const std::string& text, json finish_reason) {
   return json{{"id", meta.id},
               {"object", "text_completion"},
               {"created", meta.created},
@@ -175,22 +176,21 @@ json completion_response(const CompletionMeta& meta, const std::string& text, co
               {"choices", json::array({json{{"index", 0},
                                              {"text", text},
                                              {"logprobs", nullptr},
-                                             {"finish_reason", finish_reason}}})},
-              {"usage",
-               {{"prompt_tokens", prompt_tokens},
+                                             {"finish_reason", std::move(finish_reason)}}})}};
+}
+}  // namespace
+
+json completion_response(const CompletionMeta& meta, const std::string& text, const std::string& finish_reason,
+                         int64_t prompt_tokens, int64_t completion_tokens) {
+  json r = completion_object(meta, text, finish_reason);
+  r["usage"] = {{"prompt_tokens", prompt_tokens},
                 {"completion_tokens", completion_tokens},
-                {"total_tokens", prompt_tokens + completion_tokens}}}};
+                {"total_tokens", prompt_tokens + completion_tokens}};
+  return r;
 }
 
 std::string completion_chunk_event(const CompletionMeta& meta, const std::string& text, const std::string& finish_reason) {
-  json chunk{{"id", meta.id},
-             {"object", "text_completion"},
-             {"created", meta.created},
-             {"model", meta.model},
-             {"choices", json::array({json{{"index", 0},
-                                           {"text", text},
-                                           {"logprobs", nullptr},
-                                           {"finish_reason", finish_reason.empty() ? json(nullptr) : json(finish_reason)}}})}};
+  json chunk = completion_object(meta, text, finish_reason.empty() ? json(nullptr) : json(finish_reason));
   // Text from the detokenizer is whole UTF-8 characters; replace guards against the rest.
   return "data: " + chunk.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
 }

@@ -108,14 +108,7 @@ class Prepend : public Normalizer {
 class Replace : public Normalizer {
  public:
   Replace(const JsonField& f) : content_(f.at("content").str()) {
-    JsonField pattern = f.at("pattern");
-    JsonField s = pattern.opt("String"), r = pattern.opt("Regex");
-    if (!s.is_null())
-      regex_ = std::make_unique<Regex>(s.str(), true, f.source(), s.path());
-    else if (!r.is_null())
-      regex_ = std::make_unique<Regex>(r.str(), false, f.source(), r.path());
-    else
-      pattern.fail(ErrorKind::Format, "must be {\"String\": ...} or {\"Regex\": ...}");
+    regex_ = parse_pattern(f.at("pattern"));
   }
   void normalize(Piece& p) const override {
     std::vector<std::pair<size_t, size_t>> matches;

@@ -64,15 +64,9 @@ class Split : public PreTokenizer {
   Split(const JsonField& f)
       : behavior_(parse_split_behavior(f.at("behavior"))), invert_(f.bool_or("invert", false)) {
     JsonField pattern = f.at("pattern");
-    JsonField s = pattern.opt("String"), r = pattern.opt("Regex");
-    if (!s.is_null()) {
-      // An empty string pattern matches nothing in the library (not "everywhere").
-      if (!s.str().empty()) regex_ = std::make_unique<Regex>(s.str(), true, f.source(), s.path());
-    } else if (!r.is_null()) {
-      regex_ = std::make_unique<Regex>(r.str(), false, f.source(), r.path());
-    } else {
-      pattern.fail(ErrorKind::Format, "must be {\"String\": ...} or {\"Regex\": ...}");
-    }
+    JsonField literal = pattern.opt("String");
+    // An empty string pattern matches nothing in the library (not "everywhere").
+    if (literal.is_null() || !literal.str().empty()) regex_ = parse_pattern(pattern);
   }
   void pre_tokenize(Pieces& pieces) const override {
     std::vector<std::pair<size_t, size_t>> matches;

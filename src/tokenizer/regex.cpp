@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/utf8.h"
+#include "tokenizer/json_field.h"
 
 namespace statelm::tok {
 
@@ -70,6 +71,13 @@ void Regex::find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>&
     last_end = end;
     pos = end;
   }
+}
+
+std::unique_ptr<Regex> parse_pattern(const JsonField& pattern) {
+  JsonField s = pattern.opt("String"), r = pattern.opt("Regex");
+  if (!s.is_null()) return std::make_unique<Regex>(s.str(), true, pattern.source(), s.path());
+  if (!r.is_null()) return std::make_unique<Regex>(r.str(), false, pattern.source(), r.path());
+  pattern.fail(ErrorKind::Format, "must be {\"String\": ...} or {\"Regex\": ...}");
 }
 
 }  // namespace statelm::tok

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -32,5 +33,11 @@ class Regex {
   pcre2_real_code_8* code_ = nullptr;
   std::string field_;
 };
+
+class JsonField;
+
+// A tokenizer.json pattern object: {"String": s} (matched literally) or {"Regex": r}.
+// Error(Format) naming the field for anything else.
+std::unique_ptr<Regex> parse_pattern(const JsonField& pattern);
 
 }  // namespace statelm::tok
