@@ -17,5 +17,6 @@ void add_generate_command(CLI::App& app, Action& action);
 void add_run_command(CLI::App& app, Action& action);
 void add_serve_command(CLI::App& app, Action& action);
 void add_perplexity_command(CLI::App& app, Action& action);
+void add_bench_command(CLI::App& app, Action& action);
 
 }  // namespace statelm::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   statelm::cli::add_run_command(app, action);
   statelm::cli::add_serve_command(app, action);
   statelm::cli::add_perplexity_command(app, action);
+  statelm::cli::add_bench_command(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,144 @@
+// `statelm bench MODEL [--random-weights]`: end-to-end prefill and decode through the real
+// runner, each case printed with its time, tokens/s, the bytes and FLOPs the step must move
+// (model/model_cost.h) and the fraction of this machine's copy bandwidth and matmul rate it
+// reached, both measured by the same backend in the same run (runtime/engine_bench.h).
+// MODEL is a model folder or a bare config.json; --random-weights benchmarks any shape
+// (a 2.7B Mamba-2, a 52B Jamba) without a checkpoint.
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "cli/cli_util.h"
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "runtime/engine_bench.h"
+
+namespace statelm::cli {
+
+namespace {
+struct BenchOptions {
+  std::string model;
+  bool random_weights = false;
+  std::vector<int64_t> prefill = {512, 2048};
+  int64_t chunk = 2048;
+  std::vector<int64_t> decode_batch = {1, 16};
+  std::vector<int64_t> context = {1024};
+  int64_t decode_steps = 32;
+  int repeats = 3;
+  bool roofline = true, json = false;
+  uint64_t seed = 0;
+  EngineFlags engine;
+};
+
+nlohmann::json result_json(const BenchResult& b, const Roofline& r) {
+  const double bw = b.seconds > 0 ? b.cost.bytes() / b.seconds : 0, fl = b.seconds > 0 ? b.cost.flops / b.seconds : 0;
+  nlohmann::json j = {{"kind", b.kind},
+                      {"batch", b.batch},
+                      {"context", b.context},
+                      {"tokens", b.tokens},
+                      {"steps", b.steps},
+                      {"seconds", b.seconds},
+                      {"tokens_per_second", b.tokens_per_s()},
+                      {"ms_per_step", b.ms_per_step()},
+                      {"bytes", b.cost.bytes()},
+                      {"weight_bytes", b.cost.weight_bytes},
+                      {"state_bytes", b.cost.state_bytes},
+                      {"kv_bytes", b.cost.kv_bytes},
+                      {"flops", b.cost.flops},
+                      {"bytes_per_second", bw},
+                      {"flops_per_second", fl}};
+  if (r.copy_bytes_per_s > 0) j["fraction_of_copy_bandwidth"] = bw / r.copy_bytes_per_s;
+  if (r.matmul_flops_per_s > 0) j["fraction_of_matmul_rate"] = fl / r.matmul_flops_per_s;
+  return j;
+}
+
+int run_bench(const BenchOptions& o) {
+  namespace fs = std::filesystem;
+  auto backend = make_backend(o.engine.device);
+  RunnerOptions ro = runner_options(o.engine);
+  ro.random_weights = o.random_weights;
+  ro.seed = o.seed;
+  // Sized for the largest case: slots for the largest decode batch, context for the longest
+  // prefill or decode horizon, KV blocks for the case that needs the most of them at once.
+  const int64_t decode_extra = 2 + o.decode_steps * o.repeats;
+  int64_t max_context = 1, kv_tokens = 1;
+  for (int64_t p : o.prefill) max_context = std::max(max_context, p), kv_tokens = std::max(kv_tokens, p);
+  for (int64_t c : o.context) {
+    max_context = std::max(max_context, c + decode_extra);
+    for (int64_t b : o.decode_batch) kv_tokens = std::max(kv_tokens, b * (c + decode_extra + ro.kv_block_size));
+  }
+  ro.max_sequences = int32_t(std::max<int64_t>(1, *std::max_element(o.decode_batch.begin(), o.decode_batch.end())));
+  ro.max_context = max_context;
+  ro.kv_blocks = int32_t((kv_tokens + ro.kv_block_size - 1) / ro.kv_block_size + ro.max_sequences);
+  ModelRunner runner(o.model, *backend, ro);
+
+  Roofline roof;
+  if (o.roofline) {
+    const bool gpu = backend->device() == Device::Cuda;
+    roof = measure_roofline(*backend, gpu ? DType::BF16 : DType::F32, gpu ? (size_t(1) << 31) : (size_t(1) << 28),
+                            gpu ? 8192 : 1024);
+  }
+  std::vector<BenchResult> results;
+  for (int64_t p : o.prefill) results.push_back(bench_prefill(runner, p, o.chunk, o.repeats, o.seed + 1));
+  for (int64_t c : o.context)
+    for (int64_t b : o.decode_batch) results.push_back(bench_decode(runner, b, c, o.decode_steps, o.repeats, o.seed + 2));
+  const size_t peak = peak_rss_bytes();
+
+  if (o.json) {
+    nlohmann::json j = {{"model", o.model},
+                        {"device", o.engine.device},
+                        {"random_weights", o.random_weights},
+                        {"architecture", runner.spec().architecture},
+                        {"parameters", parameter_count(runner.spec())},
+                        {"weight_bytes", runner.weight_bytes()},
+                        {"state_dtype", o.engine.state_dtype},
+                        {"copy_bytes_per_second", roof.copy_bytes_per_s},
+                        {"matmul_flops_per_second", roof.matmul_flops_per_s},
+                        {"matmul_shape", roof.matmul_shape},
+                        {"peak_host_memory_bytes", peak},
+                        {"cases", nlohmann::json::array()}};
+    for (const auto& b : results) j["cases"].push_back(result_json(b, roof));
+    std::printf("%s\n", j.dump(1).c_str());
+    return 0;
+  }
+  std::printf("model %s (%s, %.1fM parameters, %.1f MB of weights%s) on %s\n", o.model.c_str(),
+              runner.spec().architecture.c_str(), double(parameter_count(runner.spec())) / 1e6,
+              double(runner.weight_bytes()) / 1e6, o.random_weights ? ", random" : "", o.engine.device.c_str());
+  if (o.roofline)
+    std::printf("measured limits: copy %.1f GB/s (read + write), matmul %.1f GFLOP/s (%s)\n", roof.copy_bytes_per_s / 1e9,
+                roof.matmul_flops_per_s / 1e9, roof.matmul_shape.c_str());
+  std::printf("%-8s %6s %8s %10s %11s %9s %10s %9s %7s %7s\n", "case", "batch", "context", "time ms", "tokens/s",
+              "ms/step", "MB moved", "GFLOP", "%copy", "%mm");
+  for (const auto& b : results) {
+    const double bw = b.cost.bytes() / b.seconds, fl = b.cost.flops / b.seconds;
+    std::printf("%-8s %6lld %8lld %10.2f %11.1f %9.3f %10.1f %9.2f %6.1f%% %6.1f%%\n", b.kind.c_str(), (long long)b.batch,
+                (long long)b.context, b.seconds * 1e3, b.tokens_per_s(), b.ms_per_step(), b.cost.bytes() / 1e6,
+                b.cost.flops / 1e9, roof.copy_bytes_per_s > 0 ? 100 * bw / roof.copy_bytes_per_s : 0.0,
+                roof.matmul_flops_per_s > 0 ? 100 * fl / roof.matmul_flops_per_s : 0.0);
+  }
+  std::printf("peak host memory %.1f MiB\n", double(peak) / (1 << 20));
+  return 0;
+}
+}  // namespace
+
+void add_bench_command(CLI::App& app, Action& action) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand("bench", "Benchmark prefill and decode end to end, against the measured machine limits");
+  cmd->add_option("model", o->model, "Model folder, or a config.json with --random-weights")->required();
+  cmd->add_flag("--random-weights", o->random_weights, "Random weights of the config's shapes (no checkpoint needed)");
+  cmd->add_option("--prefill", o->prefill, "Prompt lengths to prefill (one sequence each)")->delimiter(',');
+  cmd->add_option("--chunk", o->chunk, "Prefill tokens per forward")->check(CLI::PositiveNumber);
+  cmd->add_option("--decode-batch", o->decode_batch, "Decode batch sizes")->delimiter(',');
+  cmd->add_option("--context", o->context, "Context each decoding sequence holds")->delimiter(',');
+  cmd->add_option("--decode-steps", o->decode_steps, "Decode steps per measurement")->check(CLI::PositiveNumber);
+  cmd->add_option("--repeats", o->repeats, "Measurements per case (the median is reported)")->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", o->seed, "Seed of the random weights and tokens");
+  cmd->add_flag("!--no-roofline", o->roofline, "Skip measuring copy bandwidth and matmul rate");
+  cmd->add_flag("--json", o->json, "Print JSON");
+  add_engine_flags(cmd, o->engine);
+  cmd->callback([o, &action] { action = [o] { return run_bench(*o); }; });
+}
+
+}  // namespace statelm::cli
