@@ -76,6 +76,8 @@ void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCac
   p.dt_max = m.dt_max;
   p.dt_limited = m.dt_limited;
   p.chunk_size = m.chunk_size;
+  dump(layer, "mamba2_xbc", xbc);  // the SSD's inputs: reference recurrences replay them
+  dump(layer, "mamba2_dt", p.dt);
   backend_.ssd(p, b);
   dump(layer, "mamba2_ssd", y);
   Tensor gated = scratch(kMixer + 3, {T, Di});

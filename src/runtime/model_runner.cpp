@@ -86,8 +86,8 @@ int32_t fit_sequences(const ModelSpec& spec, const RunnerOptions& o, int64_t max
 
 ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerOptions o)
     : model_dir_(model_dir), backend_(backend), files_(open_model_files(model_dir, !o.random_weights)) {
-  if (o.state_dtype != DType::F32 && o.state_dtype != DType::BF16)
-    fail(ErrorKind::InvalidArgument, "RunnerOptions::state_dtype must be float32 or bfloat16, got ",
+  if (o.state_dtype != DType::F32 && o.state_dtype != DType::BF16 && o.state_dtype != DType::F16)
+    fail(ErrorKind::InvalidArgument, "RunnerOptions::state_dtype must be float32, bfloat16 or float16, got ",
          dtype_name(o.state_dtype));
   const ModelSpec& spec = files_.spec;
   weights_ = o.random_weights ? random_weights(spec, backend, o.seed) : load_weights(spec, *files_.checkpoint, backend);

@@ -34,8 +34,9 @@ struct RunnerOptions {
   int32_t prefix_cache_slots = 0;
   // Element type of the recurrent state (conv + SSM state of every Mamba layer): DType::F32, or
   // DType::BF16 for half the bytes per slot (the ops still compute in fp32 and round the state
-  // once per span; drift measured by bench/cpu/state_drift.cpp). Anything else is
-  // Error(InvalidArgument). The KV cache stays fp32.
+  // once per span; drift measured by bench/cpu/state_drift.cpp). DType::F16 exists for that
+  // measurement only (CPU; no snapshots). Anything else is Error(InvalidArgument). The KV cache
+  // stays fp32.
   DType state_dtype = DType::F32;
   bool random_weights = false;      // shapes from config.json only (benchmarks)
   uint64_t seed = 0;
@@ -55,6 +56,7 @@ class ModelRunner {
   const ModelSpec& spec() const { return files_.spec; }
   const std::string& model_dir() const { return model_dir_; }
   Forward& forward() { return *forward_; }
+  const ModelWeights& weights() const { return weights_; }
   size_t weight_bytes() const { return weights_.bytes; }
   int64_t max_context() const { return max_context_; }
   int32_t max_sequences() const { return states_->n_slots() - prefix_cache_slots_; }

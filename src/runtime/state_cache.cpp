@@ -7,8 +7,8 @@ namespace statelm {
 StateCache::StateCache(const ModelSpec& spec, Backend& backend, int32_t n_slots, DType dtype)
     : backend_(backend), n_slots_(n_slots), dtype_(dtype), conv_(spec.layers.size()), ssm_(spec.layers.size()), in_use_(size_t(n_slots)) {
   STATELM_CHECK(n_slots > 0, "state cache needs at least one slot");
-  STATELM_CHECK(dtype == DType::F32 || dtype == DType::BF16, "state cache dtype must be float32 or bfloat16, got ",
-                dtype_name(dtype));
+  STATELM_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
+                "state cache dtype must be float32, bfloat16 or float16, got ", dtype_name(dtype));
   auto alloc = [&](DType type, std::initializer_list<int64_t> shape) {
     Tensor t = Tensor::contiguous(nullptr, type, shape, backend.device());
     Buffer b = backend.allocate(t.nbytes());

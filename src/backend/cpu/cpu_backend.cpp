@@ -20,26 +20,28 @@ void check_2d(const Tensor& t, int64_t rows, int64_t cols, const char* what) {
 
 Buffer CpuBackend::allocate(size_t bytes) { return host_buffer(bytes); }
 
-// bf16 is accepted for state tensors (RunnerOptions::state_dtype); every other CPU tensor is fp32.
+// bf16 and f16 are accepted for state tensors (RunnerOptions::state_dtype); every other CPU
+// tensor is fp32.
 void CpuBackend::upload(const Tensor& dst, const float* host) {
-  STATELM_CHECK(dst.is_contiguous() && (dst.dtype == DType::F32 || dst.dtype == DType::BF16),
-                "CPU tensors are contiguous float32 (or bfloat16 state): ", dst.describe());
+  STATELM_CHECK(dst.is_contiguous() && (dst.dtype == DType::F32 || dst.dtype == DType::BF16 || dst.dtype == DType::F16),
+                "CPU tensors are contiguous float32 (or bfloat16 / float16 state): ", dst.describe());
   if (dst.dtype == DType::F32) {
     std::memcpy(dst.data, host, dst.nbytes());
     return;
   }
   uint16_t* d = dst.ptr<uint16_t>();
-  for (int64_t i = 0; i < dst.numel(); ++i) d[i] = f32_to_bf16(host[i]);
+  const bool bf16 = dst.dtype == DType::BF16;
+  for (int64_t i = 0; i < dst.numel(); ++i) d[i] = bf16 ? f32_to_bf16(host[i]) : f32_to_f16(host[i]);
 }
 
 void CpuBackend::download(const Tensor& src, float* host) {
-  STATELM_CHECK(src.is_contiguous() && (src.dtype == DType::F32 || src.dtype == DType::BF16), "download of ",
-                src.describe());
+  STATELM_CHECK(src.is_contiguous() && (src.dtype == DType::F32 || src.dtype == DType::BF16 || src.dtype == DType::F16),
+                "download of ", src.describe());
   if (src.dtype == DType::F32) {
     std::memcpy(host, src.data, src.nbytes());
     return;
   }
-  convert_to_f32(DType::BF16, src.data, host, size_t(src.numel()));
+  convert_to_f32(src.dtype, src.data, host, size_t(src.numel()));
 }
 
 void CpuBackend::fill_zero(const Tensor& t) {
