@@ -122,4 +122,25 @@ StepCost decode_cost(const ModelSpec& spec, int64_t batch, int64_t context, cons
   return c;
 }
 
+int64_t activation_bytes(const ModelSpec& spec, int64_t tokens, int64_t rows, int64_t bytes) {
+  int64_t mixer = 0, ffn = 0;
+  for (const LayerSpec& l : spec.layers) {
+    if (const auto* m1 = std::get_if<Mamba1Dims>(&l.mixer)) {
+      // in_proj (x | z), conv output, x_proj (dt | B | C), delta, scan output
+      mixer = std::max(mixer, 2 * m1->d_inner + m1->d_inner + (m1->dt_rank + 2 * m1->d_state) + 2 * m1->d_inner);
+    } else if (const auto* m2 = std::get_if<Mamba2Dims>(&l.mixer)) {
+      // in_proj (z | xBC | dt), conv output, SSD output, gated norm
+      mixer = std::max(mixer, m2->in_proj_dim() + m2->conv_dim() + 2 * m2->d_inner);
+    } else {
+      const auto& a = std::get<AttentionDims>(l.mixer);
+      mixer = std::max(mixer, (a.n_heads + 2 * a.n_kv_heads) * a.head_dim + a.n_heads * a.head_dim);
+    }
+    if (const auto* mlp = std::get_if<MlpDims>(&l.ffn)) ffn = std::max(ffn, 3 * mlp->d_ff);
+    else if (const auto* moe = std::get_if<MoeDims>(&l.ffn))
+      ffn = std::max(ffn, moe->n_experts + moe->top_k * (3 * moe->d_ff + spec.d_model));  // router + routed rows
+  }
+  const int64_t per_token = 3 * spec.d_model + std::max(mixer, ffn);
+  return tokens * per_token * bytes + rows * (spec.d_model * bytes + spec.vocab_size * 4);
+}
+
 }  // namespace statelm

@@ -34,4 +34,10 @@ StepCost prefill_cost(const ModelSpec& spec, int64_t pos, int64_t tokens, int64_
 // One decode step of `batch` sequences, each holding `context` tokens.
 StepCost decode_cost(const ModelSpec& spec, int64_t batch, int64_t context, const CostDtypes& d);
 
+// Activation memory of one forward over `tokens` tokens (the generic forward's scratch
+// buffers: residual stream, the widest mixer's and feed-forward's intermediates, and the
+// logits of `rows` rows in fp32), at `bytes` per activation element. The memory planner sets
+// this aside for a prefill chunk.
+int64_t activation_bytes(const ModelSpec& spec, int64_t tokens, int64_t rows, int64_t bytes);
+
 }  // namespace statelm

@@ -95,7 +95,7 @@ CostDtypes cost_dtypes(ModelRunner& runner) {
   return d;
 }
 
-BenchResult bench_prefill(ModelRunner& runner, int64_t tokens, int64_t chunk, int repeats, uint64_t seed) {
+BenchResult bench_prefill(ModelRunner& runner, int64_t tokens, int64_t chunk, int repeats, uint64_t seed, bool warmup) {
   if (tokens < 1 || chunk < 1) fail(ErrorKind::InvalidArgument, "bench: prefill tokens and chunk must be positive");
   if (!runner.fits(tokens)) fail(ErrorKind::InvalidArgument, "bench: a prefill of ", tokens, " tokens does not fit (max context ", runner.max_context(), ")");
   std::mt19937_64 rng(seed);
@@ -116,7 +116,7 @@ BenchResult bench_prefill(ModelRunner& runner, int64_t tokens, int64_t chunk, in
     }
     runner.close(*seq);
   };
-  once();  // warm-up
+  if (warmup) once();
   std::vector<double> times;
   for (int r = 0; r < std::max(1, repeats); ++r) {
     const auto t0 = Clock::now();

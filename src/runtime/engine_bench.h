@@ -43,7 +43,9 @@ CostDtypes cost_dtypes(ModelRunner& runner);
 
 // One sequence prefilling `tokens` random tokens from an empty state in chunks of `chunk`
 // tokens per forward, `repeats` times after one warm-up.
-BenchResult bench_prefill(ModelRunner& runner, int64_t tokens, int64_t chunk, int repeats, uint64_t seed);
+// (No warm-up when `warmup` is false: a long sweep warms up once, not at every length.)
+BenchResult bench_prefill(ModelRunner& runner, int64_t tokens, int64_t chunk, int repeats, uint64_t seed,
+                          bool warmup = true);
 
 // `batch` sequences each holding `context` tokens decode `steps` tokens together (one forward
 // per step), `repeats` times after a warm-up. The sequences are fast-forwarded to `context`
