@@ -58,6 +58,22 @@ Scheduler::~Scheduler() { stop(); }
 
 uint64_t Scheduler::submit(Request r) {
   r.sampling.validate();
+  if (!r.resume_state.empty()) {  // the sequence is the snapshot's ids, then the new ones
+    SnapshotHeader h;
+    try {
+      h = read_snapshot_header(r.resume_state);  // the rest is checked when it is restored
+    } catch (const Error& e) {
+      fail(ErrorKind::InvalidArgument, "resume state: ", e.what());
+    }
+    if (h.fingerprint != runner_.fingerprint())
+      fail(ErrorKind::InvalidArgument, "resume state: a snapshot of another model (fingerprint ", h.fingerprint,
+           "), not of ", runner_.model_dir(), " (fingerprint ", runner_.fingerprint(), ")");
+    if (h.n_tokens == int64_t(h.tokens.size()) + int64_t(r.prompt.size()))
+      fail(ErrorKind::InvalidArgument, "prompt: empty: the resumed state holds all its ", h.n_tokens,
+           " tokens already, so at least one new token is needed");
+    r.prompt.insert(r.prompt.begin(), h.tokens.begin(), h.tokens.end());
+    if (h.n_tokens == 0) r.resume_state.clear();  // the empty state: a fresh sequence, prefix cache and all
+  }
   if (r.prompt.empty()) fail(ErrorKind::InvalidArgument, "prompt: empty prompt (at least one token is needed)");
   const int64_t vocab = runner_.spec().vocab_size;
   for (int32_t id : r.prompt)
@@ -84,12 +100,23 @@ void Scheduler::cancel(uint64_t id) {
 void Scheduler::finish(Active& a, const std::string& reason, const std::string& error) {
   if (a.done) return;
   a.done = true;
-  if (a.seq.slot >= 0) runner_.close(a.seq);
   RequestEvent e;
-  e.request_id = a.id;
-  e.finished = true;
   e.finish_reason = reason;
   e.error = error;
+  // The final state goes out before the slot is freed, and before the final event, so that a
+  // client told "done" can already find it (e.g. in a session store).
+  if (a.req.on_final_state && (reason == "stop" || reason == "length")) {
+    try {
+      STATELM_CHECK(a.seq.slot >= 0, "a request ended ", reason, " without a state");
+      a.req.on_final_state(snapshot_sequence(runner_, a.seq, a.history));
+    } catch (const std::exception& ex) {
+      e.finish_reason = "error";
+      e.error = str_cat("snapshot of the final state: ", ex.what());
+    }
+  }
+  if (a.seq.slot >= 0) runner_.close(a.seq);
+  e.request_id = a.id;
+  e.finished = true;
   e.prompt_tokens = int64_t(a.req.prompt.size());
   e.completion_tokens = a.generated;
   e.cached_tokens = a.cached_tokens;
@@ -114,6 +141,7 @@ bool Scheduler::try_admit(Active& a) {
   }
   const int64_t worst = options_.reserve_worst_case ? int64_t(a.req.prompt.size()) + a.req.sampling.max_tokens
                                                     : int64_t(a.req.prompt.size());
+  if (!a.req.resume_state.empty()) return admit_restored(a, worst);
   if (!prefix_) {
     auto seq = runner_.try_open(worst);
     if (!seq) return false;
@@ -136,6 +164,31 @@ bool Scheduler::try_admit(Active& a) {
     if (prefix_->size() == 0 || runner_.free_blocks() + prefix_->reclaimable_blocks() < need) return false;
     prefix_->evict_lru();
   }
+}
+
+// Restores a's snapshot into a free slot (checked by the caller) with KV blocks for `worst`
+// tokens, as a fresh admission reserves them; prefix checkpoints are dropped for blocks only if
+// that makes room. A blob that does not restore ends the request "error" (a.done, false).
+bool Scheduler::admit_restored(Active& a, int64_t worst) {
+  const KvCache& kv = runner_.kv();
+  if (!kv.empty()) {
+    const int64_t need = kv.blocks_for(worst);
+    if (need > runner_.free_blocks() &&
+        (!prefix_ || runner_.free_blocks() + prefix_->reclaimable_blocks() < need))
+      return false;
+    while (need > runner_.free_blocks() && prefix_->evict_lru()) {
+    }
+  }
+  try {
+    a.seq = restore_sequence(runner_, a.req.resume_state);
+  } catch (const Error& e) {
+    finish(a, "error", str_cat("resume state: ", e.what()));
+    return false;
+  }
+  STATELM_CHECK(runner_.reserve(a.seq, worst), "blocks checked free before the restore");
+  a.prefilled = a.cached_tokens = a.seq.n_tokens;
+  std::string().swap(a.req.resume_state);  // the blob's memory goes back now, not at the end
+  return true;
 }
 
 // Grows a's KV blocks to `tokens`; when they are short, preempts the most recently admitted
@@ -242,7 +295,11 @@ bool Scheduler::step() {
     if (!a->prefill_done() && budget > 0) add_prefill(*a);
   while (budget > 0 && !waiting_.empty()) {
     Active& a = *waiting_.front();
-    if (!try_admit(a)) break;  // head of line waits for memory: FIFO keeps latecomers from starving it
+    if (!try_admit(a)) {
+      if (!a.done) break;  // head of line waits for memory: FIFO keeps latecomers from starving it
+      waiting_.pop_front();  // its state did not restore: it has ended with the error
+      continue;
+    }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
     if (a.prefill_done()) {  // a preempted sequence resuming its decode
@@ -362,6 +419,10 @@ void Scheduler::stop() {
   std::lock_guard<std::mutex> lock(mu_);
   publish_counts(stats_, running_.size(), waiting_.size(), runner_);
 }
+
+SnapshotHeader Scheduler::check_snapshot(std::string_view blob) const { return statelm::check_snapshot(runner_, blob); }
+
+std::string Scheduler::empty_snapshot() const { return statelm::empty_snapshot(runner_); }
 
 SchedulerStats Scheduler::stats() const {
   std::lock_guard<std::mutex> lock(mu_);

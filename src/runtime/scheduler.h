@@ -9,6 +9,12 @@
 // With the prefix cache on (runtime/prefix_cache.h), prefills stop at every multiple of the
 // checkpoint interval and the state there is kept; a new request starts from the longest kept
 // prefix of its prompt and prefills only the rest, with the same tokens as without the cache.
+// Sessions: a request may start from a snapshot of an earlier sequence (Request::resume_state,
+// restored at admission into a free slot and fresh KV blocks) and prefill only its new tokens,
+// and may ask for a snapshot of its final state (Request::on_final_state); max_tokens 0 then
+// means "prefill only". A conversation continued this way generates exactly what one request
+// over the whole conversation would.
+//
 // One thread drives the model (step() / the loop started by start()); submit() and cancel()
 // may be called from any thread.
 #pragma once
@@ -21,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -28,6 +35,7 @@
 #include "runtime/model_runner.h"
 #include "runtime/prefix_cache.h"
 #include "runtime/sampler.h"
+#include "runtime/snapshot.h"
 
 namespace statelm {
 
@@ -49,6 +57,16 @@ struct Request {
   std::vector<int32_t> prompt;
   SamplingParams sampling;
   EventCallback on_event;
+  // Sessions. resume_state: a snapshot (runtime/snapshot.h) of this model to start from instead
+  // of an empty state, restored on the engine thread at admission. Its token ids come first in
+  // the sequence and `prompt` holds only what follows (it may be empty when the snapshot has a
+  // pending id); events count prompt_tokens over both, the restored positions as cached_tokens.
+  std::string resume_state;
+  // Called on the engine thread, just before the final event, with a snapshot of the final
+  // state (every token; the last sampled one pending) when the request ends "stop" or
+  // "length"; if the snapshot fails the request ends "error" instead. With max_tokens 0 the
+  // request only prefills: its prompt goes into the state and nothing is generated.
+  std::function<void(std::string)> on_final_state;
 };
 
 struct SchedulerOptions {
@@ -102,6 +120,10 @@ class Scheduler {
   void stop();  // cancels what is left, joins the thread
 
   SchedulerStats stats() const;
+  // Sessions, from any thread (they read only the model's fingerprint and shapes): a snapshot
+  // checked in full without restoring it, and the empty state (runtime/snapshot.h).
+  SnapshotHeader check_snapshot(std::string_view blob) const;
+  std::string empty_snapshot() const;
   // Drops every prefix checkpoint (their slots and KV blocks go back). Engine thread only:
   // call it between steps, not while start()'s thread runs.
   void clear_prefix_cache();
@@ -112,6 +134,7 @@ class Scheduler {
   bool grow_or_preempt(Active& a, int64_t tokens);
   void preempt(Active& victim);
   bool try_admit(Active& a);
+  bool admit_restored(Active& a, int64_t worst);
   void checkpoint(Active& a);
   void finish(Active& a, const std::string& reason, const std::string& error = {});
 

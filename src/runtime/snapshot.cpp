@@ -261,6 +261,9 @@ SnapshotHeader parse_header(FrameReader& frame, std::vector<LayerSections>* sect
     s.kind = MixerKind(kind);
     s.a = r.get<uint64_t>("section sizes");
     s.b = r.get<uint64_t>("section sizes");
+    // Saturating: the sizes are unchecked here, and a forged pair must not wrap around.
+    const uint64_t sum = s.a > uint64_t(INT64_MAX) || s.b > uint64_t(INT64_MAX) ? uint64_t(INT64_MAX) : s.a + s.b;
+    h.state_bytes = int64_t(std::min<uint64_t>(uint64_t(INT64_MAX), uint64_t(h.state_bytes) + sum));
   }
   *header_bytes = bytes;
   return h;
@@ -299,22 +302,16 @@ uint64_t check_against_model(ModelRunner& runner, const SnapshotHeader& h, const
   return total;
 }
 
-}  // namespace
-
-std::string snapshot_sequence(ModelRunner& runner, const Sequence& seq, std::span<const int32_t> tokens) {
-  if (seq.slot < 0) fail(ErrorKind::InvalidArgument, "snapshot of a closed sequence");
-  if (int64_t(tokens.size()) < seq.n_tokens)
-    fail(ErrorKind::InvalidArgument, "snapshot: ", tokens.size(), " token ids for a sequence of ", seq.n_tokens, " tokens");
-  STATELM_CHECK(runner.kv().empty() || int64_t(seq.blocks.blocks.size()) >= runner.kv().blocks_for(seq.n_tokens),
-                "sequence holds too few KV blocks");
-  const std::vector<LayerSections> sections = model_sections(runner, seq.n_tokens);
-
+// The uncompressed content: header, then the state sections, zero-filled for the caller to
+// write (or to leave zero: the empty state). *header_bytes receives the sections' offset.
+std::string layout_content(ModelRunner& runner, int64_t n_tokens, std::span<const int32_t> tokens, uint32_t* header_bytes) {
+  const std::vector<LayerSections> sections = model_sections(runner, n_tokens);
   std::string raw(kMagic, sizeof kMagic);
   put(raw, kSnapshotVersion);
   put(raw, uint32_t(0));  // header bytes, patched below
   put_string(raw, runner.fingerprint());
   put_string(raw, dtype_name(state_dtype(runner)));
-  put(raw, int64_t(seq.n_tokens));
+  put(raw, int64_t(n_tokens));
   put(raw, uint64_t(tokens.size()));
   raw.append(reinterpret_cast<const char*>(tokens.data()), tokens.size_bytes());
   put(raw, uint32_t(sections.size()));
@@ -324,14 +321,15 @@ std::string snapshot_sequence(ModelRunner& runner, const Sequence& seq, std::spa
     put(raw, s.b);
   }
   raw.resize((raw.size() + 7) / 8 * 8, '\0');  // sections start 8-aligned: fp32 copies straight in
-  const uint32_t header_bytes = uint32_t(raw.size());
-  std::memcpy(raw.data() + 12, &header_bytes, 4);
-  uint64_t total = header_bytes;
+  *header_bytes = uint32_t(raw.size());
+  std::memcpy(raw.data() + 12, header_bytes, 4);
+  uint64_t total = *header_bytes;
   for (const LayerSections& s : sections) total += s.a + s.b;
   raw.resize(size_t(total));
-  char* state = raw.data() + header_bytes;
-  for_each_piece(runner, seq, [&](size_t at, const Tensor& t) { piece_to_blob(runner.backend(), t, state + at); });
+  return raw;
+}
 
+std::string compress(const std::string& raw) {
   std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> cctx{ZSTD_createCCtx(), ZSTD_freeCCtx};
   if (!cctx) fail(ErrorKind::OutOfMemory, "zstd: cannot create a compression context");
   ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, kZstdLevel);
@@ -344,6 +342,57 @@ std::string snapshot_sequence(ModelRunner& runner, const Sequence& seq, std::spa
   return blob;
 }
 
+// The blob's whole content, checked: the header against the model, the frame (checksum,
+// size) by zstd. Reads only the runner's shapes and fingerprint, never its caches.
+std::string checked_content(ModelRunner& runner, std::string_view blob, SnapshotHeader* h, uint32_t* header_bytes) {
+  FrameReader frame(blob);
+  std::vector<LayerSections> sections;
+  *h = parse_header(frame, &sections, header_bytes);
+  // Inflate all (zstd verifies the checksum) before judging the header against the model, so a
+  // corrupted blob is called corrupted, not "of another model"; but never more than the largest
+  // state this runner could hold.
+  uint64_t cap = *header_bytes;
+  for (const LayerSections& s : model_sections(runner, runner.kv().empty() ? 0 : runner.max_context())) cap += s.a + s.b;
+  uint64_t claimed = *header_bytes;  // saturates at cap + 1: forged sizes must not wrap around
+  for (const LayerSections& s : sections)
+    claimed = (s.a > cap || s.b > cap) ? cap + 1 : std::min(cap + 1, claimed + s.a + s.b);
+  if (claimed > cap || claimed != frame.content_size()) {
+    // Not a state this runner could hold: say why in the model's terms where the header allows.
+    const uint64_t total = check_against_model(runner, *h, sections, *header_bytes);
+    fail(ErrorKind::Format, "snapshot frame declares ", frame.content_size(), " bytes; its header describes ", total);
+  }
+  std::string raw = std::move(frame.read_all(claimed));
+  check_against_model(runner, *h, sections, *header_bytes);
+  return raw;
+}
+
+}  // namespace
+
+std::string snapshot_sequence(ModelRunner& runner, const Sequence& seq, std::span<const int32_t> tokens) {
+  if (seq.slot < 0) fail(ErrorKind::InvalidArgument, "snapshot of a closed sequence");
+  if (int64_t(tokens.size()) < seq.n_tokens)
+    fail(ErrorKind::InvalidArgument, "snapshot: ", tokens.size(), " token ids for a sequence of ", seq.n_tokens, " tokens");
+  STATELM_CHECK(runner.kv().empty() || int64_t(seq.blocks.blocks.size()) >= runner.kv().blocks_for(seq.n_tokens),
+                "sequence holds too few KV blocks");
+  uint32_t header_bytes = 0;
+  std::string raw = layout_content(runner, seq.n_tokens, tokens, &header_bytes);
+  char* state = raw.data() + header_bytes;
+  for_each_piece(runner, seq, [&](size_t at, const Tensor& t) { piece_to_blob(runner.backend(), t, state + at); });
+  return compress(raw);
+}
+
+std::string empty_snapshot(ModelRunner& runner) {
+  uint32_t header_bytes = 0;
+  return compress(layout_content(runner, 0, {}, &header_bytes));  // a zeroed slot, no KV: a fresh sequence
+}
+
+SnapshotHeader check_snapshot(ModelRunner& runner, std::string_view blob) {
+  SnapshotHeader h;
+  uint32_t header_bytes = 0;
+  checked_content(runner, blob, &h, &header_bytes);
+  return h;
+}
+
 SnapshotHeader read_snapshot_header(std::string_view blob) {
   FrameReader frame(blob);
   std::vector<LayerSections> sections;
@@ -352,25 +401,9 @@ SnapshotHeader read_snapshot_header(std::string_view blob) {
 }
 
 Sequence restore_sequence(ModelRunner& runner, std::string_view blob, std::vector<int32_t>* tokens) {
-  FrameReader frame(blob);
-  std::vector<LayerSections> sections;
+  SnapshotHeader h;
   uint32_t header_bytes = 0;
-  SnapshotHeader h = parse_header(frame, &sections, &header_bytes);
-  // Inflate all (zstd verifies the checksum) before judging the header against the model, so a
-  // corrupted blob is called corrupted, not "of another model"; but never more than the largest
-  // state this runner could hold.
-  uint64_t cap = header_bytes;
-  for (const LayerSections& s : model_sections(runner, runner.kv().empty() ? 0 : runner.max_context())) cap += s.a + s.b;
-  uint64_t claimed = header_bytes;  // saturates at cap + 1: forged sizes must not wrap around
-  for (const LayerSections& s : sections)
-    claimed = (s.a > cap || s.b > cap) ? cap + 1 : std::min(cap + 1, claimed + s.a + s.b);
-  if (claimed > cap || claimed != frame.content_size()) {
-    // Not a state this runner could hold: say why in the model's terms where the header allows.
-    const uint64_t total = check_against_model(runner, h, sections, header_bytes);
-    fail(ErrorKind::Format, "snapshot frame declares ", frame.content_size(), " bytes; its header describes ", total);
-  }
-  std::string& raw = frame.read_all(claimed);
-  check_against_model(runner, h, sections, header_bytes);
+  const std::string raw = checked_content(runner, blob, &h, &header_bytes);
 
   std::optional<Sequence> seq = runner.try_open(h.n_tokens);
   if (!seq) {

@@ -44,6 +44,7 @@ struct SnapshotHeader {
   std::string state_dtype;  // dtype of that runner's state cache, e.g. "float32"
   int64_t n_tokens = 0;     // positions in the state
   std::vector<int32_t> tokens;  // the sequence's ids; tokens[n_tokens:] are pending
+  int64_t state_bytes = 0;      // bytes of state in its sections, uncompressed (as the header claims)
 };
 
 // Both calls read or write the runner's caches: make them where the runner is stepped (the
@@ -59,6 +60,16 @@ std::string snapshot_sequence(ModelRunner& runner, const Sequence& seq, std::spa
 // corrupted or foreign blob, or another format version. Nothing is taken when it throws.
 // `tokens` (optional) receives the blob's token ids.
 Sequence restore_sequence(ModelRunner& runner, std::string_view blob, std::vector<int32_t>* tokens = nullptr);
+
+// The empty state (zeroed slot, no tokens), as a blob: restoring it is opening a fresh
+// sequence. What a new server session starts from.
+std::string empty_snapshot(ModelRunner& runner);
+
+// Everything restore_sequence() checks — format, zstd checksum, model, dtype, every size —
+// without restoring: Error(Format) / Error(InvalidArgument) as restore_sequence(), else the
+// header. Neither this nor empty_snapshot() touches the runner's caches (only its fingerprint
+// and shapes, fixed at load), so both may run on any thread while the engine steps.
+SnapshotHeader check_snapshot(ModelRunner& runner, std::string_view blob);
 
 // Reads only the header (decompressing no further), e.g. to size a runner before restoring or
 // to index a session store. The checksum covers the whole frame, so only restore_sequence()
