@@ -1,0 +1,116 @@
+// Rotary position embedding of q and k in place, on CUDA (transformers' Llama layout,
+// non-interleaved "rotate_half"), matching CpuBackend::rope (cpu_attention.cpp):
+//
+//   for the first rotary_dim dims of a head split in halves a | b, pair i at position p:
+//     f = inv_freq[i] · p,   a' = a cos f − b sin f,   b' = b cos f + a sin f
+//
+// Token t of span s sits at p = spans[s].pos + t. inv_freq, with the RoPE variant's scaling
+// (default, linear, llama3) folded in, is computed on the host by exactly the CPU's code (fp32
+// pow, then the llama3 wavelength bands in double) and passed by value, so both backends rotate
+// by the same frequencies; f is the same fp32 product, and only sin/cos differ (CUDA's sincosf
+// is within 2 ulp).
+//
+// Parallelisation: a block per item of kTokens tokens of a span; the block first fills a table
+// of cos/sin per (token, pair) in shared memory, then rotates every (token, head, pair) of q and
+// k with consecutive threads on consecutive pairs (coalesced halves of each head row).
+#include <cmath>
+#include <numbers>
+
+#include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/span_kernels.cuh"
+
+namespace statelm::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTokens = 8;     // tokens per item
+constexpr int kMaxHalf = 128;  // rotary_dim ≤ 256
+
+struct InvFreq {
+  float v[kMaxHalf];
+};
+
+// The CPU's rope_inv_freq (cpu_attention.cpp), line for line: keep the two in step.
+InvFreq rope_inv_freq(const RopeSpec& r) {
+  InvFreq out{};
+  const int64_t half = r.rotary_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    float f = 1.0f / std::pow(float(r.theta), float(2 * i) / float(r.rotary_dim));
+    if (r.kind == RopeKind::Linear) f = f / float(r.factor);
+    if (r.kind == RopeKind::Llama3) {
+      const double low_wavelen = double(r.original_max_position) / r.low_freq_factor;
+      const double high_wavelen = double(r.original_max_position) / r.high_freq_factor;
+      const double wavelen = 2.0 * std::numbers::pi / f;
+      if (wavelen > low_wavelen) {
+        f = float(f / r.factor);
+      } else if (wavelen >= high_wavelen) {
+        double smooth = (double(r.original_max_position) / wavelen - r.low_freq_factor) /
+                        (r.high_freq_factor - r.low_freq_factor);
+        f = float((1.0 - smooth) * f / r.factor + smooth * f);
+      }
+    }
+    out.v[i] = f;
+  }
+  return out;
+}
+
+template <typename T>
+__device__ __forceinline__ void rotate_pair(T* row, int i, int half, float c, float s) {
+  const float a = to_f32(row[i]), b = to_f32(row[i + half]);
+  row[i] = from_f32<T>(a * c - b * s);
+  row[i + half] = from_f32<T>(b * c + a * s);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) rope_kernel(T* q, int64_t qs0, int64_t qs1, int hq, T* k, int64_t ks0,
+                                                         int64_t ks1, int hkv, int half, InvFreq inv, SpanItems items) {
+  __shared__ float cos_t[kTokens][kMaxHalf];
+  __shared__ float sin_t[kTokens][kMaxHalf];
+  const ItemRef it = find_item(items, blockIdx.x);
+  const SeqSpan sp = items.spans[it.span];
+  const int t0 = it.piece * kTokens;
+  const int n_tok = min(kTokens, sp.len - t0);
+  for (int e = threadIdx.x; e < n_tok * half; e += kThreads) {
+    const int t = e / half, i = e % half;
+    const float f = inv.v[i] * float(sp.pos + t0 + t);
+    sincosf(f, &sin_t[t][i], &cos_t[t][i]);
+  }
+  __syncthreads();
+  const int heads = hq + hkv;
+  const int per_token = heads * half;
+  for (int e = threadIdx.x; e < n_tok * per_token; e += kThreads) {
+    const int t = e / per_token, r = e % per_token;
+    const int h = r / half, i = r % half;
+    const int64_t tok = int64_t(sp.start) + t0 + t;
+    T* row = h < hq ? q + tok * qs0 + h * qs1 : k + tok * ks0 + (h - hq) * ks1;
+    rotate_pair(row, i, half, cos_t[t][i], sin_t[t][i]);
+  }
+}
+
+}  // namespace
+
+void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream) {
+  if (p.rope.kind == RopeKind::None) return;
+  const int64_t half = p.rope.rotary_dim / 2;
+  STATELM_CHECK(p.q.ndim == 3 && p.k.ndim == 3 && p.q.stride[2] == 1 && p.k.stride[2] == 1 &&
+                    p.q.shape[2] == p.k.shape[2] && 2 * half <= p.q.shape[2],
+                "rope: q ", p.q.describe(), " k ", p.k.describe(), " rotary_dim ", p.rope.rotary_dim);
+  STATELM_CHECK(half <= kMaxHalf, "rope: CUDA kernel supports rotary_dim <= ", 2 * kMaxHalf, ", got ",
+                p.rope.rotary_dim);
+  STATELM_CHECK(p.q.dtype == p.k.dtype, "rope: q and k dtypes differ");
+  if (half == 0 || batch.spans.empty()) return;
+  int64_t n_items = 0;
+  const SpanItems items = plan_items(batch, kTokens, 1, &n_items);
+  if (n_items == 0) return;
+  const InvFreq inv = rope_inv_freq(p.rope);
+  dispatch_float(p.q.dtype, "rope", [&](auto tag) {
+    using T = decltype(tag);
+    rope_kernel<T><<<unsigned(n_items), kThreads, 0, stream>>>(
+        static_cast<T*>(p.q.data), p.q.stride[0], p.q.stride[1], int(p.q.shape[1]), static_cast<T*>(p.k.data),
+        p.k.stride[0], p.k.stride[1], int(p.k.shape[1]), int(half), inv, items);
+  });
+  STATELM_CUDA_LAUNCHED("rope q ", p.q.describe());
+}
+
+}  // namespace statelm::cuda

@@ -1,0 +1,137 @@
+// Helpers shared by the varlen kernel families (conv1d, selective_scan, ssd, rope, attention):
+// mapping a block to its (span, piece of span) without a host-built work list, per-channel
+// parameters that may be fp32 or bf16, the state element types, and the activation functions
+// with the CPU backend's definitions (cpu_vec_math.h).
+//
+// Work lists. A launcher knows from the host copy of the spans (batch.spans) how many work
+// items there are (Σ_s ceil(len_s / per_item)) and so sizes its grid, but it may not copy a
+// list to the device (no allocation, no host synchronisation; conv1d and rope get no Scratch).
+// So each block finds its own item from batch.device_spans: warp 0 walks the spans 32 at a
+// time, a warp prefix sum of the items per span locating the one that holds the block's item.
+// That costs ceil(n_spans / 32) steps of L2-resident reads per block, small next to the work of
+// an item; when every span is a single item (a decode step) the item is the span index and no
+// walk happens (SpanItems::identity).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/cuda/cuda_common.h"
+#include "ops/ops.h"
+
+namespace statelm::cuda {
+
+// How the items of a launch are cut out of the spans: span s gives ceil(len / per_item) items
+// when len >= min_len (0 otherwise).
+struct SpanItems {
+  const SeqSpan* spans = nullptr;  // device copy
+  int n_spans = 0;
+  int per_item = 1;     // tokens per item
+  int min_len = 1;      // spans shorter than this have no items (ssd: decode spans run elsewhere)
+  bool identity = false;  // every span is exactly one item: item index = span index
+};
+
+inline int64_t items_of_span(const SeqSpan& s, const SpanItems& m) {
+  return s.len >= m.min_len && s.len > 0 ? (int64_t(s.len) + m.per_item - 1) / m.per_item : 0;
+}
+
+// Host side: counts the items of `batch` and fills the map; identity when it applies.
+inline SpanItems plan_items(const BatchView& batch, int per_item, int min_len, int64_t* n_items) {
+  SpanItems m;
+  m.spans = batch.device_spans;
+  m.n_spans = int(batch.spans.size());
+  m.per_item = per_item;
+  m.min_len = min_len;
+  int64_t total = 0;
+  bool identity = true;
+  for (const SeqSpan& s : batch.spans) {
+    const int64_t k = items_of_span(s, m);
+    identity = identity && k == 1;
+    total += k;
+  }
+  m.identity = identity;
+  *n_items = total;
+  return m;
+}
+
+struct ItemRef {
+  int span;   // index into spans
+  int piece;  // item number within its span: tokens [piece * per_item, ...)
+};
+
+// The (span, piece) of work item `item`. Every thread of the block must call it (it contains a
+// __syncthreads); all get the same answer. `item` must be below the planned item count.
+__device__ __forceinline__ ItemRef find_item(const SpanItems& m, int item) {
+  if (m.identity) return {item, 0};
+  __shared__ ItemRef found;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    int base = 0;
+    for (int s0 = 0; s0 < m.n_spans; s0 += 32) {
+      const int s = s0 + lane;
+      int count = 0;
+      if (s < m.n_spans) {
+        const int len = m.spans[s].len;
+        count = len >= m.min_len && len > 0 ? (len + m.per_item - 1) / m.per_item : 0;
+      }
+      int incl = count;  // inclusive prefix sum over the lanes
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+      }
+      const int total = __shfl_sync(0xffffffffu, incl, 31);
+      if (item < base + total) {
+        const bool mine = item >= base + incl - count && item < base + incl;
+        if (mine) found = {s, item - (base + incl - count)};
+        break;  // uniform: base and total are the same in every lane
+      }
+      base += total;
+    }
+  }
+  __syncthreads();
+  const ItemRef r = found;
+  return r;
+}
+
+// A small per-channel parameter vector/matrix (conv weight and bias, A, D, dt_bias): fp32 or
+// bf16, read through one uniform branch. Undefined = absent (reads as `fallback`).
+struct Param {
+  const void* p = nullptr;
+  bool is_bf16 = false;
+  __device__ __forceinline__ float operator[](int64_t i) const {
+    return is_bf16 ? __bfloat162float(static_cast<const bf16*>(p)[i]) : static_cast<const float*>(p)[i];
+  }
+  __device__ __forceinline__ float get(int64_t i, float fallback) const { return p ? (*this)[i] : fallback; }
+};
+
+inline Param param_of(const Tensor& t, const char* op, const char* name) {
+  if (!t.defined()) return {};
+  if (t.dtype != DType::F32 && t.dtype != DType::BF16)
+    fail(ErrorKind::Unsupported, op, ": ", name, " must be float32 or bfloat16, got ", t.describe());
+  return {t.data, t.dtype == DType::BF16};
+}
+
+// softplus with torch's threshold (v > 20 → v), as the CPU backend and transformers.
+__device__ __forceinline__ float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+// SiLU with an accurate exp (the CPU reference is within a few ulp; __expf is not).
+__device__ __forceinline__ float silu_accurate(float v) { return v / (1.0f + expf(-v)); }
+
+// Calls f(S{}) with S = float or bf16 for the recurrent state's dtype.
+template <typename F>
+void dispatch_state(const Tensor& state, const char* op, F&& f) {
+  switch (state.dtype) {
+    case DType::F32: f(float{}); return;
+    case DType::BF16: f(bf16{}); return;
+    default: fail(ErrorKind::Unsupported, op, ": CUDA state must be float32 or bfloat16, got ", state.describe());
+  }
+}
+
+inline void require_last_contiguous(const Tensor& t, const char* op, const char* name) {
+  STATELM_CHECK(t.ndim >= 1 && t.stride[t.ndim - 1] == 1, op, ": ", name, " needs a contiguous last dimension, got ",
+                t.describe());
+}
+
+}  // namespace statelm::cuda
