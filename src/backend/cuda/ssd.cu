@@ -1,0 +1,491 @@
+// Mamba-2 SSD over token spans on CUDA, each span continuing from its slot's state (the op of
+// src/backend/cpu/cpu_ssd.cpp). Per head h (group g = h / (H/G)), channel p, state n, token t:
+//
+//   dt_t = softplus(dt_raw[t, h] + dt_bias[h]), clamped to [dt_min, dt_max] if dt_limited
+//   S[p, n] ← exp(dt_t · A[h]) · S[p, n] + dt_t · x[t, h, p] · B[t, g, n]
+//   y[t, h, p] = Σ_n C[t, g, n] · S[p, n] + D[h] · x[t, h, p]
+//
+// Decode spans (len 1) run the recurrence: one block per (span, head) reads the head's P × N
+// state once, updates it, reduces y over n with warp sums and writes the state once.
+//
+// Prefill spans (len ≥ 2) run the chunked algorithm, in mamba_ssm's five stages. A span is cut
+// into chunks of Q tokens from its own first token (the last one partial); for a chunk of L
+// tokens, a_i = dt_i · A[h] and cs_i = a_0 + … + a_i:
+//   1. chunk_cumsum:  dt_i and cs_i per (chunk, head)                         → scratch
+//   2. chunk_cb:      CB = C Bᵀ [L × L] per (chunk, group), lower block triangle → scratch
+//                     (shared by the H/G heads of the group: the largest product, done once)
+//   3. chunk_state:   S_loc[p, n] = Σ_j e^{cs_{L−1} − cs_j} dt_j x_j[p] B_j[n]   → scratch
+//   4. state_passing: per span, head, (p, n), in chunk order from the slot's state:
+//                     S_in[c] = S;  S ← e^{cs_{L−1}} S + S_loc[c]; the slot gets the final S
+//                     (S_in overwrites S_loc in the scratch)
+//   5. chunk_scan:    y_i = e^{cs_i} (C_i · S_in) + Σ_{j ≤ i} CB_ij e^{cs_i − cs_j} dt_j x_j
+//                          + D x_i
+// Stages 2, 3 and 5 are tiled matrix products: 64 × 64 output tiles per block of 256 threads,
+// 4 × 4 outputs per thread, operands staged through shared memory in slabs of 16 along the
+// reduced dimension; fp32 CUDA cores with fp32 accumulation (no tensor cores yet).
+//
+// Decays: cs is accumulated in double, and e^{cs_i − cs_j} takes the difference in double.
+// A strongly decaying head reaches |cs| in the thousands within a chunk, where a float's ulp
+// (~1e-4) would swamp the decay between neighbouring tokens; the CPU backend sums segment sums
+// for the same reason, and double differences give the same accuracy on the GPU at no cost
+// that matters (a few per mask element, next to an N-long dot product).
+//
+// State: fp32 or bf16, widened when a span starts, rounded once when it ends; fp32 between the
+// stages. out must not overlap x, dt, B, C (stage 5 writes rows other blocks read).
+#include <algorithm>
+
+#include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/span_kernels.cuh"
+
+namespace statelm::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTile = 64;  // output tile edge of the chunk products
+constexpr int kSlab = 16;  // reduced-dimension depth staged per step
+constexpr int kLd = kTile + 1;
+
+template <typename T>
+struct SsdArgs {
+  const T *x, *dt, *B, *C;
+  T* out;
+  Param dt_bias, A, D;
+  int64_t xs0, xs1, dts, Bs0, Bs1, Cs0, Cs1, os0, os1;
+  int H, P, G, N, Q;
+  float dt_min, dt_max;
+  bool dt_limited;
+  // Scratch of the chunked path, per chunk c: dtc[c][h][Q], cs[c][h][Q] (double),
+  // cb[c][g][Q][Q], st[c][h][P][N] (S_loc after stage 3, S_in after stage 4).
+  float* dtc;
+  double* cs;
+  float* cb;
+  float* st;
+};
+
+template <typename T>
+__device__ __forceinline__ float dt_of(const SsdArgs<T>& a, int64_t t, int h) {
+  float v = softplus(to_f32(a.dt[t * a.dts + h]) + a.dt_bias.get(h, 0.0f));
+  if (a.dt_limited) v = fminf(fmaxf(v, a.dt_min), a.dt_max);
+  return v;
+}
+
+// A chunk's place: tokens [t0, t0 + L) of the flat batch, of span `span`.
+struct Chunk {
+  int span;
+  int64_t t0;
+  int L;
+};
+
+__device__ __forceinline__ Chunk chunk_of(const SpanItems& items, int chunk) {
+  const ItemRef it = find_item(items, chunk);
+  const SeqSpan sp = items.spans[it.span];
+  const int off = it.piece * items.per_item;
+  return {it.span, int64_t(sp.start) + off, min(items.per_item, sp.len - off)};
+}
+
+// ---- tiled products -----------------------------------------------------------------------
+// Thread (ty, tx) = (tid / 16, tid % 16) owns rows ty + 16 r and columns tx + 16 c (r, c < 4)
+// of a 64 × 64 tile: in a warp, the A reads are two broadcast addresses and the B reads 16
+// consecutive words, so the slab reads are free of bank conflicts.
+struct Slabs {
+  float a[kSlab][kLd];  // a[k][m]: row m of the left operand, reduced index k
+  float b[kSlab][kLd];  // b[k][n]: column n of the right operand
+};
+
+__device__ __forceinline__ void slab_fma(const Slabs& s, float (&acc)[4][4]) {
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
+  for (int k = 0; k < kSlab; ++k) {
+    float av[4], bv[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) av[r] = s.a[k][ty + 16 * r];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) bv[c] = s.b[k][tx + 16 * c];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
+  }
+}
+
+// dst[k][m] = f(k, m) for the whole slab. kAlongK: consecutive threads take consecutive k (the
+// source is contiguous along the reduced index, e.g. C[i][n] reduced over n); otherwise
+// consecutive m (e.g. x[j][p] reduced over j). Either way global reads are coalesced.
+template <bool kAlongK, typename F>
+__device__ __forceinline__ void fill_slab(float (*dst)[kLd], F&& f) {
+#pragma unroll
+  for (int q = 0; q < kSlab * kTile / kThreads; ++q) {
+    const int e = threadIdx.x + kThreads * q;
+    const int k = kAlongK ? e % kSlab : e / kTile;
+    const int m = kAlongK ? e / kSlab : e % kTile;
+    dst[k][m] = f(k, m);
+  }
+}
+
+__device__ __forceinline__ void zero(float (&acc)[4][4]) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+}
+
+// ---- stage 1: dt and the cumulative log-decay per (chunk, head) ---------------------------
+template <typename T>
+__global__ void __launch_bounds__(128) chunk_cumsum_kernel(SsdArgs<T> a, SpanItems items) {
+  const Chunk ch = chunk_of(items, blockIdx.x);
+  for (int h = threadIdx.x; h < a.H; h += blockDim.x) {
+    const float A = a.A[h];
+    const int64_t base = (int64_t(blockIdx.x) * a.H + h) * a.Q;
+    double cs = 0.0;
+    for (int i = 0; i < ch.L; ++i) {
+      const float dt = dt_of(a, ch.t0 + i, h);
+      cs += double(dt * A);  // a_i rounded as the CPU rounds it, summed in double
+      a.dtc[base + i] = dt;
+      a.cs[base + i] = cs;
+    }
+  }
+}
+
+// ---- stage 2: CB = C Bᵀ per (chunk, group), tiles on or below the diagonal ----------------
+template <typename T>
+__global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdArgs<T> a, SpanItems items) {
+  __shared__ Slabs s;
+  const int chunk = blockIdx.x / a.G, g = blockIdx.x % a.G;
+  const Chunk ch = chunk_of(items, chunk);
+  const int n_tiles = (a.Q + kTile - 1) / kTile;
+  const int ti = blockIdx.y / n_tiles, tj = blockIdx.y % n_tiles;
+  if (tj > ti || ti * kTile >= ch.L) return;  // uniform per block
+  const int i0 = ti * kTile, j0 = tj * kTile;
+  const T* Cg = a.C + ch.t0 * a.Cs0 + int64_t(g) * a.Cs1;
+  const T* Bg = a.B + ch.t0 * a.Bs0 + int64_t(g) * a.Bs1;
+  float acc[4][4];
+  zero(acc);
+  for (int n0 = 0; n0 < a.N; n0 += kSlab) {
+    __syncthreads();
+    fill_slab<true>(s.a, [&](int k, int m) {
+      const int i = i0 + m, n = n0 + k;
+      return i < ch.L && n < a.N ? to_f32(Cg[int64_t(i) * a.Cs0 + n]) : 0.0f;
+    });
+    fill_slab<true>(s.b, [&](int k, int m) {
+      const int j = j0 + m, n = n0 + k;
+      return j < ch.L && n < a.N ? to_f32(Bg[int64_t(j) * a.Bs0 + n]) : 0.0f;
+    });
+    __syncthreads();
+    slab_fma(s, acc);
+  }
+  float* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int i = i0 + ty + 16 * r, j = j0 + tx + 16 * c;
+      if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = acc[r][c];
+    }
+}
+
+// ---- stage 3: the chunk's own state S_loc[p, n] = Σ_j w_j x_j[p] B_j[n] ---------------------
+template <typename T>
+__global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs<T> a, SpanItems items) {
+  __shared__ Slabs s;
+  __shared__ float w[kSlab];
+  const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
+  const Chunk ch = chunk_of(items, chunk);
+  const int n_tiles_n = (a.N + kTile - 1) / kTile;
+  const int p0 = (blockIdx.y / n_tiles_n) * kTile, n0 = (blockIdx.y % n_tiles_n) * kTile;
+  const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
+  const double cs_last = a.cs[hb + ch.L - 1];
+  const T* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1;
+  const T* Bg = a.B + ch.t0 * a.Bs0 + int64_t(g) * a.Bs1;
+  float acc[4][4];
+  zero(acc);
+  for (int j0 = 0; j0 < ch.L; j0 += kSlab) {
+    __syncthreads();
+    if (threadIdx.x < kSlab) {
+      const int j = j0 + threadIdx.x;
+      w[threadIdx.x] = j < ch.L ? expf(float(cs_last - a.cs[hb + j])) * a.dtc[hb + j] : 0.0f;
+    }
+    __syncthreads();
+    fill_slab<false>(s.a, [&](int k, int m) {
+      const int j = j0 + k, p = p0 + m;
+      return j < ch.L && p < a.P ? w[k] * to_f32(xh[int64_t(j) * a.xs0 + p]) : 0.0f;
+    });
+    fill_slab<false>(s.b, [&](int k, int m) {
+      const int j = j0 + k, n = n0 + m;
+      return j < ch.L && n < a.N ? to_f32(Bg[int64_t(j) * a.Bs0 + n]) : 0.0f;
+    });
+    __syncthreads();
+    slab_fma(s, acc);
+  }
+  float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int p = p0 + ty + 16 * r, n = n0 + tx + 16 * c;
+      if (p < a.P && n < a.N) st[int64_t(p) * a.N + n] = acc[r][c];
+    }
+}
+
+// ---- stage 4: pass states along each span's chunks ----------------------------------------
+template <typename T, typename S>
+__global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdArgs<T> a, S* state, int64_t ss0, int64_t ss1,
+                                                                  int64_t ss2, SpanItems items) {
+  const int span = blockIdx.x, h = blockIdx.z;
+  const SeqSpan sp = items.spans[span];
+  if (sp.len < items.min_len) return;
+  const int64_t e = int64_t(blockIdx.y) * kThreads + threadIdx.x;
+  if (e >= int64_t(a.P) * a.N) return;
+  const int p = int(e / a.N), n = int(e % a.N);
+  int first = 0;  // this span's first chunk: the chunks of the spans before it
+  for (int s = 0; s < span; ++s) {
+    const int len = items.spans[s].len;
+    if (len >= items.min_len) first += (len + a.Q - 1) / a.Q;
+  }
+  const int n_chunks = (sp.len + a.Q - 1) / a.Q;
+  S* slot = state + int64_t(sp.slot) * ss0 + int64_t(h) * ss1 + int64_t(p) * ss2 + n;
+  float S_run = to_f32(*slot);
+  for (int c = first; c < first + n_chunks; ++c) {
+    const int L = min(a.Q, sp.len - (c - first) * a.Q);
+    const float decay = expf(float(a.cs[(int64_t(c) * a.H + h) * a.Q + L - 1]));
+    float* loc = a.st + ((int64_t(c) * a.H + h) * a.P + p) * a.N + n;
+    const float s_loc = *loc;
+    *loc = S_run;
+    S_run = fmaf(decay, S_run, s_loc);
+  }
+  *slot = from_f32<S>(S_run);
+}
+
+// ---- stage 5: outputs of a (chunk, head) tile of rows × channels --------------------------
+template <typename T>
+__global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdArgs<T> a, SpanItems items) {
+  __shared__ Slabs s;
+  __shared__ double cs_i[kTile];
+  __shared__ double cs_j[kSlab];
+  __shared__ float dt_j[kSlab];
+  const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
+  const Chunk ch = chunk_of(items, chunk);
+  const int n_tiles_p = (a.P + kTile - 1) / kTile;
+  const int ti = blockIdx.y / n_tiles_p;
+  const int i0 = ti * kTile, p0 = (blockIdx.y % n_tiles_p) * kTile;
+  if (i0 >= ch.L) return;  // uniform per block
+  const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
+  const T* Cg = a.C + ch.t0 * a.Cs0 + int64_t(g) * a.Cs1;
+  const T* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1;
+  const float* s_in = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
+  const float* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  if (threadIdx.x < kTile) {
+    const int i = i0 + threadIdx.x;
+    cs_i[threadIdx.x] = i < ch.L ? a.cs[hb + i] : 0.0;
+  }
+
+  // y = C · S_inᵀ, then each row scaled by e^{cs_i}.
+  float acc[4][4];
+  zero(acc);
+  for (int n0 = 0; n0 < a.N; n0 += kSlab) {
+    __syncthreads();
+    fill_slab<true>(s.a, [&](int k, int m) {
+      const int i = i0 + m, n = n0 + k;
+      return i < ch.L && n < a.N ? to_f32(Cg[int64_t(i) * a.Cs0 + n]) : 0.0f;
+    });
+    fill_slab<true>(s.b, [&](int k, int m) {
+      const int p = p0 + m, n = n0 + k;
+      return p < a.P && n < a.N ? s_in[int64_t(p) * a.N + n] : 0.0f;
+    });
+    __syncthreads();
+    slab_fma(s, acc);
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const float e = expf(float(cs_i[ty + 16 * r]));
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[r][c] *= e;
+  }
+
+  // y += (CB ∘ e^{cs_i − cs_j} ∘ dt_j, j ≤ i) · X over the key columns up to this row tile.
+  const int j_end = min(ch.L, i0 + kTile);
+  for (int j0 = 0; j0 < j_end; j0 += kSlab) {
+    __syncthreads();
+    if (threadIdx.x < kSlab) {
+      const int j = j0 + threadIdx.x;
+      cs_j[threadIdx.x] = j < ch.L ? a.cs[hb + j] : 0.0;
+      dt_j[threadIdx.x] = j < ch.L ? a.dtc[hb + j] : 0.0f;
+    }
+    __syncthreads();
+    fill_slab<true>(s.a, [&](int k, int m) {
+      const int i = i0 + m, j = j0 + k;
+      if (i >= ch.L || j > i) return 0.0f;
+      return cb[int64_t(i) * a.Q + j] * expf(float(cs_i[m] - cs_j[k])) * dt_j[k];
+    });
+    fill_slab<false>(s.b, [&](int k, int m) {
+      const int j = j0 + k, p = p0 + m;
+      return j < ch.L && p < a.P ? to_f32(xh[int64_t(j) * a.xs0 + p]) : 0.0f;
+    });
+    __syncthreads();
+    slab_fma(s, acc);
+  }
+
+  const float dskip = a.D.get(h, 0.0f);
+  T* yh = a.out + ch.t0 * a.os0 + int64_t(h) * a.os1;
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int i = i0 + ty + 16 * r, p = p0 + tx + 16 * c;
+      if (i < ch.L && p < a.P) {
+        const float xv = to_f32(xh[int64_t(i) * a.xs0 + p]);
+        yh[int64_t(i) * a.os0 + p] = from_f32<T>(fmaf(dskip, xv, acc[r][c]));
+      }
+    }
+}
+
+// ---- decode: the recurrence for spans of one token ----------------------------------------
+constexpr int kDecodeThreads = 128;
+
+template <typename T, typename S>
+__global__ void __launch_bounds__(kDecodeThreads) decode_kernel(SsdArgs<T> a, S* state, int64_t ss0, int64_t ss1,
+                                                                 int64_t ss2, const SeqSpan* spans) {
+  extern __shared__ float bc[];  // B then C of the token's group, N each
+  const SeqSpan sp = spans[blockIdx.x];
+  if (sp.len != 1) return;
+  const int h = blockIdx.y, g = h / (a.H / a.G);
+  const int64_t t = sp.start;
+  for (int n = threadIdx.x; n < a.N; n += blockDim.x) {
+    bc[n] = to_f32(a.B[t * a.Bs0 + int64_t(g) * a.Bs1 + n]);
+    bc[a.N + n] = to_f32(a.C[t * a.Cs0 + int64_t(g) * a.Cs1 + n]);
+  }
+  __syncthreads();
+  const float dt = dt_of(a, t, h);
+  const float dA = expf(dt * a.A[h]);
+  const float dskip = a.D.get(h, 0.0f);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const T* xh = a.x + t * a.xs0 + int64_t(h) * a.xs1;
+  T* yh = a.out + t * a.os0 + int64_t(h) * a.os1;
+  S* st = state + int64_t(sp.slot) * ss0 + int64_t(h) * ss1;
+  for (int p = warp; p < a.P; p += warps) {
+    const float xp = to_f32(xh[p]);
+    const float xdt = xp * dt;
+    S* row = st + int64_t(p) * ss2;
+    float acc = 0.0f;
+    for (int n = lane; n < a.N; n += 32) {
+      const float s_new = fmaf(dA, to_f32(row[n]), xdt * bc[n]);
+      row[n] = from_f32<S>(s_new);
+      acc = fmaf(bc[a.N + n], s_new, acc);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) yh[p] = from_f32<T>(fmaf(dskip, xp, acc));
+  }
+}
+
+template <typename T, typename S>
+void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream) {
+  const char* op = "ssd";
+  SsdArgs<T> a{};
+  a.x = static_cast<const T*>(p.x.data);
+  a.dt = static_cast<const T*>(p.dt.data);
+  a.B = static_cast<const T*>(p.B.data);
+  a.C = static_cast<const T*>(p.C.data);
+  a.out = static_cast<T*>(p.out.data);
+  a.dt_bias = param_of(p.dt_bias, op, "dt_bias");
+  a.A = param_of(p.A, op, "A");
+  a.D = param_of(p.D, op, "D");
+  a.xs0 = p.x.stride[0];
+  a.xs1 = p.x.stride[1];
+  a.dts = p.dt.stride[0];
+  a.Bs0 = p.B.stride[0];
+  a.Bs1 = p.B.stride[1];
+  a.Cs0 = p.C.stride[0];
+  a.Cs1 = p.C.stride[1];
+  a.os0 = p.out.stride[0];
+  a.os1 = p.out.stride[1];
+  a.H = int(p.x.shape[1]);
+  a.P = int(p.x.shape[2]);
+  a.G = int(p.B.shape[1]);
+  a.N = int(p.B.shape[2]);
+  a.dt_min = p.dt_min;
+  a.dt_max = p.dt_max;
+  a.dt_limited = p.dt_limited;
+  S* state = static_cast<S*>(p.state.data);
+  const int64_t ss0 = p.state.stride[0], ss1 = p.state.stride[1], ss2 = p.state.stride[2];
+
+  int max_len = 0;
+  bool any_decode = false;
+  for (const SeqSpan& s : batch.spans) {
+    max_len = std::max(max_len, int(s.len));
+    any_decode = any_decode || s.len == 1;
+  }
+  // Chunks never longer than the longest span: a short prefill gets a short chunk, and the
+  // scratch and grids shrink with it.
+  a.Q = int(std::min<int64_t>(p.chunk_size, std::max(max_len, 1)));
+  int64_t n_chunks = 0;
+  const SpanItems items = plan_items(batch, a.Q, 2, &n_chunks);
+  const int n_spans = int(batch.spans.size());
+
+  if (any_decode) {
+    const size_t smem = size_t(2 * a.N) * sizeof(float);
+    decode_kernel<T, S><<<dim3(unsigned(n_spans), unsigned(a.H)), kDecodeThreads, smem, stream>>>(
+        a, state, ss0, ss1, ss2, batch.device_spans);
+    STATELM_CUDA_LAUNCHED(op, " decode, x ", p.x.describe(), " state ", p.state.describe());
+  }
+  if (n_chunks == 0) return;
+
+  // One scratch region: dtc, cs, cb, st (each 256-byte aligned).
+  auto align = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
+  const size_t per_head = size_t(n_chunks) * a.H * a.Q;
+  const size_t b_dtc = align(per_head * sizeof(float)), b_cs = align(per_head * sizeof(double));
+  const size_t b_cb = align(size_t(n_chunks) * a.G * a.Q * a.Q * sizeof(float));
+  const size_t b_st = align(size_t(n_chunks) * a.H * a.P * a.N * sizeof(float));
+  char* base = static_cast<char*>(scratch.get(b_dtc + b_cs + b_cb + b_st));
+  a.dtc = reinterpret_cast<float*>(base);
+  a.cs = reinterpret_cast<double*>(base + b_dtc);
+  a.cb = reinterpret_cast<float*>(base + b_dtc + b_cs);
+  a.st = reinterpret_cast<float*>(base + b_dtc + b_cs + b_cb);
+
+  const unsigned q_tiles = unsigned((a.Q + kTile - 1) / kTile);
+  chunk_cumsum_kernel<T><<<unsigned(n_chunks), 128, 0, stream>>>(a, items);
+  STATELM_CUDA_LAUNCHED(op, " chunk_cumsum");
+  chunk_cb_kernel<T><<<dim3(unsigned(n_chunks * a.G), q_tiles * q_tiles), kThreads, 0, stream>>>(a, items);
+  STATELM_CUDA_LAUNCHED(op, " chunk_cb");
+  const unsigned p_tiles = unsigned((a.P + kTile - 1) / kTile), n_tiles = unsigned((a.N + kTile - 1) / kTile);
+  chunk_state_kernel<T><<<dim3(unsigned(n_chunks * a.H), p_tiles * n_tiles), kThreads, 0, stream>>>(a, items);
+  STATELM_CUDA_LAUNCHED(op, " chunk_state");
+  const unsigned pn_blocks = unsigned((int64_t(a.P) * a.N + kThreads - 1) / kThreads);
+  state_passing_kernel<T, S><<<dim3(unsigned(n_spans), pn_blocks, unsigned(a.H)), kThreads, 0, stream>>>(
+      a, state, ss0, ss1, ss2, items);
+  STATELM_CUDA_LAUNCHED(op, " state_passing");
+  chunk_scan_kernel<T><<<dim3(unsigned(n_chunks * a.H), q_tiles * p_tiles), kThreads, 0, stream>>>(a, items);
+  STATELM_CUDA_LAUNCHED(op, " chunk_scan, x ", p.x.describe(), " state ", p.state.describe());
+}
+
+}  // namespace
+
+void ssd(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream) {
+  const char* op = "ssd";
+  const int64_t T = p.x.shape[0], H = p.x.shape[1], P = p.x.shape[2], G = p.B.shape[1], N = p.B.shape[2];
+  STATELM_CHECK(p.x.ndim == 3 && p.B.ndim == 3 && p.C.ndim == 3 && p.out.ndim == 3 && p.state.ndim == 4, op,
+                ": ranks x ", p.x.describe(), " B ", p.B.describe(), " state ", p.state.describe());
+  STATELM_CHECK(p.dt.shape[0] == T && p.dt.shape[1] == H && p.A.shape[0] == H && p.C.shape[0] == T &&
+                    p.C.shape[1] == G && p.C.shape[2] == N && p.B.shape[0] == T && p.out.shape[0] == T &&
+                    p.out.shape[1] == H && p.out.shape[2] == P && p.state.shape[1] == H && p.state.shape[2] == P &&
+                    p.state.shape[3] == N,
+                op, ": shapes x ", p.x.describe(), " B ", p.B.describe(), " state ", p.state.describe());
+  STATELM_CHECK(G >= 1 && H % G == 0, op, ": ", H, " heads do not split into ", G, " groups");
+  STATELM_CHECK(p.chunk_size >= 1, op, ": chunk_size ", p.chunk_size);
+  for (const Tensor* t : {&p.x, &p.dt, &p.B, &p.C, &p.out, &p.state}) require_last_contiguous(*t, op, "input");
+  for (const Tensor* t : {&p.dt, &p.B, &p.C, &p.out})
+    STATELM_CHECK(t->dtype == p.x.dtype, op, ": activations must share one dtype, got ", t->describe(), " and x ",
+                  p.x.describe());
+  if (batch.spans.empty() || H == 0 || P == 0) return;
+  dispatch_float(p.x.dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_state(p.state, op, [&](auto stag) {
+      using S = decltype(stag);
+      run<T, S>(p, batch, scratch, stream);
+    });
+  });
+}
+
+}  // namespace statelm::cuda
