@@ -124,6 +124,7 @@ class Scheduler {
   // checked in full without restoring it, and the empty state (runtime/snapshot.h).
   SnapshotHeader check_snapshot(std::string_view blob) const;
   std::string empty_snapshot() const;
+  const std::string& model_fingerprint() const { return runner_.fingerprint(); }
   // Drops every prefix checkpoint (their slots and KV blocks go back). Engine thread only:
   // call it between steps, not while start()'s thread runs.
   void clear_prefix_cache();

@@ -386,6 +386,14 @@ std::string empty_snapshot(ModelRunner& runner) {
   return compress(layout_content(runner, 0, {}, &header_bytes));  // a zeroed slot, no KV: a fresh sequence
 }
 
+uint64_t max_snapshot_bytes(ModelRunner& runner, int64_t n_tokens) {
+  const std::vector<LayerSections> sections = model_sections(runner, runner.kv().empty() ? 0 : n_tokens);
+  // Header: prefix, two strings, n_tokens, n_ids, the ids, n_layers, 17 bytes a layer, padding.
+  uint64_t raw = kPrefixBytes + 2 * (4 + kMaxStringBytes) + 8 + 8 + 4 * uint64_t(n_tokens) + 4 + 17 * sections.size() + 7;
+  for (const LayerSections& s : sections) raw += s.a + s.b;
+  return ZSTD_compressBound(size_t(raw));
+}
+
 SnapshotHeader check_snapshot(ModelRunner& runner, std::string_view blob) {
   SnapshotHeader h;
   uint32_t header_bytes = 0;

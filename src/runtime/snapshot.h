@@ -71,6 +71,10 @@ std::string empty_snapshot(ModelRunner& runner);
 // and shapes, fixed at load), so both may run on any thread while the engine steps.
 SnapshotHeader check_snapshot(ModelRunner& runner, std::string_view blob);
 
+// The largest blob a snapshot of up to n_tokens positions and ids can be, whatever its
+// contents: what a request body limit must allow for a state to be imported. Shapes only.
+uint64_t max_snapshot_bytes(ModelRunner& runner, int64_t n_tokens);
+
 // Reads only the header (decompressing no further), e.g. to size a runner before restoring or
 // to index a session store. The checksum covers the whole frame, so only restore_sequence()
 // verifies it. Error(Format) as restore_sequence().

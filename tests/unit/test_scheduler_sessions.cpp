@@ -121,6 +121,7 @@ TEST_P(SessionTurns, ThreeTurnsEqualOneRequestOverTheConversation) {
     const SnapshotHeader h = read_snapshot_header(t.state);
     EXPECT_EQ(h.tokens, conversation);
     EXPECT_EQ(h.n_tokens, int64_t(conversation.size()) - 1);  // the last token is pending
+    EXPECT_LE(t.state.size(), max_snapshot_bytes(runner, int64_t(conversation.size())));
     state = t.state;
   }
   EXPECT_EQ(runner.free_slots(), runner.max_sequences());
