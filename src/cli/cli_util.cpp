@@ -5,11 +5,15 @@
 #include <cstdio>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
+#ifdef STATELM_WITH_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace statelm::cli {
 
@@ -61,14 +65,48 @@ void add_sampling_flags(CLI::App* cmd, SamplingParams& p) {
   cmd->add_option("--stop", p.stop_strings, "Stop at this string (repeatable)");
 }
 
+std::unique_ptr<Backend> make_backend(const EngineFlags& flags) {
+  std::optional<DType> dtype;
+  if (!flags.dtype.empty()) {
+    dtype = dtype_from_name(flags.dtype);
+    if (!dtype || (*dtype != DType::F32 && *dtype != DType::BF16))
+      fail(ErrorKind::InvalidArgument, "--dtype: \"", flags.dtype, "\" is not float32 or bfloat16");
+  }
+  if (flags.device == "cpu") {
+    if (dtype && *dtype != DType::F32)
+      fail(ErrorKind::Unsupported, "--dtype ", flags.dtype, ": the CPU backend computes in float32 only");
+    return std::make_unique<CpuBackend>();
+  }
+  if (flags.device == "cuda" || flags.device.starts_with("cuda:")) {
+#ifdef STATELM_WITH_CUDA
+    CudaBackendOptions o;
+    if (dtype) o.dtype = *dtype;
+    if (flags.device.size() > 5) {
+      const std::string index = flags.device.substr(5);
+      if (index.empty() || index.find_first_not_of("0123456789") != std::string::npos || index.size() > 3)
+        fail(ErrorKind::InvalidArgument, "--device: \"", flags.device, "\" is not cuda or cuda:N");
+      o.device = std::stoi(index);
+    }
+    return std::make_unique<CudaBackend>(o);
+#else
+    fail(ErrorKind::Unsupported, "--device ", flags.device,
+         ": this statelm was built without the CUDA backend (configure with -DSTATELM_CUDA=ON on a machine with nvcc)");
+#endif
+  }
+  fail(ErrorKind::InvalidArgument, "--device: unknown device \"", flags.device, "\" (cpu, cuda, cuda:N)");
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& device) {
-  if (device == "cpu") return std::make_unique<CpuBackend>();
-  if (device == "cuda") fail(ErrorKind::Unsupported, "--device cuda: the CUDA backend is not built into this version yet");
-  fail(ErrorKind::InvalidArgument, "--device: unknown device \"", device, "\" (cpu, cuda)");
+  EngineFlags flags;
+  flags.device = device;
+  return make_backend(flags);
 }
 
 void add_engine_flags(CLI::App* cmd, EngineFlags& flags) {
-  cmd->add_option("--device", flags.device, "cpu | cuda");
+  cmd->add_option("--device", flags.device, "cpu | cuda | cuda:N");
+  cmd->add_option("--dtype", flags.dtype,
+                  "Weights and activations: float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda; "
+                  "accumulation and SSM state math stay fp32)");
   cmd->add_option("--state-dtype", flags.state_dtype,
                   "Recurrent (SSM) state: float32 (default) or bfloat16 (half the memory; drift in bench/RESULTS.md)");
 }
@@ -84,7 +122,7 @@ RunnerOptions runner_options(const EngineFlags& flags) {
 
 LocalModel open_local_model(const std::string& model_dir, const EngineFlags& flags, int64_t context) {
   LocalModel m;
-  m.backend = make_backend(flags.device);
+  m.backend = make_backend(flags);
   RunnerOptions o = runner_options(flags);
   o.max_sequences = 1;
   o.max_context = std::max<int64_t>(context, 1);

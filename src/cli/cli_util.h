@@ -22,15 +22,18 @@ std::string read_stdin();
 // --max-tokens --stop-id --stop.
 void add_sampling_flags(CLI::App* cmd, SamplingParams& p);
 
-// The compute backend for --device (only "cpu" until the CUDA backend lands).
-std::unique_ptr<Backend> make_backend(const std::string& device);
-
-// Where and how a command computes: --device, --state-dtype.
+// Where and how a command computes: --device, --dtype, --state-dtype.
 struct EngineFlags {
   std::string device = "cpu";
+  std::string dtype;  // weights + activations; empty = the device's default (cpu float32, cuda bfloat16)
   std::string state_dtype = "float32";
 };
 void add_engine_flags(CLI::App* cmd, EngineFlags& flags);
+
+// The compute backend for --device and --dtype: the CPU (float32 only), or CUDA when this build
+// has it (float32 or bfloat16). Errors name the flag at fault.
+std::unique_ptr<Backend> make_backend(const EngineFlags& flags);
+std::unique_ptr<Backend> make_backend(const std::string& device);  // the device's default dtype
 // Runner options from the engine flags (state dtype checked); the caller sets the sizes.
 RunnerOptions runner_options(const EngineFlags& flags);
 

@@ -36,7 +36,7 @@ int run_perplexity(const PerplexityOptions& o) {
   std::vector<int32_t> ids = tokenizer.encode(text);
   if (o.limit_tokens > 0 && int64_t(ids.size()) > o.limit_tokens) ids.resize(size_t(o.limit_tokens));
 
-  auto backend = make_backend(o.engine.device);
+  auto backend = make_backend(o.engine);
   RunnerOptions ro = runner_options(o.engine);
   ro.max_sequences = o.batch;
   ro.max_context = o.context;

@@ -15,9 +15,14 @@ Forward::Forward(const ModelSpec& spec, const ModelWeights& weights, Backend& ba
     : spec_(spec), weights_(weights), backend_(backend) {}
 
 // Reusable activation buffers, one per purpose, grown as needed (no allocation per step
-// once the largest batch has been seen).
+// once the largest batch has been seen). Activations are in the backend's compute dtype
+// (fp32 on the CPU, bf16 by default on CUDA); the logits are always fp32.
 Tensor Forward::scratch(size_t index, std::initializer_list<int64_t> shape) {
-  Tensor t = Tensor::contiguous(nullptr, DType::F32, shape, backend_.device());
+  return scratch(index, shape, backend_.compute_dtype());
+}
+
+Tensor Forward::scratch(size_t index, std::initializer_list<int64_t> shape, DType dtype) {
+  Tensor t = Tensor::contiguous(nullptr, dtype, shape, backend_.device());
   if (scratch_.size() <= index) scratch_.resize(index + 1);
   if (scratch_[index].bytes() < t.nbytes()) scratch_[index] = backend_.allocate(t.nbytes());
   t.data = scratch_[index].data();
@@ -129,6 +134,7 @@ std::vector<float> Forward::run(const ForwardBatch& fb, std::span<const LayerCac
   b.block_tables = fb.block_tables.empty() ? nullptr : fb.block_tables.data();
   b.max_blocks_per_seq = fb.max_blocks_per_seq;
   b.block_size = fb.block_size;
+  backend_.prepare_batch(b);  // a device backend copies spans and block tables over, once
 
   Tensor h = scratch(kHidden, {T, D});       // residual stream [T, D]
   Tensor x = scratch(kNormed, {T, D});       // normed input of the next block
@@ -177,7 +183,7 @@ std::vector<float> Forward::run(const ForwardBatch& fb, std::span<const LayerCac
     last = scratch(kLogitsIn, {rows, D});
     backend_.rms_norm(h, weights_.final_norm, spec_.norm_eps, last);
   }
-  Tensor logits = scratch(kLogits, {rows, V});
+  Tensor logits = scratch(kLogits, {rows, V}, DType::F32);
   backend_.matmul(last, weights_.lm_head, Tensor{}, logits);
   std::vector<float> host(size_t(rows * V));
   backend_.download(logits, host.data());

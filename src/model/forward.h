@@ -51,6 +51,7 @@ class Forward {
                  const Tensor& x, const Tensor& out, int64_t layer);
   void mlp(const MlpDims& m, const MlpWeights& w, const Tensor& x, const Tensor& out);
   Tensor scratch(size_t index, std::initializer_list<int64_t> shape);
+  Tensor scratch(size_t index, std::initializer_list<int64_t> shape, DType dtype);
   void dump(int64_t layer, const char* name, const Tensor& t) const {
     if (debug_) debug_(layer, name, t);
   }

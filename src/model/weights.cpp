@@ -21,6 +21,7 @@ class WeightPlacer {
   Tensor destination(const TensorSpec& t) {
     using R = WeightRole;
     const int64_t d = spec_.d_model;
+    dtype_ = weight_dtype(t.role, backend_.compute_dtype());
     switch (t.role) {
       case R::Embedding: return make(w_.embedding, {spec_.vocab_size, d});
       case R::FinalNorm: return make(w_.final_norm, {d});
@@ -103,8 +104,8 @@ class WeightPlacer {
       const int64_t f = moe->d_ff, e = t.expert, n = moe->n_experts;
       auto expert = [&](Tensor& all, std::initializer_list<int64_t> shape) {
         Tensor stacked = make(all, shape);
-        return Tensor::contiguous(static_cast<char*>(stacked.data) + size_t(e * stacked.stride[0]) * 4, DType::F32,
-                                  {stacked.shape[1], stacked.shape[2]}, stacked.device);
+        return Tensor::contiguous(static_cast<char*>(stacked.data) + size_t(e * stacked.stride[0]) * dtype_size(stacked.dtype),
+                                  stacked.dtype, {stacked.shape[1], stacked.shape[2]}, stacked.device);
       };
       switch (t.role) {
         case R::Router: return make(W.router, {n, d});
@@ -118,12 +119,12 @@ class WeightPlacer {
   }
 
  private:
-  // Allocates `slot` on first use (the backend's zeroed memory).
+  // Allocates `slot` on first use (the backend's zeroed memory), in the current role's dtype.
   Tensor make(Tensor& slot, std::initializer_list<int64_t> shape) {
     if (!slot.defined()) {
-      Tensor shape_only = Tensor::contiguous(nullptr, DType::F32, shape, backend_.device());
+      Tensor shape_only = Tensor::contiguous(nullptr, dtype_, shape, backend_.device());
       Buffer b = backend_.allocate(shape_only.nbytes());
-      slot = Tensor::contiguous(b.data(), DType::F32, shape, backend_.device());
+      slot = Tensor::contiguous(b.data(), dtype_, shape, backend_.device());
       w_.bytes += b.bytes();
       w_.storage.push_back(std::move(b));
     }
@@ -133,6 +134,7 @@ class WeightPlacer {
   const ModelSpec& spec_;
   Backend& backend_;
   ModelWeights& w_;
+  DType dtype_ = DType::F32;  // of the weight being placed
 };
 
 // Turns raw checkpoint values into what the forward uses (A = -exp(A_log)).
@@ -146,6 +148,17 @@ void finish(const ModelSpec& spec, ModelWeights& w) {
 }
 
 }  // namespace
+
+DType weight_dtype(WeightRole role, DType compute) {
+  using R = WeightRole;
+  switch (role) {
+    case R::Embedding: case R::LmHead: case R::InProj: case R::XProj: case R::DtProj: case R::OutProj: case R::Q:
+    case R::K: case R::V: case R::O: case R::Gate: case R::Up: case R::Down: case R::Router:
+      return compute;
+    default:
+      return DType::F32;
+  }
+}
 
 ModelWeights load_weights(const ModelSpec& spec, const Checkpoint& checkpoint, Backend& backend) {
   ModelWeights w;

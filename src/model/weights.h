@@ -3,7 +3,14 @@
 //   - gate and up fused into one [2F, D] matrix (one GEMM per MLP), experts stacked [E, ...];
 //   - A = -exp(A_log) precomputed (it is a constant of the model, not of the input);
 //   - conv1d weights [C, 1, K] seen as [C, K].
-// CPU weights are fp32 whatever the checkpoint holds (DESIGN.md: converted at load).
+// Element types (weight_dtype): the matrices that feed a GEMM or the embedding lookup (in_proj,
+// x_proj, dt_proj, out_proj, q/k/v/o, gate/up/down, router, embedding, LM head) are stored in the
+// backend's compute dtype — fp32 on the CPU whatever the checkpoint holds (DESIGN.md: converted
+// at load), bf16 by default on CUDA, where streaming them is most of a decode step. Everything
+// else stays fp32 on every backend: norm weights, biases, conv1d weights and bias, A, D,
+// dt_bias. They are < 1% of the bytes, the kernels that read them compute in fp32 anyway, and
+// rounding them (A = -exp(A_log) in particular, which sets the decay of every state) would cost
+// accuracy for nothing. So kernels take those parameters as fp32 (cuda_kernels.h allows both).
 #pragma once
 
 #include <vector>
@@ -51,6 +58,9 @@ struct ModelWeights {
   std::vector<Buffer> storage;
   size_t bytes = 0;
 };
+
+// The dtype a weight of `role` is stored in on a backend computing in `compute` (see above).
+DType weight_dtype(WeightRole role, DType compute);
 
 // Loads every tensor of `spec` from the checkpoint (already validated by open_model_files).
 ModelWeights load_weights(const ModelSpec& spec, const Checkpoint& checkpoint, Backend& backend);

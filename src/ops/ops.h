@@ -123,6 +123,17 @@ class Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
   virtual Device device() const = 0;
+  // Element type of weight matrices and activations on this backend: F32 on the CPU; BF16 by
+  // default on CUDA. Small per-channel parameters stay F32 everywhere (model/weights.h) and the
+  // recurrent state has its own dtype (RunnerOptions::state_dtype).
+  virtual DType compute_dtype() const { return DType::F32; }
+  // Bytes this backend can still allocate now (device memory free plus what its allocator
+  // holds in reserve); 0 = host memory, which the caller measures itself (core/system_memory.h).
+  virtual size_t available_memory() const { return 0; }
+  // Called once per forward before any op of the batch runs: a device backend copies the spans
+  // and block tables to the device here and sets batch.device_spans / device_block_tables.
+  // The copies stay valid until the next prepare_batch.
+  virtual void prepare_batch(BatchView& batch) {}
 
   // Zero-filled memory where this backend computes.
   virtual Buffer allocate(size_t bytes) = 0;

@@ -98,8 +98,11 @@ ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerO
   if (o.cache_memory_bytes <= 0 && o.cache_memory_fraction > 0) {
     if (!(o.cache_memory_fraction <= 1.0))
       fail(ErrorKind::InvalidArgument, "cache memory fraction ", o.cache_memory_fraction, " must be in (0, 1]");
-    // MemAvailable is read after the weights were loaded, so they are already accounted for.
-    o.cache_memory_bytes = int64_t(o.cache_memory_fraction * double(system_memory().available_bytes));
+    // Read after the weights were loaded, so they are already accounted for: the device's free
+    // memory for a device backend (cudaMemGetInfo), MemAvailable for the CPU.
+    const size_t device_free = backend.available_memory();
+    const size_t available = device_free > 0 ? device_free : system_memory().available_bytes;
+    o.cache_memory_bytes = int64_t(o.cache_memory_fraction * double(available));
   }
   o.max_sequences = fit_sequences(spec, o, max_context_);
   STATELM_CHECK(o.prefix_cache_slots >= 0, "prefix_cache_slots must not be negative");

@@ -26,8 +26,9 @@ struct RunnerOptions {
   // clamped with a warning (fewer sequences), never a failure, unless not even one sequence
   // of max_context fits.
   int64_t cache_memory_bytes = 0;
-  // Or the budget as a fraction of the host memory available after the weights are loaded
-  // (CPU backend), when cache_memory_bytes is 0 (0 = no limit).
+  // Or the budget as a fraction of the memory available after the weights are loaded (host
+  // MemAvailable on the CPU, free device memory on CUDA), when cache_memory_bytes is 0 (0 = no
+  // limit).
   double cache_memory_fraction = 0;
   // Extra state slots beyond max_sequences, for the scheduler's prefix cache (checkpoints of
   // recent prompts' state); they hold no KV blocks of their own.

@@ -1,0 +1,81 @@
+// Launchers of the CUDA backend's non-SSM kernel families, one .cu each: norm.cu (RMSNorm,
+// residual add + RMSNorm, gated RMSNorm), elementwise.cu (embedding, SwiGLU, add, bias), gemm.cu
+// (cuBLASLt) and moe.cu (routing, grouping by expert, experts, weighted combine). CudaBackend
+// checks shapes and dtypes, then calls these on its stream; none of them synchronises with the
+// host except moe, which reads the per-expert token counts back once per call.
+//
+// Tensors are device views with a contiguous last dimension; other strides are free (column
+// slices of wider matrices). Activations are F32 or BF16; norm weights and biases are F32.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+
+#include "backend/cuda/cuda_kernels.h"
+#include "ops/ops.h"
+
+namespace statelm::cuda {
+
+// out[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * w  (x and out may be the same tensor).
+void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out, cudaStream_t stream);
+// residual[t] += x[t] (rounded to residual's dtype), then out[t] = rms_norm(residual[t]).
+void add_rms_norm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps, const Tensor& out,
+                  cudaStream_t stream);
+// g = y * silu(z); out = g * rsqrt(mean over each group of group_size channels of g^2 + eps) * w.
+void gated_rms_norm(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t group_size, float eps,
+                    const Tensor& out, cudaStream_t stream);
+
+// out[t] = table[ids[t]] for device ids.
+void embed(const int32_t* ids, const Tensor& table, const Tensor& out, cudaStream_t stream);
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, F + i].
+void swiglu(const Tensor& gate_up, const Tensor& out, cudaStream_t stream);
+// acc += x.
+void add(const Tensor& acc, const Tensor& x, cudaStream_t stream);
+// out[t, n] += bias[n] (bias F32).
+void add_bias(const Tensor& out, const Tensor& bias, cudaStream_t stream);
+
+// out[T, N] = x[T, K] w[N, K]^T (+ bias) through cuBLASLt: bf16 x bf16 on the tensor cores with
+// fp32 accumulation and bf16 or fp32 out, or fp32 x fp32 in full fp32 (no TF32: the fp32 path
+// is the accuracy reference). One per backend: it owns the handle, the workspace and the cache
+// of chosen algorithms per shape.
+class Gemm {
+ public:
+  explicit Gemm(cudaStream_t stream);
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  void run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op = "matmul");
+
+ private:
+  struct Plan;
+  struct Key {
+    int64_t m, n, k, lda, ldb, ldc;
+    uint8_t ab_type, c_type;
+    uint16_t align_a, align_b, align_c;  // bytes: what each pointer + leading dimension allow
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const;
+  };
+  Plan* plan(const Key& key, const char* op);
+
+  cudaStream_t stream_;
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash> plans_;
+};
+
+// The mixture of SwiGLU experts (MoeParams in ops.h) on `stream`, with `gemm` for the router
+// and expert GEMMs and `scratch` for its intermediates. `host_counts` is pinned host memory for
+// at least E int32: the per-expert token counts are read back there, the one host sync of the
+// call (the expert GEMMs' sizes are host arguments of cuBLASLt).
+void moe(const MoeParams& p, Gemm& gemm, Scratch& scratch, int32_t* host_counts, cudaStream_t stream);
+
+}  // namespace statelm::cuda

@@ -1,0 +1,120 @@
+// Helpers shared by the CUDA backend's .cu files (not by the host-only code): error checks that
+// name the op and the shapes, the element types a kernel is instantiated for, and fp32 <-> T
+// conversion in registers. Kernels load their element type, compute in fp32, and round once
+// when they store.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace statelm::cuda {
+
+// Throws statelm::Error naming `op` (and whatever detail follows, evaluated only on failure)
+// when a CUDA call fails. Out-of-memory is ErrorKind::OutOfMemory, everything else Internal (a
+// failed launch or a kernel fault is statelm's bug, not the user's).
+[[noreturn]] void throw_cuda_error(cudaError_t err, const char* call, const char* file, int line, const std::string& op);
+
+#define STATELM_CUDA_CHECK(call, ...)                                                                 \
+  do {                                                                                                \
+    const cudaError_t statelm_cuda_err_ = (call);                                                     \
+    if (statelm_cuda_err_ != cudaSuccess)                                                             \
+      ::statelm::cuda::throw_cuda_error(statelm_cuda_err_, #call, __FILE__, __LINE__,                 \
+                                        ::statelm::str_cat(__VA_ARGS__));                            \
+  } while (0)
+
+// After a kernel launch: a bad configuration (grid too large, too much shared memory) shows up
+// here at once; faults inside the kernel show up at the next synchronising call (download).
+#define STATELM_CUDA_LAUNCHED(...) STATELM_CUDA_CHECK(cudaGetLastError(), __VA_ARGS__)
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ bf16 from_f32<bf16>(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
+
+// Sum over a warp, result in every lane.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); `shared` holds 32 floats.
+// Every thread gets the result.
+__device__ __forceinline__ float block_sum(float v, float* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // `shared` may still be read by a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < warps ? shared[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+// Calls f(T{}) with T = float or bf16 for an activation dtype; anything else is a bug of the
+// caller (the backend checks dtypes before it launches).
+template <typename F>
+void dispatch_float(DType t, const char* op, F&& f) {
+  switch (t) {
+    case DType::F32: f(float{}); return;
+    case DType::BF16: f(bf16{}); return;
+    default: fail(ErrorKind::Unsupported, op, ": CUDA kernels take float32 or bfloat16, got ", dtype_name(t));
+  }
+}
+
+// Whether a pointer and a row stride allow loads of `bytes` bytes per access.
+inline bool aligned_for(const void* p, int64_t row_stride_elems, size_t elem_size, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0 && (size_t(row_stride_elems) * elem_size) % bytes == 0;
+}
+
+inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+
+}  // namespace statelm::cuda
+
+namespace statelm::cuda {
+
+// VEC consecutive elements of T moved as one access (16 bytes for VEC = 16 / sizeof(T)).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ void load_f32(const T* p, float (&out)[VEC]) {
+  const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) out[j] = to_f32(pk.v[j]);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_f32(T* p, const float (&in)[VEC]) {
+  Pack<T, VEC> pk;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) pk.v[j] = from_f32<T>(in[j]);
+  *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
+}
+
+// The widest access (16 bytes = kVec16<T> elements) when every pointer, row stride and the row
+// length allow it, else one element per access. Used by the row kernels to pick VEC.
+template <typename T>
+constexpr int kVec16 = int(16 / sizeof(T));
+
+// Threads for a kernel that walks `n` packs of one row with a block: a multiple of 32, 32..256.
+inline int row_threads(int64_t packs) {
+  int64_t t = (packs + 31) / 32 * 32;
+  return int(t < 32 ? 32 : (t > 256 ? 256 : t));
+}
+
+}  // namespace statelm::cuda

@@ -1,0 +1,811 @@
+// The CUDA backend against the CPU backend (the reference), op by op and model by model.
+//
+// Op tests: one harness (OpCase) for every op. A case declares its arguments — activations
+// (column slices of wider matrices, as the forward lays them out), weight matrices, fp32
+// parameters, recurrent state, KV cache — with random contents; run_on() builds them on a
+// backend, runs the op there and reads every argument back. The same op runs on the CPU (fp32)
+// and on CUDA (fp32, then bf16 activations and weights), and every argument is compared: the
+// outputs and updated states within a tolerance, and the slack columns around each slice
+// exactly (a kernel that writes past its row shows up there). For bf16 the CPU gets the inputs
+// rounded to bf16 first, so the comparison measures the kernels' arithmetic, not the rounding of
+// the inputs. The stateful ops get mixed spans (lengths 1, 7, 63, 65, 300) in shuffled token and
+// slot order, half of them continuing a random non-zero state at pos > 0.
+//
+// Tolerances (max |cuda − cpu| over max |cpu|, per argument):
+//   fp32: 1e-4. Both sides compute in fp32; sums run in different orders (warp trees, cuBLASLt's
+//         tiles vs the CPU's lanes), which moves results by a few ulp per term: ~1e-6 observed
+//         on these sizes, 1e-4 leaves room for long recurrences (300-token scans).
+//   bf16: 1e-2. Each output is rounded to bf16 once (relative error ≤ 2⁻⁹ ≈ 2e-3 of its own
+//         value), and a few ops round an intermediate the CPU keeps in fp32 (add_rms_norm's
+//         residual, SwiGLU inside the MoE): ≤ 3 roundings ≈ 6e-3. An indexing bug gives O(1).
+//
+// Ops whose kernel family is not built yet (the family's .cu is missing) report Unsupported:
+// those tests skip with that message. Every test skips when no CUDA device is visible (CI).
+//
+// Model tests: every fixture of tests/fixtures/models on CUDA against transformers' logits
+// (fp32 1e-4 like the CPU; bf16 see kBf16ModelTol), greedy tokens against the CPU where the
+// CPU's top-2 margin leaves no doubt, prefill+decode = one forward, and a snapshot taken on CUDA
+// restored on the CPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/cuda_allocator.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/device_info.h"
+#include "core/error.h"
+#include "runtime/model_runner.h"
+#include "runtime/snapshot.h"
+#include "unit/test_support.h"
+
+namespace statelm {
+namespace {
+
+constexpr double kF32Tol = 1e-4;
+constexpr double kBf16Tol = 1e-2;
+
+bool have_gpu() {
+  static const bool yes = !cuda::list_devices().empty();
+  return yes;
+}
+
+#define REQUIRE_GPU() \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device visible"
+
+// Runs `body`; an Unsupported error from a kernel family that is not built yet skips the test.
+#define SKIP_IF_FAMILY_MISSING(...)                                                    \
+  try {                                                                                \
+    __VA_ARGS__;                                                                       \
+  } catch (const Error& e) {                                                           \
+    if (e.kind() == ErrorKind::Unsupported &&                                          \
+        std::string(e.what()).find("no CUDA kernels") != std::string::npos)           \
+      GTEST_SKIP() << e.what();                                                        \
+    throw;                                                                             \
+  }
+
+float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+
+// ---------------------------------------------------------------------------------------------
+// The harness.
+
+enum class Kind {
+  Act,     // activation: compute dtype, a column slice of a wider matrix
+  ActF32,  // an activation that is fp32 on every backend (e.g. logits)
+  Weight,  // weight matrix: compute dtype, contiguous
+  Param,   // per-channel parameter: fp32, contiguous
+  State,   // recurrent state / KV cache: fp32, contiguous
+};
+
+struct Arg {
+  std::string name;
+  Kind kind;
+  std::vector<int64_t> shape;
+  int64_t row_len = 0, col0 = 0;  // slices: the wider row and where the slice starts
+  std::vector<float> data;        // the whole buffer (slack columns included)
+  int64_t rows() const { return shape[0]; }
+  int64_t inner() const {
+    int64_t n = 1;
+    for (size_t i = 1; i < shape.size(); ++i) n *= shape[i];
+    return n;
+  }
+  bool sliced() const { return kind == Kind::Act || kind == Kind::ActF32; }
+};
+
+using OpFn = std::function<void(Backend&, const std::vector<Tensor>&, BatchView&)>;
+
+class OpCase {
+ public:
+  OpCase(std::string name, uint32_t seed) : name_(std::move(name)), rng_(seed) {}
+
+  // Activation [rows, ...] as columns [2, 2 + inner) of a [rows, inner + 5] matrix.
+  int act(const std::string& n, std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f, Kind k = Kind::Act) {
+    Arg a{n, k, std::move(shape)};
+    a.col0 = 2;
+    a.row_len = a.inner() + 5;
+    a.data = random(size_t(a.rows() * a.row_len), lo, hi);
+    return push(std::move(a));
+  }
+  int dense(const std::string& n, Kind k, std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
+    Arg a{n, k, std::move(shape)};
+    a.row_len = a.inner();
+    a.data = random(size_t(a.rows() * a.row_len), lo, hi);
+    return push(std::move(a));
+  }
+  std::vector<float>& data(int i) { return args_[size_t(i)].data; }
+  const Arg& arg(int i) const { return args_[size_t(i)]; }
+  std::mt19937& rng() { return rng_; }
+
+  // Builds the arguments on `b` (activations and weights in `dtype`), runs `fn`, returns every
+  // argument's whole buffer as fp32. `round_inputs`: round activations and weights to bf16
+  // first (the reference run of a bf16 comparison).
+  std::vector<std::vector<float>> run_on(Backend& b, DType dtype, bool round_inputs, const OpFn& fn,
+                                         BatchView batch) {
+    std::vector<Buffer> storage;
+    std::vector<Tensor> ts;
+    for (const Arg& a : args_) {
+      const bool compute = a.kind == Kind::Act || a.kind == Kind::Weight;
+      const DType t = compute ? dtype : DType::F32;
+      Tensor full = Tensor::contiguous(nullptr, t, {a.rows(), a.row_len}, b.device());
+      storage.push_back(b.allocate(full.nbytes()));
+      full.data = storage.back().data();
+      std::vector<float> init = a.data;
+      if (round_inputs && compute)
+        for (float& v : init) v = round_bf16(v);
+      b.upload(full, init.data());
+      Tensor v = full;
+      if (a.sliced()) v = full.cols(a.col0, a.inner());
+      if (a.shape.size() == 3 && a.sliced()) v = v.unflatten_last(a.shape[1], a.shape[2]);
+      if (!a.sliced()) {
+        Tensor c = Tensor::contiguous(full.data, t, {1}, b.device());
+        c.ndim = int(a.shape.size());
+        int64_t s = 1;
+        for (int k = c.ndim - 1; k >= 0; --k) {
+          c.shape[k] = a.shape[size_t(k)];
+          c.stride[k] = s;
+          s *= a.shape[size_t(k)];
+        }
+        v = c;
+      }
+      ts.push_back(v);
+    }
+    b.prepare_batch(batch);
+    fn(b, ts, batch);
+    std::vector<std::vector<float>> out;
+    for (size_t i = 0; i < args_.size(); ++i) {
+      const Arg& a = args_[i];
+      const DType t = (a.kind == Kind::Act || a.kind == Kind::Weight) ? dtype : DType::F32;
+      Tensor full = Tensor::contiguous(storage[i].data(), t, {a.rows(), a.row_len}, b.device());
+      out.emplace_back(size_t(a.rows() * a.row_len));
+      b.download(full, out.back().data());
+    }
+    return out;
+  }
+
+  // Runs `fn` on the CPU and on CUDA in `dtype`, compares every argument (see the file comment).
+  void compare(const OpFn& fn, DType dtype, const BatchView& batch = {}) {
+    SCOPED_TRACE(name_ + (dtype == DType::BF16 ? " bf16" : " fp32"));
+    CpuBackend cpu;
+    CudaBackendOptions o;
+    o.dtype = dtype;
+    CudaBackend gpu(o);
+    const bool bf16 = dtype == DType::BF16;
+    const auto want = run_on(cpu, DType::F32, bf16, fn, batch);
+    const auto got = run_on(gpu, dtype, false, fn, batch);
+    const double tol = bf16 ? kBf16Tol : kF32Tol;
+    for (size_t i = 0; i < args_.size(); ++i) {
+      const Arg& a = args_[i];
+      std::vector<float> w_in, g_in, w_slack, g_slack;
+      for (int64_t r = 0; r < a.rows(); ++r)
+        for (int64_t c = 0; c < a.row_len; ++c) {
+          const size_t at = size_t(r * a.row_len + c);
+          const bool inside = !a.sliced() || (c >= a.col0 && c < a.col0 + a.inner());
+          (inside ? w_in : w_slack).push_back(want[i][at]);
+          (inside ? g_in : g_slack).push_back(got[i][at]);
+        }
+      expect_close(g_in, w_in, tol, a.name);
+      EXPECT_EQ(g_slack, w_slack) << a.name << ": values beside the slice changed";
+    }
+  }
+
+ private:
+  std::vector<float> random(size_t n, float lo, float hi) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (float& x : v) x = d(rng_);
+    return v;
+  }
+  int push(Arg a) {
+    args_.push_back(std::move(a));
+    return int(args_.size()) - 1;
+  }
+  static void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol,
+                           const std::string& what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    double scale = 1e-6, err = 0.0;
+    size_t worst = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      scale = std::max(scale, double(std::fabs(want[i])));
+      const double e = std::fabs(double(got[i]) - double(want[i]));
+      if (!(e <= err)) {
+        err = e;
+        worst = i;
+      }
+    }
+    EXPECT_LE(err, tol * scale) << what << ": worst at " << worst << " got " << got[worst] << " want " << want[worst]
+                                << " (max |ref| " << scale << ")";
+  }
+
+  std::string name_;
+  std::mt19937 rng_;
+  std::vector<Arg> args_;
+};
+
+// Both dtypes, each on a fresh case built by `make` (same seed: same inputs).
+void compare_both(const std::function<std::pair<OpCase, OpFn>()>& make, const BatchView& batch = {}) {
+  for (DType dt : {DType::F32, DType::BF16}) {
+    auto [c, fn] = make();
+    c.compare(fn, dt, batch);
+  }
+}
+
+// Spans of the given (len, pos); slots shuffled among n_slots, tokens placed in shuffled order.
+struct LenPos {
+  int32_t len, pos;
+};
+std::vector<SeqSpan> mixed_spans(std::mt19937& rng, const std::vector<LenPos>& seqs, int32_t n_slots) {
+  std::vector<int32_t> slots(static_cast<size_t>(n_slots)), order(seqs.size());
+  std::iota(slots.begin(), slots.end(), 0);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<SeqSpan> spans(seqs.size());
+  int32_t start = 0;
+  for (int32_t i : order) {
+    spans[size_t(i)] = SeqSpan{start, seqs[size_t(i)].len, slots[size_t(i)], seqs[size_t(i)].pos};
+    start += seqs[size_t(i)].len;
+  }
+  return spans;
+}
+int64_t tokens_of(const std::vector<SeqSpan>& spans) {
+  int64_t n = 0;
+  for (const SeqSpan& s : spans) n += s.len;
+  return n;
+}
+// The mixed lengths of the brief, half continuing (pos > 0).
+const std::vector<LenPos> kMixed = {{1, 0}, {7, 12}, {63, 0}, {65, 40}, {300, 0}, {1, 77}};
+
+// ---------------------------------------------------------------------------------------------
+// Embedding, norms, element-wise, matmul, MoE.
+
+TEST(CudaOps, Embed) {
+  REQUIRE_GPU();
+  const std::vector<int32_t> ids = {3, 0, 28, 3, 17, 28, 1};
+  for (int64_t D : {37, 64}) {
+    compare_both([&] {
+      OpCase c("embed D=" + std::to_string(D), 1);
+      const int table = c.dense("table", Kind::Weight, {29, D});
+      const int out = c.act("out", {int64_t(ids.size()), D});
+      OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) { b.embed(ids, t[table], t[out]); };
+      return std::make_pair(std::move(c), fn);
+    });
+  }
+}
+
+TEST(CudaOps, RmsNorm) {
+  REQUIRE_GPU();
+  for (int64_t T : {1, 7, 300})
+    for (int64_t D : {37, 64, 1032})
+      for (bool in_place : {false, true}) {
+        compare_both([&] {
+          OpCase c("rms_norm T=" + std::to_string(T) + " D=" + std::to_string(D) + (in_place ? " in place" : ""), 2);
+          const int x = c.act("x", {T, D}, -3.0f, 3.0f);
+          for (int64_t i = 0; i < D; ++i) c.data(x)[size_t(i + 2)] *= 1e-3f;  // row 0 tiny: eps matters
+          const int w = c.dense("weight", Kind::Param, {D}, 0.5f, 1.5f);
+          const int out = c.act("out", {T, D});
+          OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+            b.rms_norm(t[x], t[w], 1e-5f, in_place ? t[x] : t[out]);
+          };
+          return std::make_pair(std::move(c), fn);
+        });
+      }
+}
+
+TEST(CudaOps, AddRmsNorm) {
+  REQUIRE_GPU();
+  for (int64_t T : {1, 65})
+    for (int64_t D : {37, 256}) {
+      compare_both([&] {
+        OpCase c("add_rms_norm T=" + std::to_string(T) + " D=" + std::to_string(D), 3);
+        const int r = c.act("residual", {T, D}, -3.0f, 3.0f);
+        const int x = c.act("x", {T, D});
+        const int w = c.dense("weight", Kind::Param, {D}, 0.5f, 1.5f);
+        const int out = c.act("out", {T, D});
+        OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+          b.add_rms_norm(t[r], t[x], t[w], 1e-6f, t[out]);
+        };
+        return std::make_pair(std::move(c), fn);
+      });
+    }
+}
+
+TEST(CudaOps, GatedRmsNorm) {
+  REQUIRE_GPU();
+  struct Shape { int64_t T, D, group; };
+  for (const Shape s : {Shape{1, 45, 45}, Shape{7, 45, 15}, Shape{300, 128, 64}, Shape{63, 256, 256}}) {
+    compare_both([&] {
+      OpCase c("gated_rms_norm T=" + std::to_string(s.T) + " D=" + std::to_string(s.D) + " group=" +
+                   std::to_string(s.group),
+               4);
+      const int yz = c.act("yz", {s.T, 2 * s.D}, -2.0f, 2.0f);
+      const int w = c.dense("weight", Kind::Param, {s.D}, 0.5f, 1.5f);
+      const int out = c.act("out", {s.T, s.D});
+      const int64_t D = s.D, group = s.group;
+      OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+        b.gated_rms_norm(t[yz].cols(0, D), t[yz].cols(D, D), t[w], group, 1e-5f, t[out]);
+      };
+      return std::make_pair(std::move(c), fn);
+    });
+  }
+}
+
+TEST(CudaOps, SwigluAndAdd) {
+  REQUIRE_GPU();
+  for (int64_t T : {1, 7, 300})
+    for (int64_t F : {29, 64}) {
+      compare_both([&] {
+        OpCase c("swiglu+add T=" + std::to_string(T) + " F=" + std::to_string(F), 5);
+        const int gu = c.act("gate_up", {T, 2 * F}, -4.0f, 4.0f);
+        const int out = c.act("out", {T, F});
+        const int acc = c.act("acc", {T, F});
+        OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+          b.swiglu(t[gu], t[out]);
+          b.add(t[acc], t[out]);
+        };
+        return std::make_pair(std::move(c), fn);
+      });
+    }
+}
+
+TEST(CudaOps, Matmul) {
+  REQUIRE_GPU();
+  for (int64_t T : {1, 7, 63, 65, 300})
+    for (int64_t K : {45, 256})
+      for (int64_t N : {29, 131})
+        for (bool f32_out : {false, true}) {
+          const bool bias = (T + N) % 2 == 1;
+          compare_both([&] {
+            OpCase c("matmul T=" + std::to_string(T) + " K=" + std::to_string(K) + " N=" + std::to_string(N) +
+                         (bias ? " bias" : "") + (f32_out ? " fp32 out" : ""),
+                     6);
+            const int x = c.act("x", {T, K + 3});  // x is a further column slice of this
+            const int w = c.dense("weight", Kind::Weight, {N, K});
+            const int bi = c.dense("bias", Kind::Param, {N});
+            const int out = c.act("out", {T, N}, -1.0f, 1.0f, f32_out ? Kind::ActF32 : Kind::Act);
+            const int64_t k = K;
+            OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+              b.matmul(t[x].cols(1, k), t[w], bias ? t[bi] : Tensor{}, t[out]);
+            };
+            return std::make_pair(std::move(c), fn);
+          });
+        }
+}
+
+TEST(CudaOps, Moe) {
+  REQUIRE_GPU();
+  struct Shape { int64_t T, D, E, F, top_k; bool renormalize; };
+  for (const Shape s : {Shape{1, 37, 5, 11, 2, false}, Shape{13, 37, 5, 11, 3, true}, Shape{300, 64, 16, 48, 2, false},
+                        Shape{65, 64, 16, 48, 2, true}}) {
+    compare_both([&] {
+      OpCase c("moe T=" + std::to_string(s.T) + " E=" + std::to_string(s.E) + " top " + std::to_string(s.top_k) +
+                   (s.renormalize ? " renormalized" : ""),
+               7);
+      const int x = c.act("x", {s.T, s.D});
+      const int router = c.dense("router", Kind::Weight, {s.E, s.D});
+      const int gate_up = c.dense("gate_up", Kind::Weight, {s.E, 2 * s.F, s.D}, -0.5f, 0.5f);
+      const int down = c.dense("down", Kind::Weight, {s.E, s.D, s.F}, -0.5f, 0.5f);
+      const int out = c.act("out", {s.T, s.D});
+      const Shape sh = s;
+      OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+        b.moe({t[x], t[router], t[gate_up], t[down], sh.top_k, sh.renormalize, t[out]});
+      };
+      return std::make_pair(std::move(c), fn);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stateful ops on mixed spans.
+
+BatchView view_of(const std::vector<SeqSpan>& spans) {
+  BatchView b;
+  b.n_tokens = tokens_of(spans);
+  b.spans = spans;
+  return b;
+}
+
+TEST(CudaOps, Conv1d) {
+  REQUIRE_GPU();
+  std::mt19937 rng(8);
+  const int32_t slots = int32_t(kMixed.size()) + 2;
+  const auto spans = mixed_spans(rng, kMixed, slots);
+  const int64_t T = tokens_of(spans);
+  for (int64_t C : {37, 64})
+    for (int64_t K : {4, 2}) {
+      SKIP_IF_FAMILY_MISSING(compare_both(
+          [&] {
+            OpCase c("conv1d C=" + std::to_string(C) + " K=" + std::to_string(K), 9);
+            const int x = c.act("x", {T, C});
+            const int w = c.dense("weight", Kind::Param, {C, K}, -0.7f, 0.7f);
+            const int bias = c.dense("bias", Kind::Param, {C}, -0.5f, 0.5f);
+            const int state = c.dense("state", Kind::State, {slots, C, K - 1});
+            const int out = c.act("out", {T, C});
+            OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+              b.conv1d({t[x], t[w], t[bias], t[state], t[out], true}, bv);
+            };
+            return std::make_pair(std::move(c), fn);
+          },
+          view_of(spans)));
+    }
+}
+
+TEST(CudaOps, SelectiveScan) {
+  REQUIRE_GPU();
+  std::mt19937 rng(10);
+  const int32_t slots = int32_t(kMixed.size()) + 1;
+  const auto spans = mixed_spans(rng, kMixed, slots);
+  const int64_t T = tokens_of(spans);
+  for (int64_t Di : {37, 64})
+    for (bool gate : {true, false}) {
+      const int64_t N = 16;
+      SKIP_IF_FAMILY_MISSING(compare_both(
+          [&] {
+            OpCase c("selective_scan Di=" + std::to_string(Di) + (gate ? " gated" : ""), 11);
+            const int xz = c.act("xz", {T, 2 * Di});
+            const int dbc = c.act("dbc", {T, 3 + 2 * N});
+            const int delta = c.act("delta", {T, Di}, -2.0f, 1.0f);
+            const int delta_bias = c.dense("delta_bias", Kind::Param, {Di}, -3.0f, 0.0f);
+            const int A = c.dense("A", Kind::Param, {Di, N}, -1.0f, 2.0f);
+            for (float& a : c.data(A)) a = -std::exp(a);
+            const int D = c.dense("D", Kind::Param, {Di});
+            const int state = c.dense("state", Kind::State, {slots, Di, N});
+            const int out = c.act("out", {T, Di});
+            const int64_t di = Di;
+            OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+              SelectiveScanParams p;
+              p.u = t[xz].cols(0, di);
+              if (gate) p.z = t[xz].cols(di, di);
+              p.delta = t[delta];
+              p.delta_bias = t[delta_bias];
+              p.A = t[A];
+              p.B = t[dbc].cols(3, N);
+              p.C = t[dbc].cols(3 + N, N);
+              p.D = t[D];
+              p.state = t[state];
+              p.out = t[out];
+              b.selective_scan(p, bv);
+            };
+            return std::make_pair(std::move(c), fn);
+          },
+          view_of(spans)));
+    }
+}
+
+TEST(CudaOps, Ssd) {
+  REQUIRE_GPU();
+  std::mt19937 rng(12);
+  const int32_t slots = int32_t(kMixed.size()) + 1;
+  const auto spans = mixed_spans(rng, kMixed, slots);
+  const int64_t T = tokens_of(spans);
+  struct Shape { int64_t H, P, G, N, chunk; bool dt_limited; };
+  for (const Shape s : {Shape{4, 8, 2, 16, 64, false}, Shape{6, 16, 1, 32, 32, true}, Shape{3, 5, 3, 7, 16, false}}) {
+    SKIP_IF_FAMILY_MISSING(compare_both(
+        [&] {
+          OpCase c("ssd H=" + std::to_string(s.H) + " P=" + std::to_string(s.P) + " G=" + std::to_string(s.G) +
+                       " N=" + std::to_string(s.N) + " chunk=" + std::to_string(s.chunk),
+                   13);
+          const int xbc = c.act("xbc", {T, s.H * s.P + 2 * s.G * s.N});
+          const int dt = c.act("dt", {T, s.H}, -2.0f, 2.0f);
+          const int dt_bias = c.dense("dt_bias", Kind::Param, {s.H}, -3.0f, 0.5f);
+          const int A = c.dense("A", Kind::Param, {s.H}, -1.0f, 1.5f);
+          for (float& a : c.data(A)) a = -std::exp(a);
+          const int D = c.dense("D", Kind::Param, {s.H});
+          const int state = c.dense("state", Kind::State, {slots, s.H, s.P, s.N});
+          const int out = c.act("out", {T, s.H * s.P});
+          const Shape sh = s;
+          OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+            SsdParams p;
+            p.x = t[xbc].cols(0, sh.H * sh.P).unflatten_last(sh.H, sh.P);
+            p.B = t[xbc].cols(sh.H * sh.P, sh.G * sh.N).unflatten_last(sh.G, sh.N);
+            p.C = t[xbc].cols(sh.H * sh.P + sh.G * sh.N, sh.G * sh.N).unflatten_last(sh.G, sh.N);
+            p.dt = t[dt];
+            p.dt_bias = t[dt_bias];
+            p.A = t[A];
+            p.D = t[D];
+            p.state = t[state];
+            p.out = t[out].unflatten_last(sh.H, sh.P);
+            p.chunk_size = sh.chunk;
+            p.dt_limited = sh.dt_limited;
+            p.dt_min = 0.05f;
+            p.dt_max = 0.6f;
+            b.ssd(p, bv);
+          };
+          return std::make_pair(std::move(c), fn);
+        },
+        view_of(spans)));
+  }
+}
+
+TEST(CudaOps, Rope) {
+  REQUIRE_GPU();
+  std::mt19937 rng(14);
+  const auto spans = mixed_spans(rng, kMixed, int32_t(kMixed.size()));
+  const int64_t T = tokens_of(spans);
+  RopeSpec plain;
+  plain.kind = RopeKind::Default;
+  plain.rotary_dim = 16;
+  RopeSpec llama3 = plain;
+  llama3.kind = RopeKind::Llama3;
+  llama3.factor = 8.0;
+  llama3.original_max_position = 64;
+  RopeSpec partial = plain;
+  partial.rotary_dim = 10;
+  partial.theta = 500.0;
+  struct Case { const char* name; int64_t Dh; RopeSpec rope; };
+  for (const Case& rc : {Case{"default", 16, plain}, Case{"llama3", 16, llama3}, Case{"partial 10 of 14", 14, partial}}) {
+    SKIP_IF_FAMILY_MISSING(compare_both(
+        [&] {
+          OpCase c(std::string("rope ") + rc.name, 15);
+          const int64_t Hq = 6, Hkv = 2, Dh = rc.Dh;
+          const int qkv = c.act("qkv", {T, (Hq + 2 * Hkv) * Dh});
+          const RopeSpec rope = rc.rope;
+          OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+            b.rope({t[qkv].cols(0, Hq * Dh).unflatten_last(Hq, Dh), t[qkv].cols(Hq * Dh, Hkv * Dh).unflatten_last(Hkv, Dh),
+                    rope},
+                   bv);
+          };
+          return std::make_pair(std::move(c), fn);
+        },
+        view_of(spans)));
+  }
+}
+
+TEST(CudaOps, PagedAttention) {
+  REQUIRE_GPU();
+  std::mt19937 rng(16);
+  const auto spans = mixed_spans(rng, kMixed, int32_t(kMixed.size()));
+  const int64_t T = tokens_of(spans);
+  const int32_t block = 16;
+  // Each sequence owns ceil((pos + len) / block) blocks drawn from a shuffled pool, plus table
+  // entries pointing at a block of no sequence; cache cells hold random history or poison.
+  int32_t max_blocks = 0, n_blocks = 1;
+  for (const SeqSpan& s : spans) {
+    max_blocks = std::max(max_blocks, (s.pos + s.len + block - 1) / block + 1);
+    n_blocks += (s.pos + s.len + block - 1) / block;
+  }
+  std::vector<int32_t> pool(static_cast<size_t>(n_blocks));
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  std::vector<int32_t> table(spans.size() * size_t(max_blocks), pool.back());
+  size_t next = 0;
+  for (size_t s = 0; s < spans.size(); ++s)
+    for (int32_t i = 0; i * block < spans[s].pos + spans[s].len; ++i) table[s * size_t(max_blocks) + size_t(i)] = pool[next++];
+  BatchView bv = view_of(spans);
+  bv.block_tables = table.data();
+  bv.max_blocks_per_seq = max_blocks;
+  bv.block_size = block;
+  struct Shape { int64_t Hq, Hkv, Dh; };
+  for (const Shape s : {Shape{6, 2, 16}, Shape{4, 4, 9}, Shape{8, 1, 64}}) {
+    SKIP_IF_FAMILY_MISSING(compare_both(
+        [&] {
+          OpCase c("attention Hq=" + std::to_string(s.Hq) + " Hkv=" + std::to_string(s.Hkv) + " Dh=" +
+                       std::to_string(s.Dh),
+                   17);
+          const int qkv = c.act("qkv", {T, (s.Hq + 2 * s.Hkv) * s.Dh}, -2.0f, 2.0f);
+          const int kc = c.dense("k_cache", Kind::State, {n_blocks, block, s.Hkv, s.Dh});
+          const int vc = c.dense("v_cache", Kind::State, {n_blocks, block, s.Hkv, s.Dh});
+          const int out = c.act("out", {T, s.Hq * s.Dh});
+          const Shape sh = s;
+          OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& batch) {
+            AttentionParams p;
+            p.q = t[qkv].cols(0, sh.Hq * sh.Dh).unflatten_last(sh.Hq, sh.Dh);
+            p.k = t[qkv].cols(sh.Hq * sh.Dh, sh.Hkv * sh.Dh).unflatten_last(sh.Hkv, sh.Dh);
+            p.v = t[qkv].cols((sh.Hq + sh.Hkv) * sh.Dh, sh.Hkv * sh.Dh).unflatten_last(sh.Hkv, sh.Dh);
+            p.k_cache = t[kc];
+            p.v_cache = t[vc];
+            p.out = t[out].unflatten_last(sh.Hq, sh.Dh);
+            p.scale = float(1.0 / std::sqrt(double(sh.Dh)));
+            b.attention(p, batch);
+          };
+          return std::make_pair(std::move(c), fn);
+        },
+        bv));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend behaviour.
+
+TEST(CudaBackendTest, AllocatorReusesFreedBlocks) {
+  REQUIRE_GPU();
+  CudaBackend b;
+  { Buffer warm = b.allocate(3 << 20); }
+  const auto before = cuda::allocator_stats(b.device_index());
+  for (int i = 0; i < 10; ++i) {
+    Buffer x = b.allocate(3 << 20);
+    Buffer y = b.allocate(1000);
+  }
+  const auto after = cuda::allocator_stats(b.device_index());
+  EXPECT_LE(after.device_allocs, before.device_allocs + 1);  // the 1000-byte class may be new
+  EXPECT_GE(after.peak_in_use, size_t(3) << 20);
+  EXPECT_GT(b.available_memory(), size_t(0));
+}
+
+TEST(CudaBackendTest, BadArgumentsNameTheOpAndShape) {
+  REQUIRE_GPU();
+  CudaBackend b;
+  Buffer buf = b.allocate(4096);
+  Tensor x = Tensor::contiguous(buf.data(), DType::BF16, {4, 8}, Device::Cuda);
+  Tensor out = Tensor::contiguous(buf.data(), DType::BF16, {4, 9}, Device::Cuda);
+  Buffer wb = b.allocate(64);
+  Tensor w = Tensor::contiguous(wb.data(), DType::F32, {8}, Device::Cuda);
+  try {
+    b.rms_norm(x, w, 1e-5f, out);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rms_norm"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[4, 9]"), std::string::npos) << e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models: the fixtures on CUDA.
+
+// bf16 weights and activations through a whole (tiny) model, against transformers' fp32:
+// every GEMM input rounded to 2⁻⁹ relative, every layer boundary rounded, errors adding over
+// the layers and growing through the softmax-free logits. 5e-2 of the max |logit| is where a
+// correct bf16 model lands (roughly what torch's own bf16 run of these fixtures gives); a wrong
+// kernel gives O(1).
+constexpr double kBf16ModelTol = 5e-2;
+
+struct Reference {
+  std::vector<std::vector<int32_t>> inputs;
+  std::vector<std::vector<float>> logits;
+  std::vector<int32_t> greedy_prompt, greedy_tokens;
+};
+
+Reference load_reference(const std::string& model) {
+  auto dir = test::fixture("models/" + model);
+  auto j = nlohmann::json::parse(test::read_file(dir / "reference.json"));
+  Reference r;
+  for (const auto& s : j["sequences"]) {
+    r.inputs.push_back(s["input_ids"].get<std::vector<int32_t>>());
+    std::string bytes = test::read_file(dir / s["logits"].get<std::string>());
+    std::vector<float> v(bytes.size() / 4);
+    std::memcpy(v.data(), bytes.data(), bytes.size());
+    r.logits.push_back(std::move(v));
+  }
+  r.greedy_prompt = j["greedy"]["prompt"].get<std::vector<int32_t>>();
+  r.greedy_tokens = j["greedy"]["new_tokens"].get<std::vector<int32_t>>();
+  return r;
+}
+
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    err = std::max(err, double(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, double(std::fabs(b[i])));
+  }
+  return err / scale;
+}
+
+struct ModelParam {
+  const char* model;
+  DType dtype;
+};
+
+class CudaFixtureModel : public ::testing::TestWithParam<ModelParam> {
+ protected:
+  void SetUp() override {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device visible";
+    CudaBackendOptions o;
+    o.dtype = GetParam().dtype;
+    backend = std::make_unique<CudaBackend>(o);
+  }
+  std::string dir() const { return test::fixture(std::string("models/") + GetParam().model).string(); }
+  double tol() const { return GetParam().dtype == DType::BF16 ? kBf16ModelTol : 1e-4; }
+  std::unique_ptr<CudaBackend> backend;
+};
+
+TEST_P(CudaFixtureModel, LogitsMatchTransformers) {
+  SKIP_IF_FAMILY_MISSING({
+    Reference ref = load_reference(GetParam().model);
+    ModelRunner runner(dir(), *backend);
+    for (size_t i = 0; i < ref.inputs.size(); ++i) {
+      Sequence seq = runner.open();
+      Sequence* seqs[] = {&seq};
+      std::vector<float> logits = runner.step(seqs, std::span(&ref.inputs[i], 1), /*all_logits=*/true);
+      EXPECT_LE(relative_error(logits, ref.logits[i]), tol()) << GetParam().model << " sequence " << i;
+      runner.close(seq);
+    }
+  });
+}
+
+// Teacher-forced on transformers' greedy continuation, CUDA and CPU side by side: CUDA's arg-max
+// must be the CPU's wherever the CPU's top-2 margin is larger than the tolerance allows to flip.
+TEST_P(CudaFixtureModel, GreedyTokensMatchWhereTheMarginAllows) {
+  SKIP_IF_FAMILY_MISSING({
+    Reference ref = load_reference(GetParam().model);
+    CpuBackend cpu;
+    ModelRunner gpu_runner(dir(), *backend), cpu_runner(dir(), cpu);
+    Sequence gs = gpu_runner.open(), cs = cpu_runner.open();
+    Sequence* g[] = {&gs};
+    Sequence* c[] = {&cs};
+    std::vector<float> gl = gpu_runner.step(g, std::span(&ref.greedy_prompt, 1));
+    std::vector<float> cl = cpu_runner.step(c, std::span(&ref.greedy_prompt, 1));
+    int checked = 0;
+    for (size_t i = 0; i < ref.greedy_tokens.size(); ++i) {
+      std::vector<float> sorted = cl;
+      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+      double scale = 0;
+      for (float v : cl) scale = std::max(scale, double(std::fabs(v)));
+      const int32_t cpu_best = int32_t(std::max_element(cl.begin(), cl.end()) - cl.begin());
+      const int32_t gpu_best = int32_t(std::max_element(gl.begin(), gl.end()) - gl.begin());
+      if (sorted[0] - sorted[1] > 2.0 * tol() * scale) {
+        EXPECT_EQ(gpu_best, cpu_best) << GetParam().model << " step " << i;
+        ++checked;
+      }
+      std::vector<int32_t> next = {ref.greedy_tokens[i]};
+      gl = gpu_runner.step(g, std::span(&next, 1));
+      cl = cpu_runner.step(c, std::span(&next, 1));
+    }
+    EXPECT_GT(checked, 0) << "no step had a clear margin";
+  });
+}
+
+TEST_P(CudaFixtureModel, PrefillThenDecodeEqualsOneForward) {
+  SKIP_IF_FAMILY_MISSING({
+    Reference ref = load_reference(GetParam().model);
+    ModelRunner runner(dir(), *backend);
+    const std::vector<int32_t>& ids = ref.inputs[0];
+    Sequence whole = runner.open();
+    Sequence* w[] = {&whole};
+    std::vector<float> full = runner.step(w, std::span(&ids, 1), true);
+    runner.close(whole);
+    for (size_t chunk : {size_t(1), size_t(7), size_t(15), size_t(16), size_t(17)}) {
+      Sequence seq = runner.open();
+      Sequence* s[] = {&seq};
+      std::vector<float> pieces;
+      for (size_t at = 0; at < ids.size(); at += chunk) {
+        std::vector<int32_t> part(ids.begin() + long(at), ids.begin() + long(std::min(ids.size(), at + chunk)));
+        std::vector<float> l = runner.step(s, std::span(&part, 1), true);
+        pieces.insert(pieces.end(), l.begin(), l.end());
+      }
+      EXPECT_LE(relative_error(pieces, full), tol()) << GetParam().model << " chunk " << chunk;
+      runner.close(seq);
+    }
+  });
+}
+
+TEST_P(CudaFixtureModel, SnapshotTakenOnCudaRestoresOnCpu) {
+  if (GetParam().dtype != DType::F32) GTEST_SKIP() << "compared at fp32 precision";
+  SKIP_IF_FAMILY_MISSING({
+    Reference ref = load_reference(GetParam().model);
+    CpuBackend cpu;
+    ModelRunner gpu_runner(dir(), *backend), cpu_runner(dir(), cpu);
+    Sequence gs = gpu_runner.open();
+    Sequence* g[] = {&gs};
+    gpu_runner.step(g, std::span(&ref.greedy_prompt, 1));
+    const std::string blob = snapshot_sequence(gpu_runner, gs, ref.greedy_prompt);
+    Sequence cs = restore_sequence(cpu_runner, blob);
+    Sequence* c[] = {&cs};
+    std::vector<int32_t> next = {ref.greedy_tokens[0]};
+    const std::vector<float> on_gpu = gpu_runner.step(g, std::span(&next, 1));
+    const std::vector<float> on_cpu = cpu_runner.step(c, std::span(&next, 1));
+    EXPECT_LE(relative_error(on_gpu, on_cpu), 1e-4) << GetParam().model;
+  });
+}
+
+std::vector<ModelParam> all_models() {
+  std::vector<ModelParam> v;
+  for (const char* m : {"mamba-tiny", "mamba-tiny-ssm", "mamba2-tiny", "mamba2-tiny-ssm", "jamba-tiny", "jamba-tiny-b",
+                        "llama-tiny", "llama3-tiny"})
+    for (DType d : {DType::F32, DType::BF16}) v.push_back({m, d});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFamilies, CudaFixtureModel, ::testing::ValuesIn(all_models()), [](const auto& info) {
+  return test::param_name(info.param.model) + (info.param.dtype == DType::BF16 ? "_bf16" : "_fp32");
+});
+
+}  // namespace
+}  // namespace statelm
