@@ -23,10 +23,24 @@ struct SamplingParams {
   int64_t max_tokens = 128;
   std::vector<int32_t> stop_token_ids;
   std::vector<std::string> stop_strings;
+  // Log-probabilities reported with each sampled token (OpenAI's `logprobs`): -1 = none (the
+  // hot path computes nothing), 0 = the chosen token's only, k > 0 = also the k most likely.
+  int32_t logprobs = -1;
 
   // Error(InvalidArgument) naming the field for out-of-range values.
   void validate() const;
 };
+
+// One token and its log-probability.
+struct TokenLogprob {
+  int32_t token = -1;
+  float logprob = 0;
+};
+
+// log-softmax of the model's raw logits -- before repetition penalty, temperature, top-k/p and
+// min-p, i.e. the model's own distribution, which is what vLLM reports by default -- for
+// `chosen`, and in `top` the `k` most likely tokens, best first (ties: lower id first).
+float token_logprobs(std::span<const float> logits, int32_t chosen, int32_t k, std::vector<TokenLogprob>& top);
 
 class Sampler {
  public:

@@ -348,7 +348,8 @@ bool Scheduler::step() {
       finish(a, "length");
       continue;
     }
-    const int32_t token = a.sampler->sample(std::span(logits.data() + i * size_t(vocab), size_t(vocab)), a.history);
+    const std::span<const float> row(logits.data() + i * size_t(vocab), size_t(vocab));
+    const int32_t token = a.sampler->sample(row, a.history);
     a.history.push_back(token);
     ++a.generated;
     ++tokens_out;
@@ -358,6 +359,7 @@ bool Scheduler::step() {
     e.prompt_tokens = int64_t(a.req.prompt.size());
     e.completion_tokens = a.generated;
     e.cached_tokens = a.cached_tokens;
+    if (a.req.sampling.logprobs >= 0) e.logprob = token_logprobs(row, token, a.req.sampling.logprobs, e.top_logprobs);
     const bool keep_going = a.req.on_event ? a.req.on_event(e) : true;
     const auto& stops = a.req.sampling.stop_token_ids;
     if (!keep_going || std::find(stops.begin(), stops.end(), token) != stops.end()) finish(a, "stop");

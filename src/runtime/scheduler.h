@@ -48,6 +48,10 @@ struct RequestEvent {
   std::string error;              // for finish_reason "error"
   int64_t prompt_tokens = 0, completion_tokens = 0;
   int64_t cached_tokens = 0;      // prompt tokens not prefilled: resumed from the prefix cache
+  // With SamplingParams::logprobs >= 0 (token events only): the token's log-probability under
+  // the model's raw logits, and the `logprobs` most likely tokens, best first.
+  float logprob = 0;
+  std::vector<TokenLogprob> top_logprobs;
 };
 
 // Returning false stops the request (finish_reason "stop"), e.g. when a stop string matched.

@@ -12,145 +12,12 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "backend/cpu/cpu_backend.h"
-#include "runtime/generate.h"
-#include "server/http_server.h"
-#include "unit/test_support.h"
+#include "unit/test_server_util.h"
 
 namespace statelm {
 namespace {
 
-namespace fs = std::filesystem;
-using nlohmann::json;
-
-// mamba-tiny plus a tokenizer.json that covers its 216 ids.
-struct ModelFolder {
-  test::TempDir dir;
-  ModelFolder() {
-    for (const char* f : {"config.json", "model.safetensors"})
-      fs::copy_file(test::fixture(std::string("models/mamba-tiny/") + f), dir / f);
-    test::write_file(dir / "tokenizer.json", test::tiny_tokenizer_json());
-  }
-  std::string path() const { return dir.path().string(); }
-};
-
-RunnerOptions runner_options(int32_t sequences) {
-  RunnerOptions o;
-  o.max_sequences = sequences;
-  o.max_context = 256;
-  return o;
-}
-
-// A server on 127.0.0.1:<any free port>, torn down as `statelm serve` does on SIGTERM.
-class TestServer {
- public:
-  explicit TestServer(const ModelFolder& model, SchedulerOptions so = {}, int32_t sequences = 4)
-      : tokenizer(Tokenizer::from_file(model.path())),
-        runner(model.path(), backend, runner_options(sequences)),
-        scheduler(runner, so),
-        http(scheduler, tokenizer, server::model_limits(runner, tokenizer), options()) {
-    port = http.bind();
-    scheduler.start();
-    thread_ = std::thread([this] { http.serve(); });
-  }
-  ~TestServer() {
-    http.shutdown();
-    scheduler.stop();
-    thread_.join();
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(60, 0);
-    return c;
-  }
-  httplib::Result post(const json& body) const { return client().Post("/v1/completions", body.dump(), "application/json"); }
-  // Waits (up to 10 s) until no request holds a slot or waits for one, and a one-token probe
-  // request still succeeds.
-  bool idle() const {
-    for (int i = 0; i < 100; ++i) {
-      auto r = post({{"prompt", {1}}, {"max_tokens", 1}});
-      for (int j = 0; j < 10; ++j) {
-        SchedulerStats s = scheduler.stats();
-        if (r && r->status == 200 && s.running == 0 && s.waiting == 0 && s.free_slots == runner.max_sequences())
-          return true;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-    }
-    SchedulerStats s = scheduler.stats();
-    ADD_FAILURE() << "running " << s.running << ", waiting " << s.waiting << ", free slots " << s.free_slots;
-    return false;
-  }
-
-  CpuBackend backend;
-  Tokenizer tokenizer;
-  ModelRunner runner;
-  Scheduler scheduler;
-  server::HttpServer http;
-  int port = 0;
-
- private:
-  static server::ServerOptions options() {
-    server::ServerOptions o;
-    o.port = 0;
-    o.model_id = "mamba-tiny";
-    return o;
-  }
-  std::thread thread_;
-};
-
-// The same prompt through generate() on a runner of its own: the text and finish reason a
-// request must get, whatever else the server is doing.
-struct Alone {
-  std::vector<int32_t> tokens;  // without a final stop token
-  std::string text, finish_reason;
-  int64_t completion_tokens = 0;
-};
-Alone run_alone(const TestServer& s, ModelRunner& runner, const std::vector<int32_t>& prompt, int64_t max_tokens) {
-  SamplingParams p;
-  p.greedy = true;
-  p.temperature = 0;
-  p.max_tokens = max_tokens;
-  p.stop_token_ids = server::model_limits(s.runner, s.tokenizer).stop_token_ids;
-  GenerationResult r = generate(runner, prompt, p);
-  Alone a;
-  a.tokens = r.tokens;
-  a.completion_tokens = int64_t(r.tokens.size());
-  a.finish_reason = r.finish_reason;
-  if (r.finish_reason == "stop") a.tokens.pop_back();
-  a.text = s.tokenizer.decode(a.tokens, /*skip_special_tokens=*/true);
-  return a;
-}
-
-struct Sse {
-  std::string text, finish_reason;
-  bool done = false, well_formed = true;
-  json error;
-};
-Sse parse_sse(const std::string& body) {
-  Sse s;
-  size_t at = 0;
-  while (at < body.size()) {
-    const size_t end = body.find("\n\n", at);
-    if (end == std::string::npos || body.compare(at, 6, "data: ") != 0 || s.done) {
-      s.well_formed = false;
-      break;
-    }
-    const std::string data = body.substr(at + 6, end - at - 6);
-    at = end + 2;
-    if (data == "[DONE]") {
-      s.done = true;
-      continue;
-    }
-    json j = json::parse(data);
-    if (j.contains("error")) {
-      s.error = j;
-      continue;
-    }
-    s.text += j["choices"][0]["text"].get<std::string>();
-    if (!j["choices"][0]["finish_reason"].is_null()) s.finish_reason = j["choices"][0]["finish_reason"];
-  }
-  return s;
-}
+using namespace test_server;
 
 class ServerTest : public ::testing::Test {
  protected:
@@ -256,20 +123,6 @@ TEST_F(ServerTest, StopStringSplitAcrossTokensNeverLeaks) {
   EXPECT_TRUE(s.idle());
 }
 
-void expect_error(const httplib::Result& r, int status, const std::string& param, const std::string& what) {
-  ASSERT_TRUE(r) << what;
-  EXPECT_EQ(r->status, status) << what << ": " << r->body;
-  json j = json::parse(r->body, nullptr, false);
-  ASSERT_FALSE(j.is_discarded()) << what << ": " << r->body;
-  ASSERT_TRUE(j.contains("error")) << what;
-  const json& e = j["error"];
-  EXPECT_TRUE(e["message"].is_string() && !e["message"].get<std::string>().empty()) << what;
-  EXPECT_TRUE(e["type"].is_string()) << what;
-  EXPECT_TRUE(e.contains("code")) << what;
-  if (param.empty()) EXPECT_TRUE(e["param"].is_null()) << what << ": " << r->body;
-  else EXPECT_EQ(e["param"], param) << what << ": " << r->body;
-}
-
 TEST_F(ServerTest, BadRequestsGetOpenAiErrors) {
   TestServer s(model);
   auto raw = [&](const std::string& body) { return s.client().Post("/v1/completions", body, "application/json"); };
@@ -289,7 +142,7 @@ TEST_F(ServerTest, BadRequestsGetOpenAiErrors) {
   expect_error(s.post({{"prompt", {1, 2}}, {"top_p", 0}}), 400, "top_p", "top_p 0");
   expect_error(s.post({{"prompt", {1, 2}}, {"stop", {1}}}), 400, "stop", "stop of numbers");
   expect_error(s.post({{"prompt", {1, 2}}, {"stream", "yes"}}), 400, "stream", "stream as a string");
-  expect_error(s.post({{"prompt", {1, 2}}, {"n", 2}}), 400, "n", "n > 1");
+  expect_error(s.post({{"prompt", {1, 2}}, {"n", 0}}), 400, "n", "n = 0");
   auto r = s.post({{"prompt", {1, 2}}, {"max_tokens", 255}});
   expect_error(r, 400, "max_tokens", "prompt + max_tokens beyond the context");
   EXPECT_EQ(json::parse(r->body)["error"]["code"], "context_length_exceeded");
