@@ -13,6 +13,8 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/system_memory.h"
+#include "runtime/context_sweep.h"
 #include "runtime/engine_bench.h"
 
 namespace statelm::cli {
@@ -28,6 +30,8 @@ struct BenchOptions {
   int64_t decode_steps = 32;
   int repeats = 3;
   bool roofline = true, json = false;
+  std::string sweep;  // "" or "context"
+  std::vector<int64_t> sweep_contexts = {1024, 8192, 32768, 131072, 262144, 1048576};
   uint64_t seed = 0;
   EngineFlags engine;
 };
@@ -54,12 +58,66 @@ nlohmann::json result_json(const BenchResult& b, const Roofline& r) {
   return j;
 }
 
+nlohmann::json sweep_json(const SweepResult& s) {
+  nlohmann::json j = {{"architecture", s.architecture}, {"parameters", s.parameters},
+                      {"weight_bytes", s.weight_bytes}, {"memory_budget", s.memory_budget},
+                      {"activation_bytes", s.activation_bytes}, {"points", nlohmann::json::array()}};
+  for (const SweepPoint& p : s.points) {
+    nlohmann::json q = {{"context", p.context}, {"state_bytes", p.state_bytes}, {"kv_bytes", p.kv_bytes},
+                        {"bytes_per_sequence", p.state_bytes + p.kv_bytes}, {"max_batch", p.max_batch}};
+    if (p.prefill_measured) {
+      q["prefill_seconds"] = p.prefill.seconds;
+      q["prefill_tokens_per_second"] = p.prefill.tokens_per_s();
+    }
+    if (p.decode_measured) q["decode_ms_per_step"] = p.decode.ms_per_step();
+    j["points"].push_back(q);
+  }
+  return j;
+}
+
+// --sweep context: one model across context lengths (runtime/context_sweep.h).
+int run_context_sweep(const BenchOptions& o, Backend& backend, const RunnerOptions& ro) {
+  const size_t device_free = backend.available_memory();
+  const size_t available = device_free > 0 ? device_free : system_memory().available_bytes;
+  SweepOptions so;
+  so.prefill_chunk = o.chunk;
+  so.decode_steps = o.decode_steps;
+  so.repeats = o.repeats;
+  so.seed = o.seed;
+  const SweepResult s = sweep_context(o.model, backend, ro, o.sweep_contexts, available, so);
+  if (o.json) {
+    nlohmann::json j = sweep_json(s);
+    j["model"] = o.model;
+    j["device"] = o.engine.device;
+    j["state_dtype"] = o.engine.state_dtype;
+    j["available_bytes"] = available;
+    std::printf("%s\n", j.dump(1).c_str());
+    return 0;
+  }
+  std::printf("model %s (%s, %.2fB parameters, %.2f GB of weights) on %s; %.2f GB free before loading, %.2f GB for "
+              "state + KV after weights and %.2f GB of prefill activations\n",
+              o.model.c_str(), s.architecture.c_str(), double(s.parameters) / 1e9, double(s.weight_bytes) / 1e9,
+              o.engine.device.c_str(), double(available) / 1e9, double(s.memory_budget) / 1e9, double(s.activation_bytes) / 1e9);
+  std::printf("%9s %12s %14s %14s %12s %12s %10s\n", "context", "prefill s", "prefill tok/s", "decode ms/step",
+              "state MB", "KV MB/seq", "max batch");
+  for (const SweepPoint& p : s.points) {
+    std::printf("%9lld ", (long long)p.context);
+    if (p.prefill_measured) std::printf("%12.3f %14.0f ", p.prefill.seconds, p.prefill.tokens_per_s());
+    else std::printf("%12s %14s ", "-", "-");
+    if (p.decode_measured) std::printf("%14.3f ", p.decode.ms_per_step());
+    else std::printf("%14s ", p.max_batch < 1 ? "does not fit" : "-");
+    std::printf("%12.2f %12.2f %10lld\n", double(p.state_bytes) / 1e6, double(p.kv_bytes) / 1e6, (long long)p.max_batch);
+  }
+  return 0;
+}
+
 int run_bench(const BenchOptions& o) {
   namespace fs = std::filesystem;
-  auto backend = make_backend(o.engine.device);
+  auto backend = make_backend(o.engine);
   RunnerOptions ro = runner_options(o.engine);
   ro.random_weights = o.random_weights;
   ro.seed = o.seed;
+  if (o.sweep == "context") return run_context_sweep(o, *backend, ro);
   // Sized for the largest case: slots for the largest decode batch, context for the longest
   // prefill or decode horizon, KV blocks for the case that needs the most of them at once.
   const int64_t decode_extra = 2 + o.decode_steps * o.repeats;
@@ -77,7 +135,7 @@ int run_bench(const BenchOptions& o) {
   Roofline roof;
   if (o.roofline) {
     const bool gpu = backend->device() == Device::Cuda;
-    roof = measure_roofline(*backend, gpu ? DType::BF16 : DType::F32, gpu ? (size_t(1) << 31) : (size_t(1) << 28),
+    roof = measure_roofline(*backend, backend->compute_dtype(), gpu ? (size_t(1) << 31) : (size_t(1) << 28),
                             gpu ? 8192 : 1024);
   }
   std::vector<BenchResult> results;
@@ -137,6 +195,9 @@ void add_bench_command(CLI::App& app, Action& action) {
   cmd->add_option("--seed", o->seed, "Seed of the random weights and tokens");
   cmd->add_flag("!--no-roofline", o->roofline, "Skip measuring copy bandwidth and matmul rate");
   cmd->add_flag("--json", o->json, "Print JSON");
+  cmd->add_option("--sweep", o->sweep, "context: one sequence at each of --sweep-contexts (prefill, decode, memory, max batch)")
+      ->check(CLI::IsMember({"context"}));
+  cmd->add_option("--sweep-contexts", o->sweep_contexts, "Context lengths of the sweep")->delimiter(',');
   add_engine_flags(cmd, o->engine);
   cmd->callback([o, &action] { action = [o] { return run_bench(*o); }; });
 }

@@ -44,6 +44,36 @@ TEST(CliBench, BareConfigWithRandomWeights) {
   EXPECT_NE(r.out.find("decode"), std::string::npos) << r.out;
 }
 
+// --sweep context: a hybrid's memory per sequence grows with the context (its KV cache) and its
+// largest batch shrinks; a pure Mamba-2's stays flat; a context beyond memory is reported as
+// not fitting, not measured and not fatal.
+TEST(CliBench, ContextSweepShowsMemoryGrowthAndLimits) {
+  auto sweep = [](const std::string& model) {
+    auto r = test::run_statelm("bench " + test::fixture("models/" + model).string() +
+                               " --sweep context --sweep-contexts 32,256,100000000000 --decode-steps 2 --chunk 64 --json");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return nlohmann::json::parse(r.out.empty() ? "{}" : r.out);
+  };
+  const auto hybrid = sweep("jamba-tiny"), ssm = sweep("mamba2-tiny");
+  for (const auto* j : {&hybrid, &ssm}) {
+    ASSERT_EQ((*j)["points"].size(), 3u);
+    for (int i = 0; i < 2; ++i) {
+      const auto& p = (*j)["points"][i];
+      EXPECT_GT(p["prefill_tokens_per_second"].get<double>(), 0);
+      EXPECT_GT(p["decode_ms_per_step"].get<double>(), 0);
+      EXPECT_GE(p["max_batch"].get<int64_t>(), 1);
+    }
+  }
+  const auto& h = hybrid["points"];
+  EXPECT_GT(h[1]["bytes_per_sequence"].get<int64_t>(), h[0]["bytes_per_sequence"].get<int64_t>());
+  EXPECT_LT(h[1]["max_batch"].get<int64_t>(), h[0]["max_batch"].get<int64_t>());
+  EXPECT_EQ(h[2]["max_batch"], 0) << "10^11 tokens of KV cannot fit";
+  EXPECT_FALSE(h[2].contains("decode_ms_per_step"));
+  const auto& m = ssm["points"];
+  EXPECT_EQ(m[0]["bytes_per_sequence"], m[2]["bytes_per_sequence"]) << "a Mamba state does not grow";
+  EXPECT_EQ(m[0]["kv_bytes"], 0);
+}
+
 TEST(CliBench, MissingWeightsWithoutRandomIsAnError) {
   test::TempDir tmp;
   std::filesystem::copy_file(test::fixture("models/mamba2-tiny/config.json"), tmp / "config.json");
