@@ -12,7 +12,8 @@ KvCache::KvCache(const ModelSpec& spec, Backend& backend, int32_t n_blocks, int3
     if (!a) continue;
     ++n_attention_layers_;
     for (Tensor* t : {&k_[i], &v_[i]}) {
-      *t = Tensor::contiguous(nullptr, DType::F32, {n_blocks, block_size, a->n_kv_heads, a->head_dim}, backend.device());
+      *t = Tensor::contiguous(nullptr, backend.compute_dtype(), {n_blocks, block_size, a->n_kv_heads, a->head_dim},
+                              backend.device());
       Buffer b = backend.allocate(t->nbytes());
       t->data = b.data();
       bytes_per_block_ += n_blocks ? t->nbytes() / size_t(n_blocks) : 0;

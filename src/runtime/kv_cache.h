@@ -1,6 +1,7 @@
 // KvCache: keys and values of the attention layers in fixed-size blocks (paged), so memory
 // grows with each sequence's length and is freed block by block. Pure Mamba models have no
-// attention layers and allocate nothing here.
+// attention layers and allocate nothing here. Keys and values are kept in the backend's compute dtype (fp32 on the CPU, bf16 by default on
+// CUDA), the dtype attention computes q, k and v in.
 //
 // Blocks are reference counted: a full block of a shared prompt prefix can be held by several
 // sequences and by the prefix cache at once (never written again: every holder writes only

@@ -64,10 +64,10 @@ std::string model_fingerprint(const ModelSpec& spec, const Checkpoint* checkpoin
 namespace {
 // How many sequences of max_context tokens fit the memory budget (state slot + worst-case KV
 // each), at most the number asked for.
-int32_t fit_sequences(const ModelSpec& spec, const RunnerOptions& o, int64_t max_context) {
+int32_t fit_sequences(const ModelSpec& spec, const RunnerOptions& o, int64_t max_context, DType kv_dtype) {
   STATELM_CHECK(o.max_sequences > 0, "max_sequences must be positive");
   if (o.cache_memory_bytes <= 0) return o.max_sequences;  // budget resolved by the caller
-  const MemoryFigures m = memory_figures(spec, o.state_dtype, DType::F32);
+  const MemoryFigures m = memory_figures(spec, o.state_dtype, kv_dtype);
   const int64_t blocks = (max_context + o.kv_block_size - 1) / o.kv_block_size;
   const int64_t per_sequence = m.state_bytes() + blocks * o.kv_block_size * m.kv_bytes_per_token;
   const int64_t fit = per_sequence > 0 ? o.cache_memory_bytes / per_sequence : o.max_sequences;
@@ -104,7 +104,7 @@ ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerO
     const size_t available = device_free > 0 ? device_free : system_memory().available_bytes;
     o.cache_memory_bytes = int64_t(o.cache_memory_fraction * double(available));
   }
-  o.max_sequences = fit_sequences(spec, o, max_context_);
+  o.max_sequences = fit_sequences(spec, o, max_context_, backend.compute_dtype());
   STATELM_CHECK(o.prefix_cache_slots >= 0, "prefix_cache_slots must not be negative");
   prefix_cache_slots_ = o.prefix_cache_slots;
   states_ = std::make_unique<StateCache>(spec, backend, o.max_sequences + o.prefix_cache_slots,

@@ -37,7 +37,7 @@ struct RunnerOptions {
   // DType::BF16 for half the bytes per slot (the ops still compute in fp32 and round the state
   // once per span; drift measured by bench/cpu/state_drift.cpp). DType::F16 exists for that
   // measurement only (CPU; no snapshots). Anything else is Error(InvalidArgument). The KV cache
-  // stays fp32.
+  // is in the backend's compute dtype (Backend::compute_dtype: fp32 on the CPU).
   DType state_dtype = DType::F32;
   bool random_weights = false;      // shapes from config.json only (benchmarks)
   uint64_t seed = 0;

@@ -82,7 +82,8 @@ enum class Kind {
   ActF32,  // an activation that is fp32 on every backend (e.g. logits)
   Weight,  // weight matrix: compute dtype, contiguous
   Param,   // per-channel parameter: fp32, contiguous
-  State,   // recurrent state / KV cache: fp32, contiguous
+  State,   // recurrent state: fp32, contiguous
+  Cache,   // KV cache: compute dtype (as KvCache keeps it), contiguous
 };
 
 struct Arg {
@@ -132,7 +133,7 @@ class OpCase {
     std::vector<Buffer> storage;
     std::vector<Tensor> ts;
     for (const Arg& a : args_) {
-      const bool compute = a.kind == Kind::Act || a.kind == Kind::Weight;
+      const bool compute = a.kind == Kind::Act || a.kind == Kind::Weight || a.kind == Kind::Cache;
       const DType t = compute ? dtype : DType::F32;
       Tensor full = Tensor::contiguous(nullptr, t, {a.rows(), a.row_len}, b.device());
       storage.push_back(b.allocate(full.nbytes()));
@@ -162,7 +163,7 @@ class OpCase {
     std::vector<std::vector<float>> out;
     for (size_t i = 0; i < args_.size(); ++i) {
       const Arg& a = args_[i];
-      const DType t = (a.kind == Kind::Act || a.kind == Kind::Weight) ? dtype : DType::F32;
+      const DType t = (a.kind == Kind::Act || a.kind == Kind::Weight || a.kind == Kind::Cache) ? dtype : DType::F32;
       Tensor full = Tensor::contiguous(storage[i].data(), t, {a.rows(), a.row_len}, b.device());
       out.emplace_back(size_t(a.rows() * a.row_len));
       b.download(full, out.back().data());
@@ -590,8 +591,8 @@ TEST(CudaOps, PagedAttention) {
                        std::to_string(s.Dh),
                    17);
           const int qkv = c.act("qkv", {T, (s.Hq + 2 * s.Hkv) * s.Dh}, -2.0f, 2.0f);
-          const int kc = c.dense("k_cache", Kind::State, {n_blocks, block, s.Hkv, s.Dh});
-          const int vc = c.dense("v_cache", Kind::State, {n_blocks, block, s.Hkv, s.Dh});
+          const int kc = c.dense("k_cache", Kind::Cache, {n_blocks, block, s.Hkv, s.Dh});
+          const int vc = c.dense("v_cache", Kind::Cache, {n_blocks, block, s.Hkv, s.Dh});
           const int out = c.act("out", {T, s.Hq * s.Dh});
           const Shape sh = s;
           OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& batch) {
@@ -654,6 +655,11 @@ TEST(CudaBackendTest, BadArgumentsNameTheOpAndShape) {
 // the layers and growing through the softmax-free logits. 5e-2 of the max |logit| is where a
 // correct bf16 model lands (roughly what torch's own bf16 run of these fixtures gives); a wrong
 // kernel gives O(1).
+// Seen on an H200 (2026-11-25): every fp32 case passes at 1e-4; every bf16 case passes except
+// LogitsMatchTransformers on jamba-tiny (0.62) and jamba-tiny-b (0.18, 0.12), whose bf16 greedy
+// and prefill+decode tests pass. Open: the suspect is MoE top-k routing decided differently on
+// near-ties once the router input is bf16 (one flipped token gives an O(1) error at that token),
+// to confirm by dumping the router margins; until then these two stay failing, not loosened.
 constexpr double kBf16ModelTol = 5e-2;
 
 struct Reference {
