@@ -10,12 +10,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <thread>
 
 #include "cli/cli_util.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "runtime/snapshot.h"
 #include "server/http_server.h"
 
 namespace statelm::cli {
@@ -37,6 +39,8 @@ struct ServeOptions {
   int32_t prefix_entries = 0;
   bool optimistic_admission = false;
   std::string cache_memory;
+  std::string sessions_db;  // sessions API (server/sessions_api.h)
+  bool no_sessions = false;
   EngineFlags engine;
 };
 
@@ -116,6 +120,25 @@ int run_serve(const ServeOptions& o) {
   limits.max_prompt_tokens = o.max_prompt_tokens;
   limits.max_tokens = o.max_tokens;
   limits.defaults = server::GenerationDefaults::from_model_dir(o.model);
+  // Sessions API. Declared before the server so that it outlives every handler; SQLite commits
+  // each turn as it ends, and closing the store at exit checkpoints its log into the database.
+  std::optional<SessionStore> sessions;
+  if (!o.no_sessions) {
+    try {
+      sessions.emplace(o.sessions_db.empty() ? default_sessions_db_path() : o.sessions_db);
+      opts.sessions = &*sessions;
+      log_info("sessions: ", sessions->path());
+      // An exported state must fit back through PUT /v1/sessions/{id}/state.
+      const size_t state_body = size_t(max_snapshot_bytes(runner, runner.max_context()));
+      if (opts.max_body_bytes < state_body) {
+        opts.max_body_bytes = state_body;
+        log_info("sessions: request bodies of up to ", state_body, " bytes, for a state of ", runner.max_context(), " tokens");
+      }
+    } catch (const Error& e) {
+      if (!o.sessions_db.empty()) throw;  // asked for by name: not having it is an error
+      log_warning("sessions API off: ", e.what());
+    }
+  }
   server::HttpServer http(scheduler, tokenizer, limits, opts);
   const int port = http.bind();
   scheduler.start();
@@ -166,6 +189,10 @@ void add_serve_command(CLI::App& app, Action& action) {
                 "Admit on the prompt's memory, not the worst case; preempt (swap to host) when memory runs out");
   cmd->add_option("--cache-memory", o->cache_memory,
                   "Memory for state slots + KV blocks: bytes (4GiB, 512MiB) or a fraction (0.5) of what is free");
+  // Sessions API
+  cmd->add_option("--sessions-db", o->sessions_db,
+                  "Session database (default: $XDG_DATA_HOME/statelm/sessions.db or ~/.local/share/statelm/sessions.db)");
+  cmd->add_flag("--no-sessions", o->no_sessions, "Serve without the sessions API (/v1/sessions)");
   add_engine_flags(cmd, o->engine);
   cmd->callback([o, &action] { action = [o] { return run_serve(*o); }; });
 }

@@ -11,6 +11,7 @@
 #include "server/chat_page_html.h"  // generated from chat_page.html at build time
 #include "server/openai_errors.h"
 #include "server/response_shape.h"
+#include "server/sessions_api.h"
 
 namespace statelm::server {
 
@@ -146,6 +147,9 @@ void HttpServer::add_routes() {
       metrics_->record_status(res.status == -1 ? 200 : res.status);
     });
   }
+  if (options_.sessions)  // server/sessions_api.h
+    register_sessions_api(*http_, {scheduler_, tokenizer_, limits_, options_.model_id, *options_.sessions,
+                                   [this](Request r) { return submit(std::move(r)); }, &options_.chat_prompt});
 }
 
 int HttpServer::bind() {

@@ -8,6 +8,7 @@
 //   POST /v1/completions       text_completion, or server-sent events with "stream": true
 //   POST /v1/chat/completions  chat.completion, or chat.completion.chunk events
 //   GET  /metrics              Prometheus text format (server/metrics.h)
+//   /v1/sessions...            the sessions API, with ServerOptions::sessions (server/sessions_api.h)
 // With an API key, every /v1/* route needs `Authorization: Bearer KEY` (401 otherwise); / ,
 // /health and /metrics stay open. Every request gets an id (the client's X-Request-Id, or a new
 // one), echoed in X-Request-Id and in its one log line. Every error is an OpenAI error body
@@ -21,6 +22,7 @@
 
 #include "runtime/model_runner.h"
 #include "runtime/scheduler.h"
+#include "runtime/session_store.h"
 #include "server/chat_prompt.h"
 #include "server/generation_request.h"
 #include "server/metrics.h"
@@ -46,6 +48,7 @@ struct ServerOptions {
   size_t max_body_bytes = 1u << 20;  // larger bodies get 413
   int listen_backlog = 1024;         // connections the kernel queues before accept()
   ChatPrompt chat_prompt;            // how /v1/chat/completions turns messages into a prompt
+  SessionStore* sessions = nullptr;  // the sessions API's store (server/sessions_api.h); null = off
 };
 
 // The limits requests are checked against: the runner's vocabulary and context, and the
