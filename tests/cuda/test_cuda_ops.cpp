@@ -45,7 +45,9 @@
 #include "backend/cuda/device_info.h"
 #include "core/error.h"
 #include "runtime/model_runner.h"
+#include "runtime/perplexity.h"
 #include "runtime/snapshot.h"
+#include "tokenizer/tokenizer.h"
 #include "unit/test_support.h"
 
 namespace statelm {
@@ -657,14 +659,15 @@ TEST(CudaBackendTest, BadArgumentsNameTheOpAndShape) {
 // correct bf16 model lands (roughly what torch's own bf16 run of these fixtures gives); a wrong
 // kernel gives O(1).
 // Seen on an H200 (2026-11-25): every fp32 case passes at 1e-4, every bf16 case of the dense
-// models at 5e-2; the Jamba fixtures gave 0.62 / 0.18 at a few tokens. Cause, measured on the
-// CPU: MoE top-k routing near-ties. jamba-tiny's sequence 0 has a token whose 2nd and 3rd expert
-// probabilities differ by 2.8e-4 (and four more below 5e-3); a bf16 router input flips such a
-// choice, and a flipped expert is an O(1) change of that token's output. No kernel can be held
-// to 5e-2 there, so the bf16 logits check skips tokens that are ill-conditioned at bf16
-// precision: those whose logits already move by more than half the tolerance on the CPU in fp32
-// when only the weights are rounded to bf16 (what the CUDA path stores). At most 10% of a
-// sequence's tokens may be skipped, so a broken kernel (O(1) everywhere) cannot hide.
+// models at 5e-2; the Jamba fixtures gave 0.62 / 0.18. Cause, measured: these random-weight MoE
+// fixtures are ill-conditioned at bf16 precision. Their top-k routing has near-ties (jamba-tiny
+// sequence 0: a 2nd-vs-3rd expert probability gap of 2.8e-4, four more below 5e-3), and on the
+// CPU in fp32 with only the weights rounded to bf16, 43 of 97 tokens (jamba-tiny) and 62 of 97
+// (jamba-tiny-b) already move by more than half the tolerance. So the bf16 check skips tokens
+// that move that much on the CPU with bf16-rounded weights; when more than 10% of a sequence
+// would be skipped, the fixture is reported as ill-conditioned and skipped as a whole (the
+// numbers go in the skip message). The hybrid's bf16 path is held instead on a trained model,
+// DemoModelsOnCuda below: the demo Jamba's validation perplexity in bf16 within 1% of PyTorch's.
 constexpr double kBf16ModelTol = 5e-2;
 
 // Rounds every weight of a CPU runner to bf16 in place (the CPU keeps them as fp32 values).
@@ -771,9 +774,11 @@ TEST_P(CudaFixtureModel, LogitsMatchTransformers) {
         }
         worst = std::max(worst, err[t]);
       }
+      if (skipped * 10 > err.size())
+        GTEST_SKIP() << GetParam().model << " sequence " << i << ": " << skipped << " of " << err.size()
+                     << " tokens move by more than " << tol() / 2
+                     << " with bf16-rounded weights on the CPU: ill-conditioned at bf16 (see DemoModelsOnCuda)";
       EXPECT_LE(worst, tol()) << GetParam().model << " sequence " << i;
-      EXPECT_LE(skipped * 10, err.size()) << GetParam().model << " sequence " << i << ": " << skipped << " of "
-                                          << err.size() << " tokens ill-conditioned at bf16";
       if (skipped) std::printf("%s sequence %zu: %zu of %zu tokens ill-conditioned at bf16, skipped\n",
                                GetParam().model, i, skipped, err.size());
     }
@@ -861,6 +866,39 @@ std::vector<ModelParam> all_models() {
                         "llama-tiny", "llama3-tiny"})
     for (DType d : {DType::F32, DType::BF16}) v.push_back({m, d});
   return v;
+}
+
+// The trained demo models (models/shakespeare-*): validation perplexity on the first 4096 tokens
+// against PyTorch's figure in reference.json — fp32 to 1e-5 relative, bf16 within 1% (the
+// issue's bar). Trained weights are well-conditioned, so this holds the hybrid's bf16 path
+// (Mamba-1 with dt/B/C norms, attention, MoE) to a real quality figure.
+TEST(DemoModelsOnCuda, PerplexityMatchesPyTorch) {
+  REQUIRE_GPU();
+  const auto text = test::read_file(test::source_dir() / "models/tinyshakespeare-validation.txt");
+  for (const char* name : {"shakespeare-mamba2", "shakespeare-jamba"}) {
+    const auto dir = test::source_dir() / "models" / name;
+    const auto ref = nlohmann::json::parse(test::read_file(dir / "reference.json"));
+    const Tokenizer tok = Tokenizer::from_file((dir / "tokenizer.json").string());
+    const std::vector<int32_t> all = tok.encode(text);
+    for (const auto& p : ref["perplexity"]) {
+      if (p["limit_tokens"].is_null()) continue;
+      const int64_t context = p["context"], limit = p["limit_tokens"];
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        CudaBackendOptions o;
+        o.dtype = dtype;
+        CudaBackend cuda(o);
+        RunnerOptions ro;
+        ro.max_sequences = 4;
+        ro.max_context = context;
+        ModelRunner runner(dir.string(), cuda, ro);
+        const PerplexityResult r = evaluate_perplexity(runner, std::span(all).first(size_t(limit)), context);
+        const double expected = p["perplexity"];
+        EXPECT_NEAR(r.perplexity() / expected, 1.0, dtype == DType::F32 ? 1e-5 : 1e-2)
+            << name << " context " << context << " " << dtype_name(dtype) << ": statelm " << r.perplexity()
+            << ", PyTorch " << expected;
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFamilies, CudaFixtureModel, ::testing::ValuesIn(all_models()), [](const auto& info) {
