@@ -19,6 +19,7 @@
 #include "core/utf8.h"
 #include "runtime/snapshot.h"
 #include "server/chat_prompt.h"
+#include "server/connection_probe.h"
 #include "server/openai_errors.h"
 #include "server/request_stream.h"
 #include "server/response_shape.h"
@@ -430,10 +431,24 @@ void SessionsApi::completions(const httplib::Request& req, httplib::Response& re
   std::shared_ptr<ResponseShape> shape = completion_shape(meta, c_.tokenizer);
 
   if (!g.stream) {
+    // A client that hangs up before the answer cancels the turn (the session stays as it was)
+    // and frees its slot, as /v1/completions does (server/connection_probe.h).
+    const ConnectionProbe probe = ConnectionProbe::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
     ChoiceResult choice;
     StreamPiece piece;
+    auto next_check = std::chrono::steady_clock::now() + kIdlePoll;
     for (;;) {
-      while (!stream->pop(piece, std::chrono::milliseconds(1000))) {
+      bool got = false;
+      while (!got) {
+        got = stream->pop(piece, kIdlePoll);
+        if (const auto now = std::chrono::steady_clock::now(); now >= next_check) {
+          next_check = now + kIdlePoll;
+          if (probe.peer_gone()) {
+            c_.scheduler.cancel(request_id);
+            res.status = 499;  // nginx's "client closed request", for the log
+            return;
+          }
+        }
       }
       choice.text += piece.text;
       choice.logprobs.insert(choice.logprobs.end(), piece.logprobs.begin(), piece.logprobs.end());

@@ -356,6 +356,33 @@ TEST(ServerSessions, ConcurrentUseIsConflict) {
   EXPECT_EQ(r->status, 200) << r->body;
 }
 
+// A client that hangs up on a non-streamed turn: the turn is cancelled (it never runs), the
+// session is released at once (the next turn is not 409) and keeps its state.
+TEST(ServerSessions, NonStreamedTurnOfAGoneClientIsCancelled) {
+  ModelFolder model("mamba-tiny");
+  SessionServer s(model, /*start_engine=*/false);  // the turn waits in the queue
+  s.store.put("left", s.scheduler.empty_snapshot());
+  const std::string path = "/v1/sessions/left";
+  auto c = s.client();
+  c.set_read_timeout(0, 200 * 1000);  // gives up after 200 ms and closes the connection
+  auto gone = c.Post((path + "/completions").c_str(), json{{"prompt", {8, 9, 10}}, {"max_tokens", 5}}.dump(),
+                     "application/json");
+  EXPECT_FALSE(gone) << "no engine: the turn cannot have finished";
+  bool released = false;
+  for (int i = 0; i < 200 && !released; ++i) {  // the server notices within a poll (50 ms)
+    auto r = s.client().Put((path + "/state").c_str(), s.scheduler.empty_snapshot(), "application/octet-stream");
+    released = r && r->status == 200;
+    if (!released) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(released) << "the abandoned turn still holds the session";
+  s.scheduler.start();
+  auto r = s.post(path + "/completions", {{"prompt", {11, 12}}, {"max_tokens", 2}, {"temperature", 0}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(s.info("left")["tokens"], 2 + 1) << "only this turn's prompt (and the fed first generated token)";
+  EXPECT_EQ(s.scheduler.stats().tokens_in, 2) << "the abandoned turn's prompt was never prefilled";
+}
+
 // append feeds text into the state: the token count grows, a Mamba state's size does not, and
 // the next turn continues after the appended text.
 TEST(ServerSessions, AppendGrowsTokensNotMambaState) {
