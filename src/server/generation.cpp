@@ -12,6 +12,7 @@
 #include "server/connection_probe.h"
 #include "server/http_server.h"
 #include "server/openai_errors.h"
+#include "server/request_accounting.h"
 #include "server/request_stream.h"
 #include "server/response_shape.h"
 
@@ -25,18 +26,6 @@ constexpr std::chrono::milliseconds kIdlePoll{50};
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
-
-// One slot of --max-concurrent-requests, held until the response (streamed or not) ends.
-class ConcurrencySlot {
- public:
-  explicit ConcurrencySlot(std::shared_ptr<std::atomic<int>> open) : open_(std::move(open)) {}
-  ~ConcurrencySlot() { --*open_; }
-  ConcurrencySlot(const ConcurrencySlot&) = delete;
-  ConcurrencySlot& operator=(const ConcurrencySlot&) = delete;
-
- private:
-  std::shared_ptr<std::atomic<int>> open_;
-};
 
 ApiError failure(const StreamPiece& piece) {
   return piece.finish_reason == "error" ? ApiError(500, "server_error", piece.error)
@@ -55,15 +44,9 @@ struct StreamState {
 }  // namespace
 
 void HttpServer::handle_generation(const httplib::Request& req, httplib::Response& res, bool chat) {
-  if (open_requests_->fetch_add(1) >= options_.max_concurrent_requests) {
-    --*open_requests_;
-    throw ApiError(429, "rate_limit_error",
-                   str_cat("too many requests at once (this server runs at most ", options_.max_concurrent_requests, ")"), "",
-                   "too_many_requests");
-  }
-  auto slot = std::make_shared<ConcurrencySlot>(open_requests_);
+  // One of --max-concurrent-requests, held until the response (streamed or not) ends.
+  std::shared_ptr<void> slot = claim_request_slot(open_requests_, options_.max_concurrent_requests);
 
-  const auto received = std::chrono::steady_clock::now();
   GenerationRequest g = chat ? parse_chat_request(req.body, tokenizer_, limits_, options_.chat_prompt)
                              : parse_completion_request(req.body, tokenizer_, limits_);
   const bool logprobs = g.sampling.logprobs >= 0;
@@ -84,21 +67,9 @@ void HttpServer::handle_generation(const httplib::Request& req, httplib::Respons
       request.sampling = g.sampling;
       request.sampling.seed += uint64_t(i);   // independent choices, reproducible with a seed
       request.sampling.stop_strings.clear();  // matched on text by the stream, not on ids
-      // Engine thread. Metrics are recorded before the stream sees the event, so a client that
-      // has its response finds them counted.
-      request.on_event = [stream, i, metrics = metrics_, last = received, first = true](const RequestEvent& e) mutable {
-        if (e.finished) {
-          metrics->record_usage(i == 0 ? e.prompt_tokens : 0, e.completion_tokens);
-        } else {
-          const auto now = std::chrono::steady_clock::now();
-          const double seconds = std::chrono::duration<double>(now - last).count();
-          if (first) metrics->record_time_to_first_token(seconds);
-          else metrics->record_inter_token(seconds);
-          first = false;
-          last = now;
-        }
-        return stream->on_event(i, e);
-      };
+      // Engine thread.
+      request.on_event = metered_events(metrics_, /*count_prompt=*/i == 0,
+                                        [stream, i](const RequestEvent& e) { return stream->on_event(i, e); });
       ids->push_back(submit(std::move(request)));
     }
   } catch (...) {

@@ -11,6 +11,7 @@
 #include "server/chat_page_html.h"  // generated from chat_page.html at build time
 #include "server/openai_errors.h"
 #include "server/response_shape.h"
+#include "server/request_accounting.h"
 #include "server/sessions_api.h"
 
 namespace statelm::server {
@@ -149,7 +150,9 @@ void HttpServer::add_routes() {
   }
   if (options_.sessions)  // server/sessions_api.h
     register_sessions_api(*http_, {scheduler_, tokenizer_, limits_, options_.model_id, *options_.sessions,
-                                   [this](Request r) { return submit(std::move(r)); }, &options_.chat_prompt});
+                                   [this](Request r) { return submit(std::move(r)); }, &options_.chat_prompt,
+                                   [this] { return claim_request_slot(open_requests_, options_.max_concurrent_requests); },
+                                   metrics_});
 }
 
 int HttpServer::bind() {

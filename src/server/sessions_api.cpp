@@ -20,6 +20,7 @@
 #include "runtime/snapshot.h"
 #include "server/chat_prompt.h"
 #include "server/connection_probe.h"
+#include "server/request_accounting.h"
 #include "server/openai_errors.h"
 #include "server/request_stream.h"
 #include "server/response_shape.h"
@@ -172,6 +173,12 @@ class SessionsApi {
   json session_json(const SessionInfo& s) const;
   json session_json(const std::string& id) const;
   void reply(httplib::Response& res, const json& body) const { res.set_content(dump_json(body), "application/json"); }
+  // The server's accounting (server/request_accounting.h), when it gave any: a turn or an
+  // append holds one of --max-concurrent-requests and shows in /metrics like a completion.
+  std::shared_ptr<void> claim_slot() const { return c_.claim_request_slot ? c_.claim_request_slot() : nullptr; }
+  EventCallback metered(EventCallback inner) const {
+    return c_.metrics ? metered_events(c_.metrics, /*count_prompt=*/true, std::move(inner)) : inner;
+  }
 
   SessionsApiContext c_;
   std::string fingerprint_;
@@ -278,10 +285,10 @@ std::string SessionsApi::prefill(std::vector<int32_t> ids, std::string resume_st
     std::lock_guard<std::mutex> lock(outcome->mu);
     outcome->state = std::move(state);
   };
-  r.on_event = [done](const RequestEvent& e) {
+  r.on_event = metered([done](const RequestEvent& e) {
     if (e.finished) done->set_value(Done{e.finish_reason, e.error});
     return true;
-  };
+  });
   std::future<Done> result = done->get_future();
   c_.submit(std::move(r));
   const Done d = result.get();  // the scheduler ends every request it accepted, even on stop()
@@ -386,6 +393,7 @@ void SessionsApi::append(const httplib::Request& req, httplib::Response& res) {
   const std::string id = checked_id(req);
   const json body = parse_body(req.body);
   auto lease = leases_.claim(id);
+  const std::shared_ptr<void> slot = claim_slot();  // one of --max-concurrent-requests
   const std::string blob = load(id);
   const SnapshotHeader h = usable_header(id, blob);
   std::vector<int32_t> ids = prompt_ids(body, h.tokens.empty());
@@ -403,6 +411,7 @@ void SessionsApi::completions(const httplib::Request& req, httplib::Response& re
   const json body = parse_body(req.body);
   const GenerationRequest g = sampling_of(body);
   auto lease = leases_.claim(id);
+  const std::shared_ptr<void> slot = claim_slot();  // one of --max-concurrent-requests
   std::string blob = load(id);
   const SnapshotHeader h = usable_header(id, blob);
 
@@ -418,13 +427,13 @@ void SessionsApi::completions(const httplib::Request& req, httplib::Response& re
     std::lock_guard<std::mutex> lock(outcome->mu);
     outcome->state = std::move(state);
   };
-  r.on_event = [stream, outcome](const RequestEvent& e) {
+  r.on_event = metered([stream, outcome](const RequestEvent& e) {
     if (e.finished) {
       std::lock_guard<std::mutex> lock(outcome->mu);
       outcome->cached_tokens = e.cached_tokens;
     }
     return stream->on_event(0, e);
-  };
+  });
   const uint64_t request_id = c_.submit(std::move(r));
   ResponseMeta meta{str_cat("cmpl-", unix_now(), "-s", next_completion_++), c_.model_id, unix_now(),
                     g.sampling.logprobs >= 0};
@@ -470,7 +479,7 @@ void SessionsApi::completions(const httplib::Request& req, httplib::Response& re
   const std::string opening = shape->start_events(1);  // also sizes the shape's per-choice state
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, stream, outcome, shape, lease, request_id, id, include_usage, opening, opened = false](
+      [this, stream, outcome, shape, lease, slot, request_id, id, include_usage, opening, opened = false](
           size_t, httplib::DataSink& sink) mutable {
         auto write = [&](const std::string& s) { return s.empty() || sink.write(s.data(), s.size()); };
         if (!opened && !write(opening)) {

@@ -31,6 +31,7 @@
 #include "runtime/scheduler.h"
 #include "runtime/session_store.h"
 #include "server/generation_request.h"
+#include "server/metrics.h"
 #include "tokenizer/tokenizer.h"
 
 namespace httplib {
@@ -51,6 +52,11 @@ struct SessionsApiContext {
   std::function<uint64_t(Request)> submit;
   // Renders create's "system" / "messages" (null: those fields are refused).
   const ChatPrompt* chat_prompt = nullptr;
+  // The server's accounting, shared with /v1/completions (server/request_accounting.h): claims
+  // one of --max-concurrent-requests (throws 429), and the metrics turns are counted in. Either
+  // may be empty (tests that build the API alone).
+  std::function<std::shared_ptr<void>()> claim_request_slot;
+  std::shared_ptr<ServerMetrics> metrics;
 };
 
 // Adds the routes above to `http`. Everything they share lives as long as the routes do.

@@ -48,12 +48,12 @@ RunnerOptions runner_options() {
 // does on SIGTERM. The engine thread starts with the server unless asked not to.
 class SessionServer {
  public:
-  explicit SessionServer(const ModelFolder& model, bool start_engine = true)
+  explicit SessionServer(const ModelFolder& model, bool start_engine = true, int max_concurrent_requests = 64)
       : store((db_dir / "sessions.db").string()),
         tokenizer(Tokenizer::from_file(model.path())),
         runner(model.path(), backend, runner_options()),
         scheduler(runner),
-        http(scheduler, tokenizer, server::model_limits(runner, tokenizer), options(store)) {
+        http(scheduler, tokenizer, server::model_limits(runner, tokenizer), options(store, max_concurrent_requests)) {
     port = http.bind();
     if (start_engine) scheduler.start();
     thread_ = std::thread([this] { http.serve(); });
@@ -100,8 +100,9 @@ class SessionServer {
   int port = 0;
 
  private:
-  static server::ServerOptions options(SessionStore& store) {
+  static server::ServerOptions options(SessionStore& store, int max_concurrent_requests) {
     server::ServerOptions o;
+    o.max_concurrent_requests = max_concurrent_requests;
     o.port = 0;
     o.model_id = "tiny";
     o.sessions = &store;
@@ -381,6 +382,36 @@ TEST(ServerSessions, NonStreamedTurnOfAGoneClientIsCancelled) {
   EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(s.info("left")["tokens"], 2 + 1) << "only this turn's prompt (and the fed first generated token)";
   EXPECT_EQ(s.scheduler.stats().tokens_in, 2) << "the abandoned turn's prompt was never prefilled";
+}
+
+// Session turns are requests like any other: they hold one of --max-concurrent-requests (a
+// third request while two wait is 429) and their tokens show in /metrics.
+TEST(ServerSessions, TurnsCountInLimitsAndMetrics) {
+  ModelFolder model("mamba-tiny");
+  SessionServer s(model, /*start_engine=*/false, /*max_concurrent_requests=*/2);
+  s.store.put("a", s.scheduler.empty_snapshot());
+  s.store.put("b", s.scheduler.empty_snapshot());
+  std::thread turn_a([&] { s.post("/v1/sessions/a/completions", {{"prompt", {8, 9}}, {"max_tokens", 3}}); });
+  std::thread append_b([&] { s.post("/v1/sessions/b/append", {{"prompt", {4, 5, 6}}}); });
+  // Both wait for the engine, each holding a request slot: a third request is refused. The probe
+  // is an invalid request (400 at once once it has a slot) so that it never waits itself.
+  int status = 0;
+  for (int i = 0; i < 500 && status != 429; ++i) {
+    auto r = s.post("/v1/completions", {{"prompt", {1, 2}}, {"max_tokens", -1}});
+    status = r ? r->status : 0;
+    if (status != 429) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(status, 429) << "two session requests in flight should fill --max-concurrent-requests 2";
+  s.scheduler.start();
+  turn_a.join();
+  append_b.join();
+  const std::string metrics = s.client().Get("/metrics")->body;
+  auto counter = [&](const std::string& name) {
+    const size_t at = metrics.find("\n" + name + " ");
+    return at == std::string::npos ? -1.0 : std::stod(metrics.substr(at + name.size() + 2));
+  };
+  EXPECT_GE(counter("statelm_generation_tokens_total"), 3) << metrics;
+  EXPECT_GE(counter("statelm_prompt_tokens_total"), 2 + 3) << metrics;
 }
 
 // append feeds text into the state: the token count grows, a Mamba state's size does not, and
