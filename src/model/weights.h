@@ -66,7 +66,8 @@ DType weight_dtype(WeightRole role, DType compute);
 ModelWeights load_weights(const ModelSpec& spec, const Checkpoint& checkpoint, Backend& backend);
 
 // Random weights of the right shapes (benchmarks of real model sizes without a checkpoint):
-// N(0, 1/fan_in) matrices, norms near 1, A_log and dt_bias in their usual init ranges.
+// matrices with the N(0, 1/fan_in) init's variance (uniform), norms near 1, A_log and dt_bias in
+// their usual init ranges. Counter-based and multi-threaded: a 52B shape fills in seconds.
 ModelWeights random_weights(const ModelSpec& spec, Backend& backend, uint64_t seed);
 
 }  // namespace statelm
