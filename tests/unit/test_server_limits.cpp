@@ -126,8 +126,13 @@ const json kFloodingStream{{"prompt", {5, 17}}, {"max_tokens", 240}, {"n", 16}, 
 TEST_F(ServerLimitsTest, ConcurrentRequestLimitIs429) {
   TestServer s(model, {}, 4, [](server::ServerOptions& o, server::ModelLimits&) { o.max_concurrent_requests = 1; });
   const int sock = stalled_stream(s.port, kFloodingStream);
+  // The stream's status line proves it holds the one slot (without this, a probe below can
+  // win the race for it under load and the stream is the one refused).
+  char status_line[12];
+  ASSERT_EQ(recv(sock, status_line, sizeof status_line, MSG_WAITALL), ssize_t(sizeof status_line));
+  ASSERT_EQ(std::string(status_line, sizeof status_line), "HTTP/1.1 200");
   std::optional<httplib::Result> r;
-  for (int i = 0; i < 200; ++i) {  // until the stalled stream holds the one slot
+  for (int i = 0; i < 200; ++i) {  // until the server has seen it
     r.emplace(s.post({{"prompt", {1}}, {"max_tokens", 1}}));
     if (*r && (*r)->status == 429) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
