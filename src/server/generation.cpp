@@ -13,19 +13,13 @@
 #include "server/http_server.h"
 #include "server/openai_errors.h"
 #include "server/request_accounting.h"
+#include "server/route_guard.h"
 #include "server/request_stream.h"
 #include "server/response_shape.h"
 
 namespace statelm::server {
 
 namespace {
-
-// How often an idle request checks that its client is still there.
-constexpr std::chrono::milliseconds kIdlePoll{50};
-
-int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
 
 ApiError failure(const StreamPiece& piece) {
   return piece.finish_reason == "error" ? ApiError(500, "server_error", piece.error)

@@ -12,6 +12,7 @@
 #include "server/openai_errors.h"
 #include "server/response_shape.h"
 #include "server/request_accounting.h"
+#include "server/route_guard.h"
 #include "server/sessions_api.h"
 
 namespace statelm::server {
@@ -19,33 +20,6 @@ namespace statelm::server {
 using nlohmann::json;
 
 namespace {
-
-int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-void send_error(httplib::Response& res, const ApiError& e) {
-  res.status = e.status();
-  if (e.status() == 429) res.set_header("Retry-After", "1");
-  res.set_content(dump_json(error_body(e)), "application/json");
-}
-
-// Every handler's exceptions become OpenAI error responses; nothing escapes into httplib.
-template <typename Handler>
-httplib::Server::Handler guarded(Handler handler) {
-  return [handler](const httplib::Request& req, httplib::Response& res) {
-    try {
-      handler(req, res);
-    } catch (const ApiError& e) {
-      send_error(res, e);
-    } catch (const Error& e) {
-      send_error(res, api_error_from(e));
-    } catch (const std::exception& e) {
-      log_message(LogLevel::Error, str_cat(current_request().id, " ", req.method, " ", req.path, ": ", e.what()));
-      send_error(res, ApiError(500, "server_error", e.what()));
-    }
-  };
-}
 
 bool is_api_path(const std::string& path) { return path.rfind("/v1/", 0) == 0 || path == "/v1"; }
 

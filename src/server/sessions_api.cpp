@@ -21,6 +21,7 @@
 #include "server/chat_prompt.h"
 #include "server/connection_probe.h"
 #include "server/request_accounting.h"
+#include "server/route_guard.h"
 #include "server/openai_errors.h"
 #include "server/request_stream.h"
 #include "server/response_shape.h"
@@ -31,35 +32,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::chrono::milliseconds kIdlePoll{50};  // how often an idle stream checks its client
-constexpr size_t kMaxIdBytes = 256;                  // the store's limit
-
-int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-void send_error(httplib::Response& res, const ApiError& e) {
-  res.status = e.status();
-  if (e.status() == 429) res.set_header("Retry-After", "1");
-  res.set_content(dump_json(error_body(e)), "application/json");
-}
-
-// Every handler's exceptions become OpenAI error responses; nothing escapes into httplib.
-template <typename Handler>
-httplib::Server::Handler guarded(Handler handler) {
-  return [handler](const httplib::Request& req, httplib::Response& res) {
-    try {
-      handler(req, res);
-    } catch (const ApiError& e) {
-      send_error(res, e);
-    } catch (const Error& e) {
-      send_error(res, api_error_from(e));
-    } catch (const std::exception& e) {
-      log_message(LogLevel::Error, str_cat(req.method, " ", req.path, ": ", e.what()));
-      send_error(res, ApiError(500, "server_error", e.what()));
-    }
-  };
-}
+constexpr size_t kMaxIdBytes = 256;  // the store's limit
 
 // {} for an empty body (every field optional), else a JSON object.
 json parse_body(const std::string& text) {
