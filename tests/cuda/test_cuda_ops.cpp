@@ -688,37 +688,8 @@ std::vector<double> per_token_error(const std::vector<float>& a, const std::vect
   return err;
 }
 
-struct Reference {
-  std::vector<std::vector<int32_t>> inputs;
-  std::vector<std::vector<float>> logits;
-  std::vector<int32_t> greedy_prompt, greedy_tokens;
-};
-
-Reference load_reference(const std::string& model) {
-  auto dir = test::fixture("models/" + model);
-  auto j = nlohmann::json::parse(test::read_file(dir / "reference.json"));
-  Reference r;
-  for (const auto& s : j["sequences"]) {
-    r.inputs.push_back(s["input_ids"].get<std::vector<int32_t>>());
-    std::string bytes = test::read_file(dir / s["logits"].get<std::string>());
-    std::vector<float> v(bytes.size() / 4);
-    std::memcpy(v.data(), bytes.data(), bytes.size());
-    r.logits.push_back(std::move(v));
-  }
-  r.greedy_prompt = j["greedy"]["prompt"].get<std::vector<int32_t>>();
-  r.greedy_tokens = j["greedy"]["new_tokens"].get<std::vector<int32_t>>();
-  return r;
-}
-
-double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    err = std::max(err, double(std::fabs(a[i] - b[i])));
-    scale = std::max(scale, double(std::fabs(b[i])));
-  }
-  return err / scale;
-}
+using test::load_reference;
+using test::relative_error;
 
 struct ModelParam {
   const char* model;
@@ -740,7 +711,7 @@ class CudaFixtureModel : public ::testing::TestWithParam<ModelParam> {
 
 TEST_P(CudaFixtureModel, LogitsMatchTransformers) {
   SKIP_IF_FAMILY_MISSING({
-    Reference ref = load_reference(GetParam().model);
+    test::FixtureReference ref = load_reference(GetParam().model);
     ModelRunner runner(dir(), *backend);
     const bool bf16 = GetParam().dtype == DType::BF16;
     CpuBackend cpu;
@@ -789,7 +760,7 @@ TEST_P(CudaFixtureModel, LogitsMatchTransformers) {
 // must be the CPU's wherever the CPU's top-2 margin is larger than the tolerance allows to flip.
 TEST_P(CudaFixtureModel, GreedyTokensMatchWhereTheMarginAllows) {
   SKIP_IF_FAMILY_MISSING({
-    Reference ref = load_reference(GetParam().model);
+    test::FixtureReference ref = load_reference(GetParam().model);
     CpuBackend cpu;
     ModelRunner gpu_runner(dir(), *backend), cpu_runner(dir(), cpu);
     Sequence gs = gpu_runner.open(), cs = cpu_runner.open();
@@ -819,7 +790,7 @@ TEST_P(CudaFixtureModel, GreedyTokensMatchWhereTheMarginAllows) {
 
 TEST_P(CudaFixtureModel, PrefillThenDecodeEqualsOneForward) {
   SKIP_IF_FAMILY_MISSING({
-    Reference ref = load_reference(GetParam().model);
+    test::FixtureReference ref = load_reference(GetParam().model);
     ModelRunner runner(dir(), *backend);
     const std::vector<int32_t>& ids = ref.inputs[0];
     Sequence whole = runner.open();
@@ -844,7 +815,7 @@ TEST_P(CudaFixtureModel, PrefillThenDecodeEqualsOneForward) {
 TEST_P(CudaFixtureModel, SnapshotTakenOnCudaRestoresOnCpu) {
   if (GetParam().dtype != DType::F32) GTEST_SKIP() << "compared at fp32 precision";
   SKIP_IF_FAMILY_MISSING({
-    Reference ref = load_reference(GetParam().model);
+    test::FixtureReference ref = load_reference(GetParam().model);
     CpuBackend cpu;
     ModelRunner gpu_runner(dir(), *backend), cpu_runner(dir(), cpu);
     Sequence gs = gpu_runner.open();
@@ -863,7 +834,7 @@ TEST_P(CudaFixtureModel, SnapshotTakenOnCudaRestoresOnCpu) {
 TEST_P(CudaFixtureModel, SnapshotTakenOnCpuRestoresOnCuda) {
   if (GetParam().dtype != DType::F32) GTEST_SKIP() << "compared at fp32 precision";
   SKIP_IF_FAMILY_MISSING({
-    Reference ref = load_reference(GetParam().model);
+    test::FixtureReference ref = load_reference(GetParam().model);
     CpuBackend cpu;
     ModelRunner gpu_runner(dir(), *backend), cpu_runner(dir(), cpu);
     Sequence cs = cpu_runner.open();
@@ -886,7 +857,7 @@ TEST_P(CudaFixtureModel, SnapshotTakenOnCpuRestoresOnCuda) {
 // test is exact); cross-talk would be an O(1) error.
 TEST_P(CudaFixtureModel, BatchedSequencesEqualEachAlone) {
   SKIP_IF_FAMILY_MISSING({
-    Reference ref = load_reference(GetParam().model);
+    test::FixtureReference ref = load_reference(GetParam().model);
     RunnerOptions o;
     o.max_sequences = int32_t(ref.inputs.size());
     ModelRunner runner(dir(), *backend, o);

@@ -16,38 +16,8 @@
 namespace statelm {
 namespace {
 
-struct Reference {
-  std::vector<std::vector<int32_t>> inputs;
-  std::vector<std::vector<float>> logits;  // [len * vocab] each
-  std::vector<int32_t> greedy_prompt, greedy_tokens;
-};
-
-Reference load_reference(const std::string& model) {
-  auto dir = test::fixture("models/" + model);
-  auto j = nlohmann::json::parse(test::read_file(dir / "reference.json"));
-  Reference r;
-  for (const auto& s : j["sequences"]) {
-    r.inputs.push_back(s["input_ids"].get<std::vector<int32_t>>());
-    std::string bytes = test::read_file(dir / s["logits"].get<std::string>());
-    std::vector<float> v(bytes.size() / 4);
-    std::memcpy(v.data(), bytes.data(), bytes.size());
-    r.logits.push_back(std::move(v));
-  }
-  r.greedy_prompt = j["greedy"]["prompt"].get<std::vector<int32_t>>();
-  r.greedy_tokens = j["greedy"]["new_tokens"].get<std::vector<int32_t>>();
-  return r;
-}
-
-// max |a - b| / max |b|: the error relative to the logits' scale.
-double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    err = std::max(err, double(std::fabs(a[i] - b[i])));
-    scale = std::max(scale, double(std::fabs(b[i])));
-  }
-  return err / scale;
-}
+using test::load_reference;
+using test::relative_error;
 
 int32_t argmax(const float* v, int64_t n) { return int32_t(std::max_element(v, v + n) - v); }
 
@@ -58,7 +28,7 @@ class FixtureModel : public ::testing::TestWithParam<const char*> {
 
 TEST_P(FixtureModel, LogitsMatchTransformers) {
   const std::string model = GetParam();
-  Reference ref = load_reference(model);
+  test::FixtureReference ref = load_reference(model);
   ModelRunner runner(test::fixture("models/" + model).string(), backend);
   for (size_t i = 0; i < ref.inputs.size(); ++i) {
     Sequence seq = runner.open();
@@ -71,7 +41,7 @@ TEST_P(FixtureModel, LogitsMatchTransformers) {
 
 TEST_P(FixtureModel, GreedyTokensMatchTransformers) {
   const std::string model = GetParam();
-  Reference ref = load_reference(model);
+  test::FixtureReference ref = load_reference(model);
   ModelRunner runner(test::fixture("models/" + model).string(), backend);
   const int64_t V = runner.spec().vocab_size;
   Sequence seq = runner.open();
@@ -88,7 +58,7 @@ TEST_P(FixtureModel, GreedyTokensMatchTransformers) {
 
 TEST_P(FixtureModel, PrefillThenDecodeEqualsOneForward) {
   const std::string model = GetParam();
-  Reference ref = load_reference(model);
+  test::FixtureReference ref = load_reference(model);
   ModelRunner runner(test::fixture("models/" + model).string(), backend);
   const int64_t V = runner.spec().vocab_size;
   const std::vector<int32_t>& ids = ref.inputs[0];
@@ -114,7 +84,7 @@ TEST_P(FixtureModel, PrefillThenDecodeEqualsOneForward) {
 
 TEST_P(FixtureModel, BatchedSequencesDoNotInteract) {
   const std::string model = GetParam();
-  Reference ref = load_reference(model);
+  test::FixtureReference ref = load_reference(model);
   RunnerOptions o;
   o.max_sequences = 4;
   ModelRunner runner(test::fixture("models/" + model).string(), backend, o);

@@ -3,6 +3,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <cstring>
+#include <gtest/gtest.h>
 #include <algorithm>
 #include <atomic>
 #include <fstream>
@@ -81,6 +84,32 @@ CommandResult run_statelm(const std::string& args, const std::string& stdin_byte
   r.out = read_file(tmp / "stdout");
   r.err = read_file(tmp / "stderr");
   return r;
+}
+
+FixtureReference load_reference(const std::string& model) {
+  auto dir = fixture("models/" + model);
+  auto j = nlohmann::json::parse(read_file(dir / "reference.json"));
+  FixtureReference r;
+  for (const auto& s : j["sequences"]) {
+    r.inputs.push_back(s["input_ids"].get<std::vector<int32_t>>());
+    std::string bytes = read_file(dir / s["logits"].get<std::string>());
+    std::vector<float> v(bytes.size() / 4);
+    std::memcpy(v.data(), bytes.data(), bytes.size());
+    r.logits.push_back(std::move(v));
+  }
+  r.greedy_prompt = j["greedy"]["prompt"].get<std::vector<int32_t>>();
+  r.greedy_tokens = j["greedy"]["new_tokens"].get<std::vector<int32_t>>();
+  return r;
+}
+
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    err = std::max(err, double(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, double(std::fabs(b[i])));
+  }
+  return err / scale;
 }
 
 }  // namespace statelm::test

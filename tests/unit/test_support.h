@@ -2,7 +2,9 @@
 #pragma once
 
 #include <filesystem>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace statelm::test {
 
@@ -42,5 +44,17 @@ std::string param_name(const std::string& fixture_name);
 // Runs the built `statelm` binary with the given argument string (shell syntax), optional
 // stdin bytes. Used to test the CLI's exit codes and one-line errors end to end.
 CommandResult run_statelm(const std::string& args, const std::string& stdin_bytes = "");
+
+// A model fixture's reference.json (tools/make_fixtures.py): transformers' logits of each input
+// sequence ([len * vocab] each) and its greedy continuation of a prompt.
+struct FixtureReference {
+  std::vector<std::vector<int32_t>> inputs;
+  std::vector<std::vector<float>> logits;
+  std::vector<int32_t> greedy_prompt, greedy_tokens;
+};
+FixtureReference load_reference(const std::string& model);
+
+// max |a - b| / max |b|: the error relative to the logits' scale (sizes must match).
+double relative_error(const std::vector<float>& a, const std::vector<float>& b);
 
 }  // namespace statelm::test
