@@ -14,10 +14,12 @@
 // of cos/sin per (token, pair) in shared memory, then rotates every (token, head, pair) of q and
 // k with consecutive threads on consecutive pairs (coalesced halves of each head row).
 #include <cmath>
-#include <numbers>
+#include <algorithm>
+#include <vector>
 
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/span_kernels.cuh"
+#include "model/rope_frequencies.h"
 
 namespace statelm::cuda {
 
@@ -31,27 +33,11 @@ struct InvFreq {
   float v[kMaxHalf];
 };
 
-// The CPU's rope_inv_freq (cpu_attention.cpp), line for line: keep the two in step.
-InvFreq rope_inv_freq(const RopeSpec& r) {
+// model/rope_frequencies.h's values (the CPU's too), passed to the kernel by value.
+InvFreq inv_freq_table(const RopeSpec& r) {
   InvFreq out{};
-  const int64_t half = r.rotary_dim / 2;
-  for (int64_t i = 0; i < half; ++i) {
-    float f = 1.0f / std::pow(float(r.theta), float(2 * i) / float(r.rotary_dim));
-    if (r.kind == RopeKind::Linear) f = f / float(r.factor);
-    if (r.kind == RopeKind::Llama3) {
-      const double low_wavelen = double(r.original_max_position) / r.low_freq_factor;
-      const double high_wavelen = double(r.original_max_position) / r.high_freq_factor;
-      const double wavelen = 2.0 * std::numbers::pi / f;
-      if (wavelen > low_wavelen) {
-        f = float(f / r.factor);
-      } else if (wavelen >= high_wavelen) {
-        double smooth = (double(r.original_max_position) / wavelen - r.low_freq_factor) /
-                        (r.high_freq_factor - r.low_freq_factor);
-        f = float((1.0 - smooth) * f / r.factor + smooth * f);
-      }
-    }
-    out.v[i] = f;
-  }
+  const std::vector<float> inv = rope_inv_freq(r);
+  std::copy(inv.begin(), inv.end(), out.v);
   return out;
 }
 
@@ -103,7 +89,7 @@ void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream) {
   int64_t n_items = 0;
   const SpanItems items = plan_items(batch, kTokens, 1, &n_items);
   if (n_items == 0) return;
-  const InvFreq inv = rope_inv_freq(p.rope);
+  const InvFreq inv = inv_freq_table(p.rope);
   dispatch_float(p.q.dtype, "rope", [&](auto tag) {
     using T = decltype(tag);
     rope_kernel<T><<<unsigned(n_items), kThreads, 0, stream>>>(
