@@ -48,6 +48,7 @@
 #include "runtime/perplexity.h"
 #include "runtime/snapshot.h"
 #include "tokenizer/tokenizer.h"
+#include "unit/op_test_util.h"
 #include "unit/test_support.h"
 
 namespace statelm {
@@ -195,39 +196,17 @@ class OpCase {
           (inside ? w_in : w_slack).push_back(want[i][at]);
           (inside ? g_in : g_slack).push_back(got[i][at]);
         }
-      expect_close(g_in, w_in, tol, a.name);
+      test::expect_close(g_in, w_in, tol, a.name);
       EXPECT_EQ(g_slack, w_slack) << a.name << ": values beside the slice changed";
     }
   }
 
  private:
-  std::vector<float> random(size_t n, float lo, float hi) {
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng_);
-    return v;
-  }
+  std::vector<float> random(size_t n, float lo, float hi) { return test::random_vector(rng_, n, lo, hi); }
   int push(Arg a) {
     args_.push_back(std::move(a));
     return int(args_.size()) - 1;
   }
-  static void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol,
-                           const std::string& what) {
-    ASSERT_EQ(got.size(), want.size()) << what;
-    double scale = 1e-6, err = 0.0;
-    size_t worst = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-      scale = std::max(scale, double(std::fabs(want[i])));
-      const double e = std::fabs(double(got[i]) - double(want[i]));
-      if (!(e <= err)) {
-        err = e;
-        worst = i;
-      }
-    }
-    EXPECT_LE(err, tol * scale) << what << ": worst at " << worst << " got " << got[worst] << " want " << want[worst]
-                                << " (max |ref| " << scale << ")";
-  }
-
   std::string name_;
   std::mt19937 rng_;
   std::vector<Arg> args_;
