@@ -160,15 +160,15 @@ BenchResult bench_decode(ModelRunner& runner, int64_t batch, int64_t context, in
   std::mt19937_64 rng(seed);
   std::vector<double> times;
   try {
-    auto step = [&] {
-      std::vector<std::vector<int32_t>> next;
+    // Every step's input drawn before any timing: the timed loop is the runner's alone.
+    std::vector<std::vector<std::vector<int32_t>>> inputs(size_t(warmup + steps * reps));
+    for (auto& next : inputs)
       for (int64_t i = 0; i < batch; ++i) next.push_back(random_tokens(1, runner.spec().vocab_size, rng));
-      runner.step(ptrs, next);
-    };
-    for (int i = 0; i < warmup; ++i) step();
+    size_t at = 0;
+    for (int i = 0; i < warmup; ++i) runner.step(ptrs, inputs[at++]);
     for (int64_t r = 0; r < reps; ++r) {
       const auto t0 = Clock::now();
-      for (int64_t i = 0; i < steps; ++i) step();
+      for (int64_t i = 0; i < steps; ++i) runner.step(ptrs, inputs[at++]);
       times.push_back(seconds_since(t0));
     }
   } catch (...) {
