@@ -116,6 +116,13 @@ void Forward::mlp(const MlpDims& m, const MlpWeights& w, const Tensor& x, const 
 }
 
 std::vector<float> Forward::run(const ForwardBatch& fb, std::span<const LayerCaches> caches) {
+  const Tensor logits = run_device(fb, caches);
+  std::vector<float> host(size_t(logits.numel()));
+  backend_.download(logits, host.data());
+  return host;
+}
+
+Tensor Forward::run_device(const ForwardBatch& fb, std::span<const LayerCaches> caches) {
   const int64_t T = int64_t(fb.tokens.size()), D = spec_.d_model, V = spec_.vocab_size;
   STATELM_CHECK(T > 0 && !fb.spans.empty(), "empty forward batch");
   STATELM_CHECK(caches.size() == spec_.layers.size(), "one LayerCaches per layer");
@@ -168,26 +175,22 @@ std::vector<float> Forward::run(const ForwardBatch& fb, std::span<const LayerCac
       dump(layer, "ffn_out", y);
     }
   }
-  if (pending) backend_.add(h, y);
-
-  // Final norm and LM head on the rows that need logits.
+  // Final norm and LM head on the rows that need logits: every token's, or each span's last.
   const int64_t rows = fb.all_logits ? T : int64_t(fb.spans.size());
-  Tensor last = h;
-  if (!fb.all_logits) {
-    last = scratch(kLogitsIn, {rows, D});
+  Tensor last = scratch(kLogitsIn, {rows, D});
+  if (rows == T) {  // all tokens, or a decode batch (one token per span): one fused launch
+    if (pending) backend_.add_rms_norm(h, y, weights_.final_norm, spec_.norm_eps, last);
+    else backend_.rms_norm(h, weights_.final_norm, spec_.norm_eps, last);
+  } else {
+    if (pending) backend_.add(h, y);
     for (int64_t s = 0; s < rows; ++s) {  // gather each span's last token
       const SeqSpan& sp = fb.spans[size_t(s)];
       backend_.rms_norm(h.rows(sp.start + sp.len - 1, 1), weights_.final_norm, spec_.norm_eps, last.rows(s, 1));
     }
-  } else {
-    last = scratch(kLogitsIn, {rows, D});
-    backend_.rms_norm(h, weights_.final_norm, spec_.norm_eps, last);
   }
   Tensor logits = scratch(kLogits, {rows, V}, DType::F32);
   backend_.matmul(last, weights_.lm_head, Tensor{}, logits);
-  std::vector<float> host(size_t(rows * V));
-  backend_.download(logits, host.data());
-  return host;
+  return logits;
 }
 
 }  // namespace statelm

@@ -39,6 +39,9 @@ class Forward {
   // Runs the batch and returns host fp32 logits [rows, vocab]: rows = tokens.size() when
   // all_logits, else spans.size(). Updates every layer's caches for the spans' sequences.
   std::vector<float> run(const ForwardBatch& batch, std::span<const LayerCaches> caches);
+  // The same, leaving the logits where the backend computes: an fp32 [rows, vocab] tensor valid
+  // until the next call (device-side sampling reads it there; only the chosen ids come back).
+  Tensor run_device(const ForwardBatch& batch, std::span<const LayerCaches> caches);
 
   void set_debug_hook(DebugHook hook) { debug_ = std::move(hook); }
 

@@ -146,6 +146,14 @@ void ModelRunner::close(Sequence& seq) {
 
 std::vector<float> ModelRunner::step(std::span<Sequence* const> seqs, std::span<const std::vector<int32_t>> tokens,
                                      bool all_logits) {
+  const Tensor logits = step_device(seqs, tokens, all_logits);
+  std::vector<float> host(size_t(logits.numel()));
+  backend_.download(logits, host.data());
+  return host;
+}
+
+Tensor ModelRunner::step_device(std::span<Sequence* const> seqs, std::span<const std::vector<int32_t>> tokens,
+                                bool all_logits) {
   STATELM_CHECK(seqs.size() == tokens.size(), "one token list per sequence");
   ForwardBatch b;
   b.all_logits = all_logits;
@@ -173,7 +181,7 @@ std::vector<float> ModelRunner::step(std::span<Sequence* const> seqs, std::span<
       std::copy(seqs[i]->blocks.blocks.begin(), seqs[i]->blocks.blocks.end(),
                 b.block_tables.begin() + long(i) * b.max_blocks_per_seq);
   }
-  std::vector<float> logits = forward_->run(b, caches_);
+  const Tensor logits = forward_->run_device(b, caches_);
   for (size_t i = 0; i < seqs.size(); ++i) seqs[i]->n_tokens += int64_t(tokens[i].size());
   return logits;
 }

@@ -88,6 +88,10 @@ class ModelRunner {
   // one row per sequence (its last token), or one per token when all_logits.
   std::vector<float> step(std::span<Sequence* const> seqs, std::span<const std::vector<int32_t>> tokens,
                           bool all_logits = false);
+  // The same, leaving the fp32 logits [rows, vocab] on the backend (valid until the next step),
+  // for sampling where they were computed.
+  Tensor step_device(std::span<Sequence* const> seqs, std::span<const std::vector<int32_t>> tokens,
+                     bool all_logits = false);
 
  private:
   std::string model_dir_;
