@@ -109,6 +109,8 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& flags) {
                   "accumulation and SSM state math stay fp32)");
   cmd->add_option("--state-dtype", flags.state_dtype,
                   "Recurrent (SSM) state: float32 (default) or bfloat16 (half the memory; drift in bench/RESULTS.md)");
+  cmd->add_flag("--no-decode-graphs", flags.no_decode_graphs,
+                "Launch every kernel of a decode step instead of replaying a recorded CUDA graph");
 }
 
 RunnerOptions runner_options(const EngineFlags& flags) {
@@ -117,6 +119,7 @@ RunnerOptions runner_options(const EngineFlags& flags) {
   if (!dtype || (*dtype != DType::F32 && *dtype != DType::BF16))
     fail(ErrorKind::InvalidArgument, "--state-dtype: \"", flags.state_dtype, "\" is not float32 or bfloat16");
   o.state_dtype = *dtype;
+  o.decode_graphs = !flags.no_decode_graphs;
   return o;
 }
 

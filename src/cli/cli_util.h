@@ -27,6 +27,7 @@ struct EngineFlags {
   std::string device = "cpu";
   std::string dtype;  // weights + activations; empty = the device's default (cpu float32, cuda bfloat16)
   std::string state_dtype = "float32";
+  bool no_decode_graphs = false;  // decode steps launch every kernel (to measure what graphs save)
 };
 void add_engine_flags(CLI::App* cmd, EngineFlags& flags);
 

@@ -122,10 +122,9 @@ std::vector<float> Forward::run(const ForwardBatch& fb, std::span<const LayerCac
   return host;
 }
 
-Tensor Forward::run_device(const ForwardBatch& fb, std::span<const LayerCaches> caches) {
-  const int64_t T = int64_t(fb.tokens.size()), D = spec_.d_model, V = spec_.vocab_size;
+void Forward::check_batch(const ForwardBatch& fb) const {
+  const int64_t T = int64_t(fb.tokens.size()), V = spec_.vocab_size;
   STATELM_CHECK(T > 0 && !fb.spans.empty(), "empty forward batch");
-  STATELM_CHECK(caches.size() == spec_.layers.size(), "one LayerCaches per layer");
   int64_t covered = 0;
   for (const SeqSpan& s : fb.spans) {
     STATELM_CHECK(s.start == covered && s.len > 0 && s.pos >= 0, "spans must tile the batch in order");
@@ -134,6 +133,12 @@ Tensor Forward::run_device(const ForwardBatch& fb, std::span<const LayerCaches> 
   STATELM_CHECK(covered == T, "spans cover ", covered, " of ", T, " tokens");
   for (int32_t id : fb.tokens)
     if (id < 0 || id >= V) fail(ErrorKind::InvalidArgument, "token id ", id, " is outside the vocabulary [0, ", V, ")");
+}
+
+Tensor Forward::run_device(const ForwardBatch& fb, std::span<const LayerCaches> caches) {
+  const int64_t T = int64_t(fb.tokens.size()), D = spec_.d_model, V = spec_.vocab_size;
+  STATELM_CHECK(caches.size() == spec_.layers.size(), "one LayerCaches per layer");
+  check_batch(fb);
 
   BatchView b;
   b.n_tokens = T;
@@ -141,6 +146,7 @@ Tensor Forward::run_device(const ForwardBatch& fb, std::span<const LayerCaches> 
   b.block_tables = fb.block_tables.empty() ? nullptr : fb.block_tables.data();
   b.max_blocks_per_seq = fb.max_blocks_per_seq;
   b.block_size = fb.block_size;
+  b.key_capacity = fb.key_capacity;
   backend_.prepare_batch(b);  // a device backend copies spans and block tables over, once
 
   Tensor h = scratch(kHidden, {T, D});       // residual stream [T, D]

@@ -26,6 +26,7 @@ struct ForwardBatch {
   int32_t max_blocks_per_seq = 0;
   int32_t block_size = 0;
   bool all_logits = false;            // logits of every token, or of each span's last token only
+  int32_t key_capacity = 0;           // BatchView::key_capacity (recorded decode graphs)
 };
 
 // Called with (layer, name, tensor) for named intermediates when set: dump any layer's
@@ -43,7 +44,12 @@ class Forward {
   // until the next call (device-side sampling reads it there; only the chosen ids come back).
   Tensor run_device(const ForwardBatch& batch, std::span<const LayerCaches> caches);
 
+  // Error unless the spans tile the tokens in order and every id is in the vocabulary (what
+  // run_device checks first; a replayed graph checks it here).
+  void check_batch(const ForwardBatch& batch) const;
+
   void set_debug_hook(DebugHook hook) { debug_ = std::move(hook); }
+  bool has_debug_hook() const { return bool(debug_); }
 
  private:
   void mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b, const Tensor& x,

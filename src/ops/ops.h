@@ -36,6 +36,10 @@ struct BatchView {
   const int32_t* device_block_tables = nullptr;
   int32_t max_blocks_per_seq = 0;
   int32_t block_size = 0;
+  // Keys an attention launch is planned for (how it splits the key range): at least every
+  // span's pos + len; 0 = exactly that. A recorded graph plans for a capacity so that it stays
+  // valid while its sequences grow (the kernels skip keys past each span's own end).
+  int32_t key_capacity = 0;
 };
 
 // Causal depthwise conv1d over each span, continuing from the slot's conv state, then the
@@ -134,6 +138,21 @@ class Backend {
   // and block tables to the device here and sets batch.device_spans / device_block_tables.
   // The copies stay valid until the next prepare_batch.
   virtual void prepare_batch(BatchView& batch) {}
+
+  // Graphs: record every kernel one forward queues, then replay them with new token ids, spans
+  // and block tables of the same sizes in one launch (what makes a decode step of a deep model
+  // cost its memory traffic rather than its launches). Between begin_graph() and end_graph()
+  // the caller runs the forward once; nothing executes then. end_graph() returns the graph's id,
+  // or -1 when the forward could not be recorded (the caller then runs it eagerly).
+  // A graph stays valid while memory_epoch() is unchanged (no scratch buffer was replaced).
+  virtual bool supports_graphs() const { return false; }
+  virtual void begin_graph(size_t n_ids, size_t n_spans, size_t table_entries) {}
+  virtual int end_graph() { return -1; }
+  virtual void abort_graph() {}
+  virtual void replay_graph(int graph, std::span<const int32_t> ids, std::span<const SeqSpan> spans,
+                            std::span<const int32_t> block_tables) {}
+  virtual void drop_graphs() {}
+  virtual uint64_t memory_epoch() const { return 0; }
 
   // Zero-filled memory where this backend computes.
   virtual Buffer allocate(size_t bytes) = 0;

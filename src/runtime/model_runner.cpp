@@ -1,6 +1,7 @@
 #include "runtime/model_runner.h"
 
 #include <cstdio>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -92,6 +93,7 @@ ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerO
   const ModelSpec& spec = files_.spec;
   weights_ = o.random_weights ? random_weights(spec, backend, o.seed) : load_weights(spec, *files_.checkpoint, backend);
   forward_ = std::make_unique<Forward>(spec, weights_, backend);
+  graphs_ = std::make_unique<DecodeGraphs>(backend, *forward_, o.decode_graphs);
   fingerprint_ = model_fingerprint(spec, o.random_weights ? nullptr : &*files_.checkpoint, o.seed);
   max_context_ = o.max_context > 0 ? o.max_context
                                    : (spec.max_position_embeddings > 0 ? spec.max_position_embeddings : 4096);
@@ -158,6 +160,7 @@ Tensor ModelRunner::step_device(std::span<Sequence* const> seqs, std::span<const
   ForwardBatch b;
   b.all_logits = all_logits;
   b.block_size = kv_->block_size();
+  int64_t max_end = 0, max_blocks = 0;
   // Reserve first, for every sequence, so a failure leaves no sequence half-advanced.
   for (size_t i = 0; i < seqs.size(); ++i) {
     Sequence& s = *seqs[i];
@@ -168,12 +171,19 @@ Tensor ModelRunner::step_device(std::span<Sequence* const> seqs, std::span<const
       fail(ErrorKind::InvalidArgument, "context of ", end, " tokens exceeds the limit of ", max_context_, " for ",
            model_dir_);
     if (!kv_->reserve(s.blocks, end)) fail(ErrorKind::OutOfMemory, "KV cache full: no blocks for ", end, " tokens");
-    b.max_blocks_per_seq = std::max<int32_t>(b.max_blocks_per_seq, int32_t(s.blocks.blocks.size()));
+    max_end = std::max(max_end, end);
+    max_blocks = std::max<int64_t>(max_blocks, int64_t(s.blocks.blocks.size()));
   }
   for (size_t i = 0; i < seqs.size(); ++i) {
     Sequence& s = *seqs[i];
     b.spans.push_back(SeqSpan{int32_t(b.tokens.size()), int32_t(tokens[i].size()), s.slot, int32_t(s.n_tokens)});
     b.tokens.insert(b.tokens.end(), tokens[i].begin(), tokens[i].end());
+  }
+  const bool graph = graphs_->eligible(b.spans, all_logits);
+  b.max_blocks_per_seq = int32_t(max_blocks);
+  if (graph) {  // launches planned for a bucket, so the graph serves the next steps too
+    std::tie(b.key_capacity, b.max_blocks_per_seq) = graphs_->plan(!kv_->empty(), max_end, max_blocks, b.block_size);
+    if (b.max_blocks_per_seq == 0) b.max_blocks_per_seq = int32_t(max_blocks);
   }
   if (!kv_->empty()) {
     b.block_tables.assign(seqs.size() * size_t(b.max_blocks_per_seq), 0);
@@ -181,7 +191,7 @@ Tensor ModelRunner::step_device(std::span<Sequence* const> seqs, std::span<const
       std::copy(seqs[i]->blocks.blocks.begin(), seqs[i]->blocks.blocks.end(),
                 b.block_tables.begin() + long(i) * b.max_blocks_per_seq);
   }
-  const Tensor logits = forward_->run_device(b, caches_);
+  const Tensor logits = graph ? graphs_->run(b, caches_) : forward_->run_device(b, caches_);
   for (size_t i = 0; i < seqs.size(); ++i) seqs[i]->n_tokens += int64_t(tokens[i].size());
   return logits;
 }

@@ -12,6 +12,7 @@
 #include "model/forward.h"
 #include "model/model_files.h"
 #include "model/weights.h"
+#include "runtime/decode_graphs.h"
 #include "runtime/kv_cache.h"
 #include "runtime/state_cache.h"
 
@@ -39,6 +40,8 @@ struct RunnerOptions {
   // measurement only (CPU; no snapshots). Anything else is Error(InvalidArgument). The KV cache
   // is in the backend's compute dtype (Backend::compute_dtype: fp32 on the CPU).
   DType state_dtype = DType::F32;
+  // Decode steps replay recorded graphs where the backend can (CUDA graphs; runtime/decode_graphs.h).
+  bool decode_graphs = true;
   bool random_weights = false;      // shapes from config.json only (benchmarks)
   uint64_t seed = 0;
 };
@@ -57,6 +60,7 @@ class ModelRunner {
   const ModelSpec& spec() const { return files_.spec; }
   const std::string& model_dir() const { return model_dir_; }
   Forward& forward() { return *forward_; }
+  const DecodeGraphs& decode_graphs() const { return *graphs_; }
   const ModelWeights& weights() const { return weights_; }
   size_t weight_bytes() const { return weights_.bytes; }
   int64_t max_context() const { return max_context_; }
@@ -99,6 +103,7 @@ class ModelRunner {
   ModelFiles files_;
   ModelWeights weights_;
   std::unique_ptr<Forward> forward_;
+  std::unique_ptr<DecodeGraphs> graphs_;
   int64_t max_context_;
   int32_t prefix_cache_slots_ = 0;
   std::unique_ptr<StateCache> states_;

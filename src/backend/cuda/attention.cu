@@ -291,6 +291,7 @@ void run(AttnArgs<T> a, const BatchView& batch, Scratch& scratch, cudaStream_t s
   if (n_items == 0) return;
   int max_keys = 0;
   for (const SeqSpan& s : batch.spans) max_keys = std::max(max_keys, int(s.pos + s.len));
+  max_keys = std::max(max_keys, batch.key_capacity);  // a graph's plan outlives this batch
   const int key_tiles = (max_keys + kKeys - 1) / kKeys;
   // Split the keys when the tiles alone leave the GPU short of blocks (decode), keeping at
   // least 8 key tiles (256 keys) per split so that the merge stays cheap.

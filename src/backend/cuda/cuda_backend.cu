@@ -13,6 +13,7 @@
 
 #include "backend/cuda/core_kernels.h"
 #include "backend/cuda/cuda_allocator.h"
+#include "backend/cuda/cuda_graphs.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_common.h"
 #include "backend/cuda/cuda_kernels.h"
@@ -93,6 +94,7 @@ class Arena final : public cuda::Scratch {
       for (const Buffer& b : extra_) total += b.bytes();
       extra_.clear();
       main_ = cuda::device_alloc(device_, total);
+      ++replaced_;  // recorded graphs hold addresses in the old block
     }
     used_ = 0;
   }
@@ -106,9 +108,11 @@ class Arena final : public cuda::Scratch {
     extra_.push_back(cuda::device_alloc(device_, bytes));
     return extra_.back().data();
   }
+  uint64_t replaced() const { return replaced_; }
 
  private:
   int device_;
+  uint64_t replaced_ = 0;
   Buffer main_;
   size_t used_ = 0;
   std::vector<Buffer> extra_;
@@ -198,6 +202,8 @@ struct CudaBackend::Impl {
   std::unique_ptr<cuda::Gemm> gemm;
   std::unique_ptr<Staging> batch_staging, ids_staging;
   std::unique_ptr<Arena> arena;
+  std::unique_ptr<cuda::GraphRecorder> graphs;
+  uint64_t allocations = 0;  // allocate() calls: with the arena's replacements, the memory epoch
   int32_t* moe_counts = nullptr;  // pinned
   size_t moe_counts_capacity = 0;
   // What the last prepare_batch uploaded, to recognise a prepared BatchView.
@@ -220,10 +226,12 @@ CudaBackend::CudaBackend(CudaBackendOptions o) : device_(o.device), dtype_(o.dty
   impl_->batch_staging = std::make_unique<Staging>(device_, impl_->stream);
   impl_->ids_staging = std::make_unique<Staging>(device_, impl_->stream);
   impl_->arena = std::make_unique<Arena>(device_);
+  impl_->graphs = std::make_unique<cuda::GraphRecorder>(device_, impl_->stream);
 }
 
 CudaBackend::~CudaBackend() {
   if (impl_->stream) cudaStreamSynchronize(impl_->stream);
+  impl_->graphs.reset();
   impl_->gemm.reset();
   impl_->batch_staging.reset();
   impl_->ids_staging.reset();
@@ -255,6 +263,7 @@ size_t CudaBackend::available_memory() const {
 // Memory and transfers.
 
 Buffer CudaBackend::allocate(size_t bytes) {
+  ++impl_->allocations;
   Buffer b = cuda::device_alloc(device_, bytes);
   STATELM_CUDA_CHECK(cudaMemsetAsync(b.data(), 0, bytes, impl_->stream), "allocate: zero ", bytes, " bytes");
   return b;
@@ -320,10 +329,15 @@ void CudaBackend::prepare_batch(BatchView& b) {
   auto& pack = impl_->pack;
   pack.assign(total, 0);
   if (span_bytes) std::memcpy(pack.data(), b.spans.data(), span_bytes);
-  if (table_entries) std::memcpy(pack.data() + table_at, b.block_tables, table_entries * sizeof(int32_t));
-  char* dev = static_cast<char*>(impl_->batch_staging->put(pack.data(), total, "prepare_batch"));
-  b.device_spans = span_bytes ? reinterpret_cast<const SeqSpan*>(dev) : nullptr;
-  b.device_block_tables = table_entries ? reinterpret_cast<const int32_t*>(dev + table_at) : nullptr;
+  if (impl_->graphs->recording()) {  // the graph's own input region, refilled at each replay
+    b.device_spans = impl_->graphs->place_spans(b.spans);
+    b.device_block_tables = impl_->graphs->place_tables(std::span(b.block_tables, table_entries));
+  } else {
+    if (table_entries) std::memcpy(pack.data() + table_at, b.block_tables, table_entries * sizeof(int32_t));
+    char* dev = static_cast<char*>(impl_->batch_staging->put(pack.data(), total, "prepare_batch"));
+    b.device_spans = span_bytes ? reinterpret_cast<const SeqSpan*>(dev) : nullptr;
+    b.device_block_tables = table_entries ? reinterpret_cast<const int32_t*>(dev + table_at) : nullptr;
+  }
   impl_->prepared_host_spans = b.spans.data();
   impl_->prepared_n_spans = b.spans.size();
   impl_->prepared_device_spans = b.device_spans;
@@ -339,6 +353,21 @@ const BatchView& CudaBackend::prepared(const BatchView& batch, BatchView& tmp) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Graphs (cuda_graphs.h).
+
+void CudaBackend::begin_graph(size_t n_ids, size_t n_spans, size_t table_entries) {
+  impl_->graphs->begin(n_ids, n_spans, table_entries);
+}
+int CudaBackend::end_graph() { return impl_->graphs->end(); }
+void CudaBackend::abort_graph() { impl_->graphs->abort(); }
+void CudaBackend::replay_graph(int graph, std::span<const int32_t> ids, std::span<const SeqSpan> spans,
+                               std::span<const int32_t> block_tables) {
+  impl_->graphs->replay(graph, ids, spans, block_tables);
+}
+void CudaBackend::drop_graphs() { impl_->graphs->clear(); }
+uint64_t CudaBackend::memory_epoch() const { return impl_->allocations + impl_->arena->replaced(); }
+
+// ---------------------------------------------------------------------------------------------
 // Non-SSM ops.
 
 void CudaBackend::embed(std::span<const int32_t> ids, const Tensor& table, const Tensor& out) {
@@ -350,7 +379,9 @@ void CudaBackend::embed(std::span<const int32_t> ids, const Tensor& table, const
     STATELM_CHECK(ids[size_t(t)] >= 0 && ids[size_t(t)] < table.shape[0], "embed: token id ", ids[size_t(t)],
                   " outside the table ", table.describe());
   if (n == 0) return;
-  auto* dev_ids = static_cast<const int32_t*>(impl_->ids_staging->put(ids.data(), ids.size_bytes(), "embed ids"));
+  auto* dev_ids = impl_->graphs->recording()
+                      ? impl_->graphs->place_ids(ids)
+                      : static_cast<const int32_t*>(impl_->ids_staging->put(ids.data(), ids.size_bytes(), "embed ids"));
   cuda::embed(dev_ids, table, out, impl_->stream);
 }
 

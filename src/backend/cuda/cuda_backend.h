@@ -4,7 +4,7 @@
 // selective_scan, ssd, rope, attention behind the launchers of cuda_kernels.h.
 //
 // Host syncs: none inside a step except download() (the logits) and moe() (its per-expert token
-// counts). prepare_batch() copies the spans and block tables to the device once per forward
+// counts). Decode steps replay recorded CUDA graphs (cuda_graphs.h) when ModelRunner asks. prepare_batch() copies the spans and block tables to the device once per forward
 // through pinned staging memory; embed() does the same with the token ids.
 //
 // This header needs no CUDA headers (the CLI includes it from plain C++).
@@ -39,6 +39,14 @@ class CudaBackend final : public Backend {
   DType compute_dtype() const override { return dtype_; }
   size_t available_memory() const override;
   void prepare_batch(BatchView& batch) override;
+  bool supports_graphs() const override { return true; }
+  void begin_graph(size_t n_ids, size_t n_spans, size_t table_entries) override;
+  int end_graph() override;
+  void abort_graph() override;
+  void replay_graph(int graph, std::span<const int32_t> ids, std::span<const SeqSpan> spans,
+                    std::span<const int32_t> block_tables) override;
+  void drop_graphs() override;
+  uint64_t memory_epoch() const override;
 
   Buffer allocate(size_t bytes) override;
   void upload(const Tensor& dst, const float* host) override;
