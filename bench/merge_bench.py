@@ -275,6 +275,8 @@ def kernel_row(ours, case, shape, c, peer_ms, goal, goal_ratio=None, goal_fracti
     if c and ("error" in c or "skipped" in c):
         return Row(case, shape, peer_ms=peer_ms, goal=goal, ours_text=("error: " + c["error"][:60]) if "error" in c
                    else "skipped", note=note)
+    if c and c.get("method") == "graph":
+        note = "; ".join(x for x in (note, "statelm: CUDA graph") if x)
     ours_rate = None
     if c and rate:
         ours_rate = (c.get("bytes_per_second") if rate == "GB/s" else c.get("flops_per_second"), rate)

@@ -10,7 +10,12 @@
 // figure is the median of the repetitions after a warm-up call. For an op shorter than the host
 // needs to launch it (a decode step at batch 1: a few µs) this is the launch rate, not the GPU
 // time, whereas the peer's state-update figures are CUDA-graph replays (no launch cost): those
-// rows understate statelm's kernel, not overstate it.
+// rows would understate statelm's kernel. So decode-sized ops are timed a second way too: as
+// replays of one CUDA graph of many calls, recorded with the backend's graph API
+// (Backend::begin_graph; what ModelRunner replays for decode steps), which takes the launches
+// out as the peer's graphs do; that figure is then the case's time and the eager one is kept
+// beside it ("eager_ms"). A capture that fails (an op that waits for the host) leaves the eager
+// figure, with a note.
 //
 // L2. The H200's L2 holds about 50 MB: a decode-sized input read again by the next repetition
 // would come from L2, which a real model (64 layers, each with its own state and weights) never
@@ -51,11 +56,23 @@ struct Options {
   int reps = 10;              // repetitions (fewer when a case would exceed case_budget_s)
   double case_budget_s = 2.0; // timed seconds per case, roughly
   int32_t kv_block_size = 16; // the runner's default (RunnerOptions::kv_block_size)
+  bool graphs = true;         // time decode-sized ops as graph replays too (time_graphed)
 };
 
 struct Timing {
   double median_s = 0, min_s = 0;
   int reps = 0, inner = 0;
+};
+
+// What a case measured, beyond the time: bytes and FLOPs it decided at run time (MoE: the
+// experts the router actually picked), and notes.
+struct Measured {
+  Timing timing;
+  std::string method = "eager";   // or "graph": timing is per call of a replayed graph
+  Timing eager;                   // with method "graph": the eager figure beside it
+  int graph_calls = 0;            // calls recorded in the graph
+  double bytes = -1, flops = -1;  // < 0: the case's own formula
+  std::string note;
 };
 
 class Bench {
@@ -81,6 +98,9 @@ class Bench {
 
   // Times fn(i), i = 0, 1, 2, ... (see the file comment). fn must only queue work.
   Timing time(const std::function<void(int)>& fn, const char* what);
+  // Decode-sized ops: time() and then graph replays (the file comment). The graph's calls read
+  // their spans from the graph's own input region: batch is prepared again while recording.
+  Measured time_graphed(const std::function<void(int)>& fn, Batch& batch, const char* what);
 
  private:
   CudaBackend& backend_;
@@ -92,13 +112,10 @@ class Bench {
 // benchmark rotates its states, so repeated calls read from HBM and not from L2.
 int rotation_count(double bytes);
 
-// What a case measured, beyond the time: bytes and FLOPs it decided at run time (MoE: the
-// experts the router actually picked), and notes.
-struct Measured {
-  Timing timing;
-  double bytes = -1, flops = -1;  // < 0: the case's own formula
-  std::string note;
-};
+// "a; b" (either may be empty).
+inline std::string join_note(const std::string& a, const std::string& b) {
+  return a.empty() ? b : b.empty() ? a : a + "; " + b;
+}
 
 struct Case {
   Case(std::string family_, std::string name_, std::string shape_, std::map<std::string, int64_t> params_,

@@ -89,6 +89,37 @@ Timing Bench::time(const std::function<void(int)>& fn, const char* what) {
   return t;
 }
 
+Measured Bench::time_graphed(const std::function<void(int)>& fn, Batch& batch, const char* what) {
+  Measured m;
+  m.timing = m.eager = time(fn, what);
+  if (!options_.graphs) return m;
+  // Calls per graph: at least ~1 ms of work per replay, so the replay's own cost (one launch and
+  // a small input copy, which waits for the previous replay's copy) stays a few percent.
+  const int calls = int(std::clamp(std::ceil(1e-3 / std::max(m.eager.median_s, 1e-7)), 16.0, 1024.0));
+  backend_.begin_graph(0, batch.spans.size(), batch.block_tables.size());
+  try {
+    prepare(batch);
+    for (int i = 0; i < calls; ++i) fn(i);
+  } catch (const std::exception& e) {
+    backend_.abort_graph();
+    m.note = str_cat("graph capture failed (", e.what(), "): eager time");
+    return m;
+  }
+  const int graph = backend_.end_graph();
+  if (graph < 0) {
+    m.note = "graph capture failed: eager time";
+    return m;
+  }
+  const Timing t = time([&](int) { backend_.replay_graph(graph, {}, batch.spans, batch.block_tables); }, what);
+  backend_.drop_graphs();
+  m.timing = t;
+  m.timing.median_s /= calls;
+  m.timing.min_s /= calls;
+  m.method = "graph";
+  m.graph_calls = calls;
+  return m;
+}
+
 int rotation_count(double bytes) {
   return int(std::clamp(std::ceil(400e6 / std::max(bytes, 1.0)), 2.0, 64.0));
 }

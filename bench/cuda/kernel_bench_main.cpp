@@ -68,6 +68,11 @@ void add_measurement(nlohmann::json& j, const Measured& m, const Roofline& r) {
   j["min_ms"] = m.timing.min_s * 1e3;
   j["reps"] = m.timing.reps;
   j["calls_per_rep"] = m.timing.inner;
+  j["method"] = m.method;
+  if (m.method == "graph") {
+    j["calls_per_graph"] = m.graph_calls;
+    j["eager_ms"] = m.eager.median_s * 1e3;
+  }
   j["bytes_per_second"] = bytes / s;
   j["flops_per_second"] = flops / s;
   if (!m.note.empty()) j["note"] = m.note;
@@ -97,7 +102,7 @@ void print_row(FILE* f, const nlohmann::json& j) {
     std::fprintf(f, "%10.1f MB %10.3f GFLOP\n", j["bytes"].get<double>() / 1e6, j["flops"].get<double>() / 1e9);
     return;
   }
-  std::fprintf(f, "%10.4f ms %9.1f GB/s %8.2f TFLOP/s", j["ms"].get<double>(),
+  std::fprintf(f, "%10.4f ms%s %9.1f GB/s %8.2f TFLOP/s", j["ms"].get<double>(), j["method"] == "graph" ? "*" : " ",
                j["bytes_per_second"].get<double>() / 1e9, j["flops_per_second"].get<double>() / 1e12);
   if (j.contains("fraction_of_limit"))
     std::fprintf(f, " %5.1f%% copy %5.1f%% mm %5.1f%% limit (%s)", 100 * j["fraction_of_copy_bandwidth"].get<double>(),
@@ -130,8 +135,9 @@ int run(const MainOptions& o) {
   const auto devices = cuda::list_devices();
   nlohmann::json out = {{"device", devices.at(size_t(o.device)).name},
                         {"dtype", "bfloat16"},
-                        {"timing", "host clock around backend.synchronize(): median over repetitions of "
-                                   "calls_per_rep back-to-back calls, after a warm-up call"},
+                        {"timing", "host clock around backend.synchronize(), median of repetitions after a "
+                                   "warm-up; method eager: calls_per_rep back-to-back calls per repetition; method "
+                                   "graph: replays of a CUDA graph of calls_per_graph calls"},
                         {"cases", nlohmann::json::array()}};
   Roofline roof;
   if (o.roofline) {
@@ -144,6 +150,8 @@ int run(const MainOptions& o) {
     std::fprintf(stderr, "measured limits: copy %.0f GB/s (read + write, 4 GiB), matmul %.1f TFLOP/s (%s)\n",
                  roof.copy_bytes_per_s / 1e9, roof.matmul_flops_per_s / 1e12, roof.matmul_shape.c_str());
   }
+  if (o.bench.graphs)
+    std::fprintf(stderr, "times marked * are per call of a replayed CUDA graph (eager: eager_ms in the JSON)\n");
   Bench bench(backend, o.bench, o.seed);
   for (const Case& c : cases) {
     nlohmann::json j = case_json(c);
@@ -165,6 +173,7 @@ int run(const MainOptions& o) {
     std::printf("%s\n", out.dump(1).c_str());
   } else {
     for (const auto& j : out["cases"]) print_row(stdout, j);
+    if (o.bench.graphs) std::printf("* per call of a replayed CUDA graph\n");
   }
   return 0;
 }
@@ -191,6 +200,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, "CUDA device index");
   app.add_option("--seed", o.seed, "Seed of the random inputs");
   app.add_flag("!--no-roofline", o.roofline, "Skip measuring copy bandwidth and matmul rate");
+  app.add_flag("!--no-graphs", o.bench.graphs, "Time decode-sized ops eagerly only (no CUDA-graph replays)");
   CLI11_PARSE(app, argc, argv);
   o.bench.min_rep_s = min_rep_ms * 1e-3;
   try {

@@ -123,14 +123,13 @@ Case ssd_decode(int64_t B, DType state_dtype) {
     p.D = hp.D.t;
     p.out = y.t.unflatten_last(kH, kP);
     p.chunk_size = kChunk;
-    Measured m;
-    m.timing = b.time(
+    Measured m = b.time_graphed(
         [&](int i) {
           p.state = states.t.rows((i % nbuf) * B, B);
           b.backend().ssd(p, batch.view);
         },
-        "ssd decode");
-    m.note = str_cat(nbuf, " state copies rotated");
+        batch, "ssd decode");
+    m.note = join_note(m.note, str_cat(nbuf, " state copies rotated"));
     return m;
   };
   return c;
@@ -202,14 +201,13 @@ Case mamba1_decode(int64_t B) {
     Batch batch = decode_batch(B, 100);
     b.prepare(batch);
     SelectiveScanParams p = mamba1_params(in);
-    Measured m;
-    m.timing = b.time(
+    Measured m = b.time_graphed(
         [&](int i) {
           p.state = states.t.rows((i % nbuf) * B, B);
           b.backend().selective_scan(p, batch.view);
         },
-        "selective_scan decode");
-    m.note = str_cat(nbuf, " state copies rotated");
+        batch, "selective_scan decode");
+    m.note = join_note(m.note, str_cat(nbuf, " state copies rotated"));
     return m;
   };
   return c;
@@ -255,14 +253,13 @@ Case conv1d_decode(int64_t B) {
     Batch batch = decode_batch(B, 100);
     b.prepare(batch);
     Conv1dParams p{zxbcdt.t.cols(kDi, kConvDim), w.t, bias.t, Tensor{}, out.t, true};
-    Measured m;
-    m.timing = b.time(
+    Measured m = b.time_graphed(
         [&](int i) {
           p.state = states.t.rows((i % nbuf) * B, B);
           b.backend().conv1d(p, batch.view);
         },
-        "conv1d decode");
-    m.note = str_cat(nbuf, " state copies rotated");
+        batch, "conv1d decode");
+    m.note = join_note(m.note, str_cat(nbuf, " state copies rotated"));
     return m;
   };
   return c;
