@@ -122,6 +122,21 @@ struct MoeParams {
   Tensor out;      // [T, D]
 };
 
+// One row of Backend::sample: the filters of one sequence's next token (runtime/sampler.h has
+// the user-facing SamplingParams) and the coordinates of its random draw. What token a row gets
+// is defined exactly in ops/sampling_math.h, so every backend draws the same one.
+struct SampleRow {
+  int32_t logits_row = 0;              // which row of the logits
+  float temperature = 1.0f;            // 0 = greedy: the highest logit (ties: the lowest id)
+  int32_t top_k = 0;                   // 0 = off
+  float top_p = 1.0f;                  // 1 = off
+  float min_p = 0.0f;                  // 0 = off
+  float repetition_penalty = 1.0f;     // 1 = off
+  std::span<const int32_t> penalized;  // host ids the penalty applies to (a repeated id counts once)
+  uint64_t seed = 0;
+  uint64_t step = 0;                   // which draw of the seed's stream: tokens the sequence sampled so far
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -188,6 +203,11 @@ class Backend {
   virtual void rope(const RopeParams& p, const BatchView& batch) = 0;
   virtual void attention(const AttentionParams& p, const BatchView& batch) = 0;
   virtual void moe(const MoeParams& p) = 0;
+
+  // out_ids[r] = the token drawn for rows[r] from row rows[r].logits_row of `logits` (fp32
+  // [n, vocab] on this backend): repetition penalty -> temperature -> top-k -> top-p -> min-p ->
+  // draw, as transformers orders them. The logits are not modified; only the ids reach the host.
+  virtual void sample(const Tensor& logits, std::span<const SampleRow> rows, std::span<int32_t> out_ids) = 0;
 };
 
 }  // namespace statelm

@@ -10,18 +10,28 @@ namespace statelm {
 GenerationResult continue_generation(ModelRunner& runner, Sequence& seq, std::vector<int32_t>& context,
                                      const SamplingParams& params, const std::function<bool(int32_t)>& on_token) {
   using clock = std::chrono::steady_clock;
-  Sampler sampler(params);
+  params.validate();
+  Backend& backend = runner.backend();
   GenerationResult r;
   r.finish_reason = "length";
   std::vector<int32_t> feed(context.begin() + seq.n_tokens, context.end());
   r.prompt_tokens = int64_t(feed.size());
   Sequence* seqs[] = {&seq};
+  // Token i is drawn where the logits are (only the id comes back), as draw i of the seed.
+  auto next_token = [&](const Tensor& logits, int64_t i) {
+    const SampleRow row = sample_row(params, context, uint64_t(i));
+    int32_t id = -1;
+    backend.sample(logits, {&row, 1}, {&id, 1});
+    return id;
+  };
   auto t0 = clock::now();
-  std::vector<float> logits = runner.step(seqs, std::span(&feed, 1));
+  Tensor logits = runner.step_device(seqs, std::span(&feed, 1));
+  // A device backend computes asynchronously: the prefill has ended when its first token is known.
+  int32_t id = params.max_tokens > 0 ? next_token(logits, 0) : -1;
   auto t1 = clock::now();
   r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
   for (int64_t i = 0; i < params.max_tokens; ++i) {
-    const int32_t id = sampler.sample(logits, context);
+    if (i > 0) id = next_token(logits, i);
     r.tokens.push_back(id);
     context.push_back(id);
     const bool stop_id =
@@ -33,7 +43,7 @@ GenerationResult continue_generation(ModelRunner& runner, Sequence& seq, std::ve
     }
     if (i + 1 == params.max_tokens) break;  // no forward for a token nobody will read
     feed.assign(1, id);
-    logits = runner.step(seqs, std::span(&feed, 1));
+    logits = runner.step_device(seqs, std::span(&feed, 1));
   }
   r.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
   return r;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <vector>
 
 #include "core/error.h"
 
@@ -45,64 +46,26 @@ float token_logprobs(std::span<const float> logits, int32_t chosen, int32_t k, s
   return float(double(logits[size_t(chosen)]) - log_z);
 }
 
-Sampler::Sampler(const SamplingParams& params) : p_(params), rng_(params.seed) { p_.validate(); }
+SampleRow sample_row(const SamplingParams& p, std::span<const int32_t> history, uint64_t step) {
+  SampleRow row;
+  row.temperature = p.greedy ? 0.0f : p.temperature;
+  row.top_k = p.top_k;
+  row.top_p = p.top_p;
+  row.min_p = p.min_p;
+  row.repetition_penalty = p.repetition_penalty;
+  if (p.repetition_penalty != 1.0f) row.penalized = history;
+  row.seed = p.seed;
+  row.step = step;
+  return row;
+}
+
+Sampler::Sampler(const SamplingParams& params) : p_(params) { p_.validate(); }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
-  const size_t n = logits.size();
-  STATELM_CHECK(n > 0, "sampling from empty logits");
-  work_.assign(logits.begin(), logits.end());
-  if (p_.repetition_penalty != 1.0f) {
-    for (int32_t id : history) {
-      if (id < 0 || size_t(id) >= n) continue;
-      float& l = work_[size_t(id)];
-      // Applied once per distinct token, whatever its count (as transformers does).
-      if (l == logits[size_t(id)]) l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
-    }
-  }
-  if (p_.greedy || p_.temperature == 0.0f)
-    return int32_t(std::max_element(work_.begin(), work_.end()) - work_.begin());
-
-  // Candidates sorted by logit, best first (ties: lower id first, so a seed is reproducible).
-  order_.resize(n);
-  std::iota(order_.begin(), order_.end(), 0);
-  size_t keep = n;
-  if (p_.top_k > 0) keep = std::min(keep, size_t(p_.top_k));
-  auto better = [&](int32_t a, int32_t b) { return work_[size_t(a)] > work_[size_t(b)] || (work_[size_t(a)] == work_[size_t(b)] && a < b); };
-  if (keep < n) {
-    std::partial_sort(order_.begin(), order_.begin() + long(keep), order_.end(), better);
-    order_.resize(keep);
-  } else {
-    std::sort(order_.begin(), order_.end(), better);
-  }
-  // Softmax over the kept candidates at the temperature.
-  const float inv_t = 1.0f / p_.temperature, top = work_[size_t(order_[0])];
-  std::vector<double> probs(order_.size());
-  double sum = 0;
-  for (size_t i = 0; i < order_.size(); ++i) sum += probs[i] = std::exp(double(work_[size_t(order_[i])] - top) * inv_t);
-  for (double& q : probs) q /= sum;
-  // top-p: the smallest prefix whose mass reaches top_p (at least one token).
-  size_t cut = probs.size();
-  if (p_.top_p < 1.0f) {
-    double mass = 0;
-    for (size_t i = 0; i < probs.size(); ++i) {
-      mass += probs[i];
-      if (mass >= double(p_.top_p)) {
-        cut = i + 1;
-        break;
-      }
-    }
-  }
-  // min-p: drop tokens less likely than min_p times the most likely one.
-  if (p_.min_p > 0.0f)
-    while (cut > 1 && probs[cut - 1] < double(p_.min_p) * probs[0]) --cut;
-  double total = 0;
-  for (size_t i = 0; i < cut; ++i) total += probs[i];
-  double r = std::uniform_real_distribution<double>(0.0, total)(rng_);
-  for (size_t i = 0; i < cut; ++i) {
-    r -= probs[i];
-    if (r <= 0) return order_[i];
-  }
-  return order_[cut - 1];
+  STATELM_CHECK(!logits.empty(), "sampling from empty logits");
+  const SampleRow row = sample_row(p_, history, step_++);
+  check_sample_rows({&row, 1}, 1, 1, int64_t(logits.size()), "Sampler");
+  return sample_reference(logits, row, work_);
 }
 
 }  // namespace statelm

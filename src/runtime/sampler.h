@@ -1,14 +1,17 @@
 // Sampling the next token from logits, as users of transformers / vLLM expect:
 //   repetition penalty (transformers' rule: divide positive logits, multiply negative ones, for
 //   every token already in the sequence) -> temperature -> top-k -> top-p -> min-p -> draw.
-// temperature 0 (or greedy) is argmax. A seeded sampler draws the same tokens every run.
+// temperature 0 (or greedy) is argmax. The draw is counter-based (ops/sampling_math.h): token n
+// of a request comes from (seed, n) alone, so a seed gives the same tokens every run, on every
+// backend (Backend::sample), batched or alone, preempted or not.
 #pragma once
 
 #include <cstdint>
-#include <random>
 #include <span>
 #include <string>
 #include <vector>
+
+#include "ops/sample_reference.h"
 
 namespace statelm {
 
@@ -42,6 +45,13 @@ struct TokenLogprob {
 // `chosen`, and in `top` the `k` most likely tokens, best first (ties: lower id first).
 float token_logprobs(std::span<const float> logits, int32_t chosen, int32_t k, std::vector<TokenLogprob>& top);
 
+// The Backend::sample row for a sequence with these params that has sampled `step` tokens so
+// far; `history` (prompt + generated) is what the repetition penalty applies to, referenced, not
+// copied (it must outlive the sample call). Reads logits row 0; set logits_row for another.
+SampleRow sample_row(const SamplingParams& params, std::span<const int32_t> history, uint64_t step);
+
+// One sequence's draws on the host, from host logits: the reference (ops/sample_reference.h),
+// so it picks what Backend::sample picks for sample_row(params, history, draws so far).
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
@@ -51,9 +61,8 @@ class Sampler {
 
  private:
   SamplingParams p_;
-  std::mt19937_64 rng_;
-  std::vector<float> work_;
-  std::vector<int32_t> order_;
+  uint64_t step_ = 0;
+  SampleWorkspace work_;
 };
 
 }  // namespace statelm

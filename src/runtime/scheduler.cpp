@@ -29,7 +29,6 @@ struct Scheduler::Active {
   int64_t prefilled = 0;           // prompt tokens already fed (or resumed from the prefix cache)
   int64_t cached_tokens = 0;       // prompt tokens resumed from the prefix cache
   std::vector<int32_t> history;    // prompt + generated, for the repetition penalty
-  std::unique_ptr<Sampler> sampler;
   int64_t generated = 0;
   int32_t next_input = -1;         // the token the next decode step feeds
   bool done = false;
@@ -239,7 +238,6 @@ void Scheduler::admit_incoming() {
       a->id = incoming_.front().first;
       a->req = std::move(incoming_.front().second);
       a->history = a->req.prompt;
-      a->sampler = std::make_unique<Sampler>(a->req.sampling);
       waiting_.push_back(std::move(a));
       incoming_.pop_front();
     }
@@ -318,12 +316,10 @@ bool Scheduler::step() {
 
   std::vector<Sequence*> seqs;
   for (Active* a : batch) seqs.push_back(&a->seq);
-  std::vector<float> logits;
-  double model_seconds = 0;
+  Tensor logits;  // [batch.size(), vocab] on the backend
+  const auto model_start = std::chrono::steady_clock::now();
   try {
-    const auto model_start = std::chrono::steady_clock::now();
-    logits = runner_.step(seqs, inputs);
-    model_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - model_start).count();
+    logits = runner_.step_device(seqs, inputs);
   } catch (const std::exception& e) {
     for (Active* a : batch) finish(*a, "error", e.what());
     std::erase_if(running_, [](const auto& a) { return a->done; });
@@ -331,8 +327,10 @@ bool Scheduler::step() {
     publish_counts(stats_, running_.size(), waiting_.size(), runner_);
     return true;
   }
-  const int64_t vocab = runner_.spec().vocab_size;
-  int64_t tokens_in = 0, tokens_out = 0;
+  // Prompt progress, and the rows that get a token now.
+  int64_t tokens_in = 0;
+  std::vector<Active*> sampled;
+  std::vector<SampleRow> rows;
   for (size_t i = 0; i < batch.size(); ++i) {
     Active& a = *batch[i];
     if (a.done) continue;
@@ -348,18 +346,41 @@ bool Scheduler::step() {
       finish(a, "length");
       continue;
     }
-    const std::span<const float> row(logits.data() + i * size_t(vocab), size_t(vocab));
-    const int32_t token = a.sampler->sample(row, a.history);
+    sampled.push_back(&a);
+    rows.push_back(sample_row(a.req.sampling, a.history, uint64_t(a.generated)));
+    rows.back().logits_row = int32_t(i);
+  }
+  // Sampled where the logits are: only the ids come back. A device backend runs the forward
+  // asynchronously and this is where the host waits for it, so the model's time ends here.
+  std::vector<int32_t> tokens(rows.size());
+  double model_seconds = 0;
+  try {
+    if (!rows.empty()) runner_.backend().sample(logits, rows, tokens);
+    model_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - model_start).count();
+  } catch (const std::exception& e) {
+    for (Active* a : sampled) finish(*a, "error", e.what());
+    sampled.clear();
+  }
+  const int64_t vocab = runner_.spec().vocab_size;
+  std::vector<float> host_row;
+  int64_t tokens_out = 0;
+  for (size_t k = 0; k < sampled.size(); ++k) {
+    Active& a = *sampled[k];
+    const int32_t token = tokens[k];
+    RequestEvent e;
+    if (a.req.sampling.logprobs >= 0) {  // the full distribution: this row's logits come to the host
+      host_row.resize(size_t(vocab));
+      runner_.backend().download(logits.rows(rows[k].logits_row, 1), host_row.data());
+      e.logprob = token_logprobs(host_row, token, a.req.sampling.logprobs, e.top_logprobs);
+    }
     a.history.push_back(token);
     ++a.generated;
     ++tokens_out;
-    RequestEvent e;
     e.request_id = a.id;
     e.token = token;
     e.prompt_tokens = int64_t(a.req.prompt.size());
     e.completion_tokens = a.generated;
     e.cached_tokens = a.cached_tokens;
-    if (a.req.sampling.logprobs >= 0) e.logprob = token_logprobs(row, token, a.req.sampling.logprobs, e.top_logprobs);
     const bool keep_going = a.req.on_event ? a.req.on_event(e) : true;
     const auto& stops = a.req.sampling.stop_token_ids;
     if (!keep_going || std::find(stops.begin(), stops.end(), token) != stops.end()) finish(a, "stop");

@@ -1,7 +1,7 @@
 // The CPU backend: fp32 reference ops that are also fast enough for a laptop. Threads come
 // from OpenMP (all cores); large GEMMs go to OpenBLAS, small ones (decode) to our own GEMV.
 // One file per op family: cpu_norm, cpu_matmul, cpu_conv1d, cpu_selective_scan, cpu_ssd,
-// cpu_attention, cpu_moe.
+// cpu_attention, cpu_moe, cpu_sampling.
 #pragma once
 
 #include "ops/ops.h"
@@ -35,6 +35,8 @@ class CpuBackend final : public Backend {
   void rope(const RopeParams& p, const BatchView& batch) override;
   void attention(const AttentionParams& p, const BatchView& batch) override;
   void moe(const MoeParams& p) override;
+
+  void sample(const Tensor& logits, std::span<const SampleRow> rows, std::span<int32_t> out_ids) override;
 };
 
 // Row-major 2-D access helpers shared by the CPU op files.

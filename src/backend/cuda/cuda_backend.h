@@ -70,6 +70,7 @@ class CudaBackend final : public Backend {
   void rope(const RopeParams& p, const BatchView& batch) override;
   void attention(const AttentionParams& p, const BatchView& batch) override;
   void moe(const MoeParams& p) override;
+  void sample(const Tensor& logits, std::span<const SampleRow> rows, std::span<int32_t> out_ids) override;
 
   // Waits for all queued work; a kernel fault surfaces here as an Error naming `what`.
   void synchronize(const char* what = "synchronize");
