@@ -13,8 +13,11 @@ from collections import defaultdict
 
 
 def short(name):
+    name = name.replace("(anonymous namespace)::", "")
+    name = re.sub(r"^void ", "", name)
     name = re.sub(r"\(.*$", "", name)           # arguments
-    name = re.sub(r"<.*>", "<>", name)           # template arguments
+    while re.search(r"<[^<>]*>", name):         # template arguments, innermost first
+        name = re.sub(r"<[^<>]*>", "", name)
     return name[:70]
 
 

@@ -362,6 +362,33 @@ TEST(CudaOps, Matmul) {
         }
 }
 
+// Decode-size products (T <= 8) take the weight-streaming kernel (skinny_gemm.cu) when rows are
+// 16-byte aligned: every token count, K with and without a partial last unrolled step, N with
+// a partial last warp, x as a column slice at an aligned offset, bias on and off.
+TEST(CudaOps, MatmulDecodeSizes) {
+  REQUIRE_GPU();
+  for (int64_t T = 1; T <= 9; ++T)
+    for (int64_t K : {256, 296, 4104})
+      for (int64_t N : {1, 29, 257})
+        for (bool f32_out : {false, true}) {
+          const bool bias = (T + N + K) % 2 == 1;
+          compare_both([&] {
+            OpCase c("matmul decode T=" + std::to_string(T) + " K=" + std::to_string(K) + " N=" + std::to_string(N) +
+                         (bias ? " bias" : "") + (f32_out ? " fp32 out" : ""),
+                     6);
+            const int x = c.act("x", {T, K + 8});  // x = columns [8, 8 + K): still 16-byte aligned
+            const int w = c.dense("weight", Kind::Weight, {N, K});
+            const int bi = c.dense("bias", Kind::Param, {N});
+            const int out = c.act("out", {T, N}, -1.0f, 1.0f, f32_out ? Kind::ActF32 : Kind::Act);
+            const int64_t k = K;
+            OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+              b.matmul(t[x].cols(8, k), t[w], bias ? t[bi] : Tensor{}, t[out]);
+            };
+            return std::make_pair(std::move(c), fn);
+          });
+        }
+}
+
 TEST(CudaOps, Moe) {
   REQUIRE_GPU();
   struct Shape { int64_t T, D, E, F, top_k; bool renormalize; };

@@ -39,6 +39,12 @@ void add(const Tensor& acc, const Tensor& x, cudaStream_t stream);
 // out[t, n] += bias[n] (bias F32).
 void add_bias(const Tensor& out, const Tensor& bias, cudaStream_t stream);
 
+// Decode-size linear layers (skinny_gemm.cu): out[T, N] = x[T, K] w[N, K]^T (+ bias) for
+// 1 <= T <= kSkinnyMaxTokens, streaming w at the copy bandwidth. False (nothing launched) when
+// the shapes or alignments do not allow it.
+constexpr int kSkinnyMaxTokens = 8;
+bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream);
+
 // out[T, N] = x[T, K] w[N, K]^T (+ bias) through cuBLASLt: bf16 x bf16 on the tensor cores with
 // fp32 accumulation and bf16 or fp32 out, or fp32 x fp32 in full fp32 (no TF32: the fp32 path
 // is the accuracy reference). One per backend: it owns the handle, the workspace and the cache

@@ -14,6 +14,9 @@
 // uses CUBLAS_COMPUTE_32F too, which is true fp32, not TF32: the fp32 path is the one tested to
 // 1e-4 against transformers. The bias (fp32) is added by a small kernel after the GEMM.
 //
+// Decode steps (at most kSkinnyMaxTokens tokens) go to skinny_gemm.cu instead, which streams the
+// weights faster than the algorithms cuBLASLt picks for such shapes.
+//
 // Plans. The matmul descriptor, the three layouts and the algorithm chosen by cuBLASLt's
 // heuristic are cached per (m, n, k, leading dimensions, types, alignments): a decode step or a
 // prefill chunk of a size seen before costs one cublasLtMatmul call and no heuristic query. The
@@ -187,6 +190,10 @@ Gemm::Plan* Gemm::plan(const Key& key, const char* op) {
 void Gemm::run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op) {
   const int64_t T = x.shape[0], K = x.shape[1], N = w.shape[0];
   if (T == 0 || N == 0) return;
+  if (T <= kSkinnyMaxTokens && skinny_gemm(x, w, bias, out, stream_)) {  // decode: stream the weights
+    STATELM_CUDA_LAUNCHED(op, " (skinny) x ", x.describe(), " w ", w.describe(), " out ", out.describe());
+    return;
+  }
   Key key{N, T, K, w.stride[0], x.stride[0], out.stride[0], uint8_t(x.dtype), uint8_t(out.dtype),
           alignment(w.data, w.stride[0], dtype_size(w.dtype)), alignment(x.data, x.stride[0], dtype_size(x.dtype)),
           alignment(out.data, out.stride[0], dtype_size(out.dtype))};

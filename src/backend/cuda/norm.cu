@@ -121,7 +121,7 @@ void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& ou
   dispatch_float(x.dtype, "rms_norm", [&](auto tag) {
     using T = decltype(tag);
     const bool vec = can_vectorize<T>(d, {&x, &out});
-    const int threads = row_threads(vec ? d / kVec16<T> : d);
+    const int threads = row_threads(vec ? d / kVec16<T> : d, n);
     auto* xp = x.ptr<const T>();
     auto* op = out.ptr<T>();
     if (vec)
@@ -141,7 +141,7 @@ void add_rms_norm(const Tensor& residual, const Tensor& x, const Tensor& weight,
   dispatch_float(residual.dtype, "add_rms_norm", [&](auto tag) {
     using T = decltype(tag);
     const bool vec = can_vectorize<T>(d, {&residual, &x, &out});
-    const int threads = row_threads(vec ? d / kVec16<T> : d);
+    const int threads = row_threads(vec ? d / kVec16<T> : d, n);
     if (vec)
       add_rms_norm_kernel<T, kVec16<T>><<<unsigned(n), threads, 0, stream>>>(
           residual.ptr<T>(), residual.stride[0], x.ptr<const T>(), x.stride[0], weight.ptr<const float>(), out.ptr<T>(),
@@ -163,7 +163,7 @@ void gated_rms_norm(const Tensor& y, const Tensor& z, const Tensor& weight, int6
   dispatch_float(y.dtype, "gated_rms_norm", [&](auto tag) {
     using T = decltype(tag);
     const bool vec = can_vectorize<T>(group_size, {&y, &z, &out});
-    const int threads = row_threads(vec ? group_size / kVec16<T> : group_size);
+    const int threads = row_threads(vec ? group_size / kVec16<T> : group_size, int64_t(grid.x) * grid.y);
     if (vec)
       gated_rms_norm_kernel<T, kVec16<T>><<<grid, threads, 0, stream>>>(
           y.ptr<const T>(), y.stride[0], z.ptr<const T>(), z.stride[0], weight.ptr<const float>(), out.ptr<T>(),

@@ -1,0 +1,143 @@
+// Linear layers of decode steps: out[T, N] = x[T, K] · w[N, K]ᵀ (+ bias) for T ≤ 8 tokens.
+//
+// At a handful of tokens a linear layer is a read of its weight matrix and nothing else (2·T
+// FLOPs per 2-byte weight), so what matters is streaming w at the copy bandwidth. cuBLASLt's
+// choices for these shapes were measured at 2-3.3 TB/s on the H200 (the 2.7B model's out_proj,
+// 5120 → 2560, ran as a split-K GEMM plus a reduction kernel: 13 µs for 26 MB). What limits a
+// small matrix is not the bytes but the round trips each thread waits for: a first version with
+// one warp per two features walked K in 4 dependent batches and reached only 2.2-3 TB/s (the
+// 257 MB LM head 4.2). Here a block of 128 threads takes kRows features and splits K between its
+// threads, so each thread issues all of its 16-byte weight loads at once (K ≤ 4096 bf16) and
+// waits once; x (T rows, small) comes through L1; fp32 partial sums are reduced across the
+// block and the bias is added on the way out.
+//
+// Used when T ≤ kMaxTokens and every row is 16-byte aligned (K, the strides and the pointers);
+// Gemm::run sends everything else to cuBLASLt.
+#include <algorithm>
+
+#include "backend/cuda/core_kernels.h"
+#include "backend/cuda/cuda_common.h"
+
+namespace statelm::cuda {
+
+namespace {
+
+constexpr int kThreads = 128;  // per block: they split K between them
+constexpr int kRows = 4;       // output features per block
+constexpr int kBatch = 4;      // K-steps of loads each thread issues before it computes
+
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& v, float (&out)[16 / sizeof(T)]) {
+  if constexpr (sizeof(T) == 4) {
+    out[0] = __uint_as_float(v.x), out[1] = __uint_as_float(v.y), out[2] = __uint_as_float(v.z),
+    out[3] = __uint_as_float(v.w);
+  } else {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+      out[2 * i] = f.x, out[2 * i + 1] = f.y;
+    }
+  }
+}
+
+// Block = kRows consecutive features; its threads split K in 16-byte vectors (thread i takes
+// vectors i, i + kThreads, ...), issue kBatch × kRows loads at once (one memory round trip for
+// K up to kThreads · kBatch vectors: 4096 bf16), then reduce across the block.
+template <typename T, typename TO, int M>
+__global__ void __launch_bounds__(kThreads)
+    skinny_gemm_kernel(const T* __restrict__ x, int64_t ldx, const T* __restrict__ w, int64_t ldw, TO* __restrict__ out,
+                       int64_t ldo, const float* __restrict__ bias, int N, int K) {
+  constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
+  __shared__ float partial[kThreads / 32][M * kRows];
+  const int n0 = blockIdx.x * kRows;
+  const int vectors = K / V;
+  const T* wr[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) wr[r] = w + int64_t(min(n0 + r, N - 1)) * ldw;  // a row past N is read, not stored
+  float acc[M][kRows] = {};
+  for (int v0 = threadIdx.x; v0 < vectors; v0 += kBatch * kThreads) {
+    uint4 wv[kBatch][kRows];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int v = v0 + u * kThreads;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        wv[u][r] = v < vectors ? __ldcs(reinterpret_cast<const uint4*>(wr[r]) + v) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int v = v0 + u * kThreads;
+      if (v >= vectors) break;
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float xf[V];
+        unpack<T>(__ldg(reinterpret_cast<const uint4*>(x + m * ldx) + v), xf);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          float wf[V];
+          unpack<T>(wv[u][r], wf);
+#pragma unroll
+          for (int j = 0; j < V; ++j) acc[m][r] = fmaf(xf[j], wf[j], acc[m][r]);
+        }
+      }
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float s = warp_sum(acc[m][r]);
+      if (lane == 0) partial[warp][m * kRows + r] = s;
+    }
+  __syncthreads();
+  for (int i = threadIdx.x; i < M * kRows; i += kThreads) {
+    const int m = i / kRows, r = i % kRows;
+    if (n0 + r >= N) continue;
+    float sum = bias ? bias[n0 + r] : 0.0f;
+#pragma unroll
+    for (int q = 0; q < kThreads / 32; ++q) sum += partial[q][i];
+    out[m * ldo + n0 + r] = from_f32<TO>(sum);
+  }
+}
+
+template <typename T, typename TO, int M>
+void launch(const Tensor& x, const Tensor& w, const float* bias, const Tensor& out, cudaStream_t stream) {
+  const int N = int(w.shape[0]), K = int(x.shape[1]);
+  const unsigned blocks = unsigned((N + kRows - 1) / kRows);
+  skinny_gemm_kernel<T, TO, M><<<blocks, kThreads, 0, stream>>>(x.ptr<const T>(), x.stride[0], w.ptr<const T>(),
+                                                                w.stride[0], out.ptr<TO>(), out.stride[0], bias, N, K);
+}
+
+template <typename T, typename TO, int M = 1>
+void launch_for_tokens(int64_t tokens, const Tensor& x, const Tensor& w, const float* bias, const Tensor& out,
+                       cudaStream_t stream) {
+  if constexpr (M <= kSkinnyMaxTokens) {
+    if (tokens == M) return launch<T, TO, M>(x, w, bias, out, stream);
+    launch_for_tokens<T, TO, M + 1>(tokens, x, w, bias, out, stream);
+  }
+}
+
+}  // namespace
+
+bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream) {
+  const int64_t T = x.shape[0], K = x.shape[1];
+  if (T < 1 || T > kSkinnyMaxTokens || x.dtype != w.dtype || K > (int64_t(1) << 30) || w.shape[0] > (int64_t(1) << 30))
+    return false;
+  if (bias.defined() && (bias.dtype != DType::F32 || !bias.is_contiguous())) return false;
+  const size_t es = dtype_size(x.dtype);
+  if ((size_t(K) * es) % 16 || !aligned_for(x.data, x.stride[0], es, 16) || !aligned_for(w.data, w.stride[0], es, 16))
+    return false;
+  const float* b = bias.defined() ? bias.ptr<const float>() : nullptr;
+  dispatch_float(x.dtype, "matmul", [&](auto in_tag) {
+    using T_ = decltype(in_tag);
+    dispatch_float(out.dtype, "matmul", [&](auto out_tag) {
+      using TO = decltype(out_tag);
+      launch_for_tokens<T_, TO>(T, x, w, b, out, stream);
+    });
+  });
+  return true;
+}
+
+}  // namespace statelm::cuda
