@@ -78,6 +78,7 @@ int run_serve(const ServeOptions& o) {
   RunnerOptions ro = runner_options(o.engine);
   ro.max_sequences = o.max_sequences;
   ro.max_context = o.max_context;
+  ro.step_tokens = o.max_batch_tokens;  // the memory plan sets a step's activations aside
   if (o.prefix_cache) ro.prefix_cache_slots = o.prefix_entries > 0 ? o.prefix_entries : o.max_sequences;
   apply_cache_memory(o.cache_memory, ro);
   ModelRunner runner(o.model, *backend, ro);

@@ -9,6 +9,7 @@ const char* error_kind_name(ErrorKind kind) {
     case ErrorKind::Format: return "format error";
     case ErrorKind::Unsupported: return "unsupported";
     case ErrorKind::OutOfMemory: return "out of memory";
+    case ErrorKind::TooLarge: return "too large";
     case ErrorKind::Internal: return "internal error";
   }
   return "error";

@@ -18,7 +18,8 @@ enum class ErrorKind {
   Io,               // a file cannot be opened / read / mapped
   Format,           // a file is malformed (safetensors, config.json, tokenizer.json, blob)
   Unsupported,      // well-formed but not something statelm implements (model_type, dtype)
-  OutOfMemory,      // a budget or planner refused an allocation
+  OutOfMemory,      // a budget or planner refused an allocation (now: it may fit later)
+  TooLarge,         // a request that can never fit this engine's memory, however idle it is
   Internal,         // a bug: an invariant statelm itself broke
 };
 

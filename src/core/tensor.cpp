@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -88,13 +89,43 @@ std::string Tensor::describe() const {
   return s.str();
 }
 
-Buffer host_buffer(size_t bytes) {
-  size_t rounded = (bytes + 63) / 64 * 64;
-  if (rounded == 0) rounded = 64;
-  void* p = std::aligned_alloc(64, rounded);
-  if (!p) fail(ErrorKind::OutOfMemory, "cannot allocate ", bytes, " bytes of host memory");
-  std::memset(p, 0, rounded);
-  return Buffer(p, bytes, Device::Cpu, std::free);
+namespace {
+
+// The allocation's size sits in a 64-byte prefix before the memory handed out, so that the
+// deleter (a plain function) can count it back.
+constexpr size_t kHostPrefix = 64;
+std::atomic<size_t> host_in_use{0}, host_peak{0};
+
+void host_free(void* p) {
+  if (!p) return;
+  char* base = static_cast<char*>(p) - kHostPrefix;
+  size_t size;
+  std::memcpy(&size, base, sizeof size);
+  host_in_use.fetch_sub(size, std::memory_order_relaxed);
+  std::free(base);
 }
+
+}  // namespace
+
+size_t host_allocation_size(size_t bytes) { return bytes == 0 ? 64 : (bytes + 63) / 64 * 64; }
+
+Buffer host_buffer(size_t bytes) {
+  const size_t rounded = host_allocation_size(bytes);
+  char* base = static_cast<char*>(std::aligned_alloc(64, rounded + kHostPrefix));
+  if (!base) fail(ErrorKind::OutOfMemory, "cannot allocate ", bytes, " bytes of host memory");
+  std::memcpy(base, &rounded, sizeof rounded);
+  std::memset(base + kHostPrefix, 0, rounded);
+  const size_t now = host_in_use.fetch_add(rounded, std::memory_order_relaxed) + rounded;
+  size_t peak = host_peak.load(std::memory_order_relaxed);
+  while (now > peak && !host_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+  return Buffer(base + kHostPrefix, bytes, Device::Cpu, host_free);
+}
+
+HostBufferStats host_buffer_stats() {
+  return HostBufferStats{host_in_use.load(std::memory_order_relaxed), host_peak.load(std::memory_order_relaxed)};
+}
+
+void reset_host_buffer_peak() { host_peak.store(host_in_use.load(std::memory_order_relaxed), std::memory_order_relaxed); }
 
 }  // namespace statelm

@@ -67,5 +67,17 @@ class Buffer {
 
 // 64-byte aligned, zero-filled host memory (cache lines and AVX-512 loads).
 Buffer host_buffer(size_t bytes);
+// The bytes host_buffer(bytes) takes: a multiple of 64, at least 64 (what the memory planner
+// counts per allocation on the CPU, runtime/memory_plan.h).
+size_t host_allocation_size(size_t bytes);
+
+// Every host_buffer alive in this process, as the CUDA allocator reports device memory: bytes
+// in use (host_allocation_size of each) and the most ever in use since the last reset.
+struct HostBufferStats {
+  size_t in_use = 0, peak_in_use = 0;
+};
+HostBufferStats host_buffer_stats();
+// Restarts the peak from what is in use now (a measurement of one phase).
+void reset_host_buffer_peak();
 
 }  // namespace statelm

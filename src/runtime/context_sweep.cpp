@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "model/model_files.h"
+#include "runtime/memory_plan.h"
 
 namespace statelm {
 
@@ -14,18 +15,24 @@ SweepResult sweep_context(const std::string& model, Backend& backend, RunnerOpti
   for (int64_t c : contexts)
     if (c < 1) fail(ErrorKind::InvalidArgument, "sweep: context ", c, " must be positive");
   const ModelSpec spec = open_model_files(model, false).spec;
-  const int64_t act_bytes = int64_t(dtype_size(backend.compute_dtype()));
-  // The KV cache is fp32 today (runtime/kv_cache.cpp).
-  const MemoryFigures figures = memory_figures(spec, base.state_dtype, DType::F32);
+  // The memory planner's figures (runtime/memory_plan.h): weights as this backend stores them,
+  // the KV cache in its compute dtype, a prefill chunk's activations (one sequence at a time, as
+  // measured here) or a decode step of the whole batch, whichever is larger.
+  MemoryPlanOptions plan;
+  plan.device = backend.device();
+  plan.compute_dtype = backend.compute_dtype();
+  plan.state_dtype = base.state_dtype;
+  plan.kv_block_size = base.kv_block_size;
+  plan.step_tokens = options.prefill_chunk;
+  plan.step_rows = 1;
+  plan.whole_batch_decode = true;
+  const MemoryPlan one = plan_memory(spec, plan);
 
   SweepResult r;
   r.architecture = spec.architecture;
   r.parameters = parameter_count(spec);
-  // Weights as this backend stores them: matrices in the compute dtype (small vectors in fp32
-  // are a rounding error here); the runner reports the exact figure once loaded.
-  const int64_t weight_estimate = r.parameters * act_bytes;
-  r.activation_bytes = activation_bytes(spec, options.prefill_chunk, 1, act_bytes);
-  r.memory_budget = int64_t(available_bytes) - weight_estimate - r.activation_bytes;
+  r.activation_bytes = one.activations + one.logits;
+  r.memory_budget = int64_t(available_bytes) - one.weights - r.activation_bytes;
 
   std::vector<int64_t> sorted(contexts.begin(), contexts.end());
   std::sort(sorted.begin(), sorted.end());
@@ -33,10 +40,11 @@ SweepResult sweep_context(const std::string& model, Backend& backend, RunnerOpti
   for (int64_t c : sorted) {
     SweepPoint p;
     p.context = c;
-    p.state_bytes = figures.state_bytes();
-    p.kv_bytes = figures.kv_bytes_per_token * c;
-    const int64_t per_seq = figures.bytes_for(1, c);
-    p.max_batch = r.memory_budget > 0 && per_seq > 0 ? r.memory_budget / per_seq : 0;
+    plan.context = c;
+    const MemoryPlan at = plan_memory(spec, plan);
+    p.state_bytes = at.state_per_slot();
+    p.kv_bytes = at.kv_for(c);
+    p.max_batch = max_batch(spec, plan, int64_t(available_bytes), /*caches_only=*/false);
     if (p.max_batch >= 1) longest_fit = c;
     r.points.push_back(p);
   }

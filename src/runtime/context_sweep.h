@@ -35,7 +35,7 @@ struct SweepResult {
   std::string architecture;
   int64_t parameters = 0;
   size_t weight_bytes = 0;
-  int64_t memory_budget = 0;     // bytes for state, KV and activations after the weights
+  int64_t memory_budget = 0;     // bytes left for state and KV after the weights and activations
   int64_t activation_bytes = 0;  // set aside for one prefill chunk's activations
   std::vector<SweepPoint> points;
 };

@@ -63,22 +63,40 @@ std::string model_fingerprint(const ModelSpec& spec, const Checkpoint* checkpoin
 }  // namespace
 
 namespace {
+// The memory planner's view of this runner (runtime/memory_plan.h). The backend's allocator
+// rounding is not known here: exact bytes (the CLI's plan adds it).
+MemoryPlanOptions plan_options(const Backend& backend, const RunnerOptions& o, int64_t max_context) {
+  MemoryPlanOptions p;
+  p.device = backend.device();
+  p.compute_dtype = backend.compute_dtype();
+  p.state_dtype = o.state_dtype;
+  p.batch = o.max_sequences;
+  p.context = max_context;
+  p.kv_block_size = o.kv_block_size;
+  p.kv_blocks = o.kv_blocks;
+  p.extra_slots = o.prefix_cache_slots;
+  p.step_tokens = std::max<int64_t>(1, o.step_tokens);
+  return p;
+}
+
 // How many sequences of max_context tokens fit the memory budget (state slot + worst-case KV
-// each), at most the number asked for.
-int32_t fit_sequences(const ModelSpec& spec, const RunnerOptions& o, int64_t max_context, DType kv_dtype) {
+// each, and the prefix cache's slots, as the memory plan counts them), at most the number asked.
+int32_t fit_sequences(const ModelSpec& spec, const RunnerOptions& o, const MemoryPlanOptions& plan) {
   STATELM_CHECK(o.max_sequences > 0, "max_sequences must be positive");
   if (o.cache_memory_bytes <= 0) return o.max_sequences;  // budget resolved by the caller
-  const MemoryFigures m = memory_figures(spec, o.state_dtype, kv_dtype);
-  const int64_t blocks = (max_context + o.kv_block_size - 1) / o.kv_block_size;
-  const int64_t per_sequence = m.state_bytes() + blocks * o.kv_block_size * m.kv_bytes_per_token;
-  const int64_t fit = per_sequence > 0 ? o.cache_memory_bytes / per_sequence : o.max_sequences;
+  const int64_t fit = max_batch(spec, plan, o.cache_memory_bytes, /*caches_only=*/true, o.max_sequences);
+  MemoryPlanOptions one = plan;
+  one.batch = 1;
+  one.kv_blocks = 0;
+  const MemoryPlan p = plan_memory(spec, one);
   if (fit < 1)
     fail(ErrorKind::OutOfMemory, "a cache memory budget of ", o.cache_memory_bytes, " bytes does not hold one sequence of ",
-         max_context, " tokens (", per_sequence, " bytes: state ", m.state_bytes(), " + KV ",
-         per_sequence - m.state_bytes(), "); raise the budget or lower the context");
+         plan.context, " tokens (", p.caches(), " bytes: state ", p.state, " + KV ", p.kv,
+         o.prefix_cache_slots ? str_cat(", with ", o.prefix_cache_slots, " prefix cache slots") : std::string(),
+         "); raise the budget or lower the context");
   if (fit < o.max_sequences) {
-    log_warning("max sequences clamped from ", o.max_sequences, " to ", fit, ": ", per_sequence,
-                " bytes each (state + KV at ", max_context, " tokens) in a budget of ", o.cache_memory_bytes, " bytes");
+    log_warning("max sequences clamped from ", o.max_sequences, " to ", fit, ": ", p.sequence_bytes(plan.context),
+                " bytes each (state + KV at ", plan.context, " tokens) in a budget of ", o.cache_memory_bytes, " bytes");
     return int32_t(fit);
   }
   return o.max_sequences;
@@ -104,9 +122,15 @@ ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerO
     // memory for a device backend (cudaMemGetInfo), MemAvailable for the CPU.
     const size_t device_free = backend.available_memory();
     const size_t available = device_free > 0 ? device_free : system_memory().available_bytes;
-    o.cache_memory_bytes = int64_t(o.cache_memory_fraction * double(available));
+    // The caches get the fraction less what a step's activations will take (memory plan).
+    const MemoryPlan step = plan_memory(spec, plan_options(backend, o, max_context_));
+    o.cache_memory_bytes = int64_t(o.cache_memory_fraction * double(available)) - (step.activations + step.logits);
+    if (o.cache_memory_bytes <= 0)
+      fail(ErrorKind::OutOfMemory, "a cache memory fraction of ", o.cache_memory_fraction, " of ", available,
+           " bytes available leaves nothing beside the ", step.activations + step.logits,
+           " bytes of a step's activations (", o.step_tokens, " tokens); raise the fraction");
   }
-  o.max_sequences = fit_sequences(spec, o, max_context_, backend.compute_dtype());
+  o.max_sequences = fit_sequences(spec, o, plan_options(backend, o, max_context_));
   STATELM_CHECK(o.prefix_cache_slots >= 0, "prefix_cache_slots must not be negative");
   prefix_cache_slots_ = o.prefix_cache_slots;
   states_ = std::make_unique<StateCache>(spec, backend, o.max_sequences + o.prefix_cache_slots,
@@ -114,6 +138,9 @@ ModelRunner::ModelRunner(const std::string& model_dir, Backend& backend, RunnerO
   const int64_t blocks_per_seq = (max_context_ + o.kv_block_size - 1) / o.kv_block_size;
   const int64_t n_blocks = o.kv_blocks > 0 ? o.kv_blocks : blocks_per_seq * o.max_sequences;
   kv_ = std::make_unique<KvCache>(spec, backend, int32_t(n_blocks), o.kv_block_size);
+  MemoryPlanOptions planned = plan_options(backend, o, max_context_);
+  planned.kv_blocks = n_blocks;
+  plan_ = plan_memory(spec, planned);
   caches_.resize(spec.layers.size());
   for (size_t i = 0; i < spec.layers.size(); ++i)
     caches_[i] = LayerCaches{states_->conv(int64_t(i)), states_->ssm(int64_t(i)), kv_->k(int64_t(i)), kv_->v(int64_t(i))};
@@ -138,6 +165,17 @@ std::optional<Sequence> ModelRunner::try_open(int64_t tokens) {
 bool ModelRunner::fits(int64_t tokens) const {
   if (kv_->empty()) return true;
   return tokens <= max_context_ && kv_->blocks_for(tokens) <= kv_->n_blocks();
+}
+
+void ModelRunner::require_fits(int64_t tokens, const std::string& what) const {
+  if (kv_->empty()) return;  // a fixed state: any length runs
+  if (tokens > max_context_)
+    fail(ErrorKind::InvalidArgument, what, " exceeds the context limit of ", max_context_, " tokens");
+  if (kv_->blocks_for(tokens) > kv_->n_blocks())
+    fail(ErrorKind::TooLarge, what, " needs ", plan_.sequence_bytes(tokens), " bytes (state ", plan_.state_per_slot(),
+         " + KV ", plan_.kv_for(tokens), " for ", tokens, " tokens) and ", plan_.activations + plan_.logits,
+         " for a step's activations; this engine's KV cache holds ", int64_t(kv_->n_blocks()) * kv_->block_size(),
+         " tokens (", plan_.kv, " bytes) for all its sequences together, so it can never run here");
 }
 
 void ModelRunner::close(Sequence& seq) {

@@ -14,6 +14,7 @@
 #include "model/weights.h"
 #include "runtime/decode_graphs.h"
 #include "runtime/kv_cache.h"
+#include "runtime/memory_plan.h"
 #include "runtime/state_cache.h"
 
 namespace statelm {
@@ -31,6 +32,9 @@ struct RunnerOptions {
   // MemAvailable on the CPU, free device memory on CUDA), when cache_memory_bytes is 0 (0 = no
   // limit).
   double cache_memory_fraction = 0;
+  // Tokens of one forward step (the scheduler's max_batch_tokens): the memory plan sets aside
+  // their activations (runtime/memory_plan.h), and a budget given as a fraction covers them too.
+  int64_t step_tokens = 512;
   // Extra state slots beyond max_sequences, for the scheduler's prefix cache (checkpoints of
   // recent prompts' state); they hold no KV blocks of their own.
   int32_t prefix_cache_slots = 0;
@@ -84,6 +88,12 @@ class ModelRunner {
   bool reserve(Sequence& seq, int64_t tokens) { return kv_->reserve(seq.blocks, tokens); }
   // Whether a sequence of `tokens` tokens could ever run here (memory and context limits).
   bool fits(int64_t tokens) const;
+  // The same as an error naming `what` (e.g. "prompt (9 tokens) + max_tokens (100)"):
+  // Error(InvalidArgument) beyond the context limit, Error(TooLarge) when it needs more KV
+  // blocks than the runner holds in all; the message gives the bytes from the memory plan.
+  void require_fits(int64_t tokens, const std::string& what) const;
+  // This runner's memory as planned: weights, its slots and KV blocks, a step's activations.
+  const MemoryPlan& memory_plan() const { return plan_; }
   int32_t free_slots() const { return states_->free_slots(); }
   int32_t free_blocks() const { return kv_->free_blocks(); }
   void close(Sequence& seq);
@@ -110,6 +120,7 @@ class ModelRunner {
   std::unique_ptr<KvCache> kv_;
   std::vector<LayerCaches> caches_;
   std::string fingerprint_;
+  MemoryPlan plan_;
 };
 
 }  // namespace statelm

@@ -78,9 +78,9 @@ uint64_t Scheduler::submit(Request r) {
   for (int32_t id : r.prompt)
     if (id < 0 || id >= vocab) fail(ErrorKind::InvalidArgument, "prompt: token id ", id, " is outside the vocabulary [0, ", vocab, ")");
   const int64_t worst = int64_t(r.prompt.size()) + r.sampling.max_tokens;
-  if (!runner_.fits(worst))
-    fail(ErrorKind::InvalidArgument, "prompt (", r.prompt.size(), " tokens) + max_tokens (", r.sampling.max_tokens,
-         ") exceeds the context limit of ", runner_.max_context(), " tokens");
+  // What can never run is refused here (context: InvalidArgument; memory: TooLarge), never
+  // queued; what fits but not now waits for memory in the queue.
+  runner_.require_fits(worst, str_cat("prompt (", r.prompt.size(), " tokens) + max_tokens (", r.sampling.max_tokens, ")"));
   std::lock_guard<std::mutex> lock(mu_);
   if (int64_t(incoming_.size()) + stats_.waiting >= options_.max_waiting)
     fail(ErrorKind::OutOfMemory, "the request queue is full (", options_.max_waiting, " waiting)");

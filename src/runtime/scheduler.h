@@ -111,7 +111,8 @@ class Scheduler {
   ~Scheduler();
 
   // Thread-safe. Error(InvalidArgument) for a request that can never run (empty prompt, ids out
-  // of range, prompt + max_tokens beyond the context); Error(OutOfMemory) when the queue is full.
+  // of range, prompt + max_tokens beyond the context); Error(TooLarge) for one whose KV blocks
+  // exceed the runner's whole cache; Error(OutOfMemory) when the queue is full.
   uint64_t submit(Request request);
   void cancel(uint64_t request_id);
 

@@ -42,7 +42,7 @@ const char* type_name(int type) { return type == 0 ? "counter" : type == 1 ? "ga
 const std::vector<double> kTtftBuckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 const std::vector<double> kInterTokenBuckets{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
 
-constexpr int kStatuses[] = {200, 400, 404, 429, 500, 503};
+constexpr int kStatuses[] = {200, 400, 404, 413, 429, 500, 503};
 
 }  // namespace
 

@@ -14,6 +14,8 @@ ApiError api_error_from(const Error& e) {
     }
     case ErrorKind::OutOfMemory:
       return ApiError(429, "rate_limit_error", e.what(), "", "queue_full");
+    case ErrorKind::TooLarge:  // would never fit, however long the client waits: do not retry
+      return ApiError(413, "invalid_request_error", e.what(), "", "request_too_large");
     default:
       return ApiError(500, "server_error", e.what());
   }

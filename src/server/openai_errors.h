@@ -34,7 +34,8 @@ template <typename... Parts>
 }
 
 // The engine's typed errors as API errors: InvalidArgument is the client's fault (400),
-// OutOfMemory is a full queue (429: retry later), anything else is ours (500).
+// OutOfMemory is a full queue (429: retry later), TooLarge a request this server's memory can
+// never hold (413: retrying cannot help), anything else is ours (500).
 ApiError api_error_from(const Error& e);
 
 nlohmann::json error_body(const ApiError& e);

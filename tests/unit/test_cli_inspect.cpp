@@ -33,7 +33,7 @@ TEST(CliInspect, JambaNumbers) {
   EXPECT_EQ(j["ffn_pattern"], "FEFE");
   EXPECT_EQ(j["state_bytes_per_sequence"], 3 * 128 * 3 * 4 + 3 * 128 * 6 * 4);
   EXPECT_EQ(j["kv_bytes_per_token"], 2 * 2 * 16 * 2);
-  EXPECT_EQ(j["memory"][0]["bytes"], 3 * (13824 + 1000 * 128));
+  EXPECT_EQ(j["memory"][0]["bytes"], 3 * (13824 + 1008 * 128));  // KV in whole blocks of 16 tokens
   EXPECT_EQ(j["weight_bytes"], fs::file_size(test::fixture("models/jamba-tiny/model.safetensors")) -
                                    /* header */ (fs::file_size(test::fixture("models/jamba-tiny/model.safetensors")) -
                                                   j["parameters"].get<size_t>() * 4));
@@ -77,6 +77,48 @@ TEST(CliInspect, Errors) {
   expect_one_line_error(test::run_statelm("inspect " + dir.path().string()), "model.safetensors");
   expect_one_line_error(test::run_statelm("inspect " + test::fixture("models/mamba-tiny").string() + " --kv-dtype int3"),
                         "--kv-dtype");
+}
+
+// The plan of every fixture family, run: what the runner holds after loading is the plan's
+// weights + state + KV to the byte (host buffers, 64-byte rounded), and the peak of a prefill
+// of B sequences plus a decode step is within 5% of the planned total.
+TEST(CliInspect, MeasureAgreesWithThePlan) {
+  for (const char* model : {"mamba-tiny", "mamba2-tiny", "jamba-tiny", "llama-tiny"}) {
+    auto j = inspect_json(test::fixture(std::string("models/") + model).string() +
+                          " --context 200 --batch 3 --chunk 64 --state-dtype bfloat16 --measure");
+    const auto& m = j["measured"];
+    EXPECT_EQ(m["loaded"], m["planned_loaded"]) << model;
+    EXPECT_EQ(m["planned_peak"], j["plans"][0]["total"]) << model;
+    const double planned = m["planned_peak"].get<double>(), peak = m["peak"].get<double>();
+    EXPECT_NEAR(peak, planned, 0.05 * planned) << model;
+    EXPECT_FALSE(m["random_weights"].get<bool>()) << model;
+  }
+}
+
+TEST(CliInspect, PlanOfALargeConfigOnTheGpu) {
+  // The real Jamba-v0.1 config: 52B parameters, 12B active; bf16 weights of ~103 GB; the KV
+  // cache of 4 attention layers at 256K tokens is 4 GiB (the paper's "4 GB").
+  auto j = inspect_json((test::source_dir() / "bench/configs/jamba-v0.1.json").string() +
+                        " --device cuda --context 262144 --batch 1");
+  EXPECT_EQ(j["compute_dtype"], "bfloat16");
+  EXPECT_NEAR(j["parameters"].get<double>(), 51.6e9, 0.1e9);
+  EXPECT_NEAR(j["active_parameters"].get<double>(), 12.1e9, 0.1e9);
+  EXPECT_GE(j["plans"][0]["kv"].get<int64_t>(), int64_t(4) << 30);
+  EXPECT_LT(j["plans"][0]["kv"].get<int64_t>(), (int64_t(4) << 30) + (int64_t(64) << 20));  // allocator rounding only
+  EXPECT_NEAR(j["plans"][0]["weights"].get<double>(), 103.2e9, 0.4e9);
+  test::CommandResult r = test::run_statelm("inspect " + (test::source_dir() / "bench/configs/jamba-v0.1.json").string() +
+                                            " --device cuda --context 262144");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("51.57B"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("12.1"), std::string::npos) << r.out;
+}
+
+TEST(CliInspect, MeasureErrors) {
+  const std::string model = test::fixture("models/mamba2-tiny").string();
+  expect_one_line_error(test::run_statelm("inspect " + model + " --measure"), "--measure: give one --context");
+  expect_one_line_error(test::run_statelm("inspect " + model + " --context 10 --chunk 0"), "--chunk");
+  expect_one_line_error(test::run_statelm("inspect " + model + " --context 10 --kv-dtype bf16 --dtype float32"),
+                        "the KV cache is in the compute dtype");
 }
 
 }  // namespace

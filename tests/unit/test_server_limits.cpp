@@ -120,6 +120,38 @@ int stalled_stream(int port, const json& body) {
   return sock;
 }
 
+// Memory admission with a KV cache smaller than the context (llama-tiny: 256 tokens of context,
+// 8 blocks of 16 = 128 tokens of KV for every sequence together). A request the cache can never
+// hold is 413 at once, with the bytes it needs; one beyond the context stays 400; one that fits,
+// but not beside another, waits for its memory and completes.
+TEST(ServerMemoryLimits, RequestsTheKvCacheCanNeverHoldAre413) {
+  ModelFolder model("llama-tiny");
+  RunnerOptions ro = runner_options(2);
+  ro.max_context = 256;
+  ro.kv_blocks = 8;
+  TestServer s(model, {}, ro);
+  auto r = s.post({{"prompt", {1, 2, 3, 4, 5}}, {"max_tokens", 200}});
+  expect_error(r, 413, "", "prompt + max_tokens beyond the KV cache");
+  const json e = json::parse(r->body)["error"];
+  EXPECT_EQ(e["code"], "request_too_large");
+  EXPECT_EQ(e["type"], "invalid_request_error");
+  const std::string msg = e["message"];
+  EXPECT_NE(msg.find("prompt (5 tokens) + max_tokens (200)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("holds 128 tokens"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("can never run here"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(std::to_string(s.runner.memory_plan().sequence_bytes(205)) + " bytes"), std::string::npos) << msg;
+  expect_error(s.post({{"prompt", {1, 2, 3}}, {"max_tokens", 300}}), 400, "max_tokens", "beyond the context");
+  // Two choices of 3 + 100 tokens: 7 blocks each, 8 in all. The second waits for the first.
+  r = s.post({{"prompt", {1, 2, 3}}, {"max_tokens", 100}, {"n", 2}, {"temperature", 0}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["choices"].size(), 2u);
+  const auto metrics = s.client().Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("statelm_requests_total{status=\"413\"} 1"), std::string::npos) << metrics->body;
+  EXPECT_TRUE(s.idle());
+}
+
 // Megabytes of events (16 choices x 240 tokens x 20 alternatives): more than socket buffers hold.
 const json kFloodingStream{{"prompt", {5, 17}}, {"max_tokens", 240}, {"n", 16}, {"stream", true}, {"logprobs", 20}};
 

@@ -29,13 +29,13 @@ using nlohmann::json;
 inline constexpr const char* kTestChatTemplate =
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
 
-// mamba-tiny plus a tokenizer.json that covers its 216 ids and a tokenizer_config.json with a
-// chat template.
+// mamba-tiny (or another fixture model) plus a tokenizer.json that covers its 216 ids and a
+// tokenizer_config.json with a chat template.
 struct ModelFolder {
   test::TempDir dir;
-  ModelFolder() {
+  explicit ModelFolder(const std::string& fixture = "mamba-tiny") {
     for (const char* f : {"config.json", "model.safetensors"})
-      fs::copy_file(test::fixture(std::string("models/mamba-tiny/") + f), dir / f);
+      fs::copy_file(test::fixture("models/" + fixture + "/" + f), dir / f);
     test::write_file(dir / "tokenizer.json", test::tiny_tokenizer_json());
     test::write_file(dir / "tokenizer_config.json", json{{"chat_template", kTestChatTemplate}}.dump());
   }
@@ -55,8 +55,10 @@ using Configure = std::function<void(server::ServerOptions&, server::ModelLimits
 class TestServer {
  public:
   explicit TestServer(const ModelFolder& model, SchedulerOptions so = {}, int32_t sequences = 4, const Configure& configure = {})
+      : TestServer(model, so, runner_options(sequences), configure) {}
+  TestServer(const ModelFolder& model, SchedulerOptions so, const RunnerOptions& runner_options, const Configure& configure = {})
       : tokenizer(Tokenizer::from_file(model.path())),
-        runner(model.path(), backend, runner_options(sequences)),
+        runner(model.path(), backend, runner_options),
         scheduler(runner, so),
         http(scheduler, tokenizer, limits(model, configure), options(model, configure)) {
     port = http.bind();

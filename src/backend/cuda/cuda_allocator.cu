@@ -137,6 +137,8 @@ Buffer device_alloc(int device, size_t bytes) {
   return Buffer(p, bytes, Device::Cuda, free_block);
 }
 
+size_t allocation_size(size_t bytes) { return size_class(bytes == 0 ? 1 : bytes); }
+
 AllocatorStats allocator_stats(int device) { return allocator().stats(device); }
 
 void release_cached(int device) { allocator().release_cached(device); }

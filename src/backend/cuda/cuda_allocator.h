@@ -33,6 +33,9 @@ struct AllocatorStats {
 // Uninitialised device memory of at least `bytes` bytes on `device`, in a Buffer whose deleter
 // returns it to the cache. Callers that need zeros clear it on their stream.
 Buffer device_alloc(int device, size_t bytes);
+// The bytes device_alloc(device, bytes) takes: its size class (what the memory planner counts
+// per allocation on CUDA, runtime/memory_plan.h).
+size_t allocation_size(size_t bytes);
 
 AllocatorStats allocator_stats(int device);
 // Gives every cached free block of `device` back to the driver (cudaFree).
