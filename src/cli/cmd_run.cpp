@@ -36,7 +36,8 @@ struct RunOptions {
 struct SessionTurn {
   std::optional<SessionStore> store;
   std::optional<std::string> blob;
-  std::vector<int32_t> history;
+  std::vector<int32_t> history;  // the conversation's ids the snapshot kept, from position history_start
+  int64_t history_start = 0;
   int64_t reused = 0;
 
   // Prefixes an error with where the session lives, keeping its kind.
@@ -64,6 +65,7 @@ int run_run(RunOptions& o) {
     if (turn.blob) {
       SnapshotHeader h = turn.about(o.session, [&] { return read_snapshot_header(*turn.blob); });
       turn.history = std::move(h.tokens);
+      turn.history_start = h.first_id;
       turn.reused = h.n_tokens;
     }
   }
@@ -73,7 +75,8 @@ int run_run(RunOptions& o) {
   std::vector<int32_t> context = turn.history;
   context.insert(context.end(), ids.begin(), ids.end());
 
-  LocalModel local = open_local_model(o.model, o.engine, int64_t(context.size()) + o.sampling.max_tokens);
+  LocalModel local =
+      open_local_model(o.model, o.engine, turn.history_start + int64_t(context.size()) + o.sampling.max_tokens);
   ModelRunner& runner = *local.runner;
   if (o.sampling.stop_token_ids.empty()) {
     for (int64_t id : runner.spec().eos_token_ids) o.sampling.stop_token_ids.push_back(int32_t(id));
@@ -99,8 +102,8 @@ int run_run(RunOptions& o) {
     Sequence seq = turn.blob ? turn.about(o.session, [&] { return restore_sequence(runner, *turn.blob); }) : runner.open();
     if (!o.quiet && turn.blob) std::fprintf(stderr, "[session %s] reused %lld tokens\n", o.session.c_str(), (long long)turn.reused);
     try {
-      r = continue_generation(runner, seq, context, o.sampling, on_token);
-      turn.store->put(o.session, snapshot_sequence(runner, seq, context));
+      r = continue_generation(runner, seq, context, o.sampling, on_token, turn.history_start);
+      turn.store->put(o.session, snapshot_sequence(runner, seq, context, turn.history_start));
     } catch (...) {
       runner.close(seq);
       throw;

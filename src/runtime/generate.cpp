@@ -8,13 +8,16 @@
 namespace statelm {
 
 GenerationResult continue_generation(ModelRunner& runner, Sequence& seq, std::vector<int32_t>& context,
-                                     const SamplingParams& params, const std::function<bool(int32_t)>& on_token) {
+                                     const SamplingParams& params, const std::function<bool(int32_t)>& on_token,
+                                     int64_t context_start) {
   using clock = std::chrono::steady_clock;
   params.validate();
   Backend& backend = runner.backend();
   GenerationResult r;
   r.finish_reason = "length";
-  std::vector<int32_t> feed(context.begin() + seq.n_tokens, context.end());
+  STATELM_CHECK(context_start <= seq.n_tokens && seq.n_tokens <= context_start + int64_t(context.size()),
+                "context from position ", context_start, " of ", context.size(), " ids for a state of ", seq.n_tokens);
+  std::vector<int32_t> feed(context.begin() + (seq.n_tokens - context_start), context.end());
   r.prompt_tokens = int64_t(feed.size());
   Sequence* seqs[] = {&seq};
   // Token i is drawn where the logits are (only the id comes back), as draw i of the seed.

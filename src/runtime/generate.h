@@ -25,10 +25,12 @@ GenerationResult generate(ModelRunner& runner, std::span<const int32_t> prompt, 
                           const std::function<bool(int32_t)>& on_token = {});
 
 // The same loop on a sequence that already holds a state (a restored session): `context` is
-// every token of the conversation; the tokens past seq.n_tokens are fed first, and the
-// generated ones are appended to it. The last generated token is not fed (it stays pending,
-// so a snapshot taken now continues exactly).
+// the conversation's tokens from position `context_start` on (a snapshot keeps only its last
+// ids); the tokens past seq.n_tokens are fed first, and the generated ones are appended to it.
+// The last generated token is not fed (it stays pending, so a snapshot taken now continues
+// exactly).
 GenerationResult continue_generation(ModelRunner& runner, Sequence& seq, std::vector<int32_t>& context,
-                                     const SamplingParams& params, const std::function<bool(int32_t)>& on_token = {});
+                                     const SamplingParams& params, const std::function<bool(int32_t)>& on_token = {},
+                                     int64_t context_start = 0);
 
 }  // namespace statelm

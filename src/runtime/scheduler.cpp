@@ -34,6 +34,10 @@ struct Scheduler::Active {
   bool done = false;
   std::string swapped;             // the state, swapped out to host memory while preempted
   int64_t swapped_tokens = 0;      // positions in that state
+  // Position of req.prompt[0] (and history[0]): a resumed snapshot keeps only its last ids
+  // (runtime/snapshot.h), so prompt indices and sequence positions differ by it.
+  int64_t base = 0;
+  int64_t prompt_tokens() const { return base + int64_t(req.prompt.size()); }
 
   bool prefill_done() const { return prefilled == int64_t(req.prompt.size()); }
 };
@@ -57,6 +61,7 @@ Scheduler::~Scheduler() { stop(); }
 
 uint64_t Scheduler::submit(Request r) {
   r.sampling.validate();
+  r.prompt_position = 0;
   if (!r.resume_state.empty()) {  // the sequence is the snapshot's ids, then the new ones
     SnapshotHeader h;
     try {
@@ -67,20 +72,22 @@ uint64_t Scheduler::submit(Request r) {
     if (h.fingerprint != runner_.fingerprint())
       fail(ErrorKind::InvalidArgument, "resume state: a snapshot of another model (fingerprint ", h.fingerprint,
            "), not of ", runner_.model_dir(), " (fingerprint ", runner_.fingerprint(), ")");
-    if (h.n_tokens == int64_t(h.tokens.size()) + int64_t(r.prompt.size()))
+    if (h.pending() == 0 && r.prompt.empty())
       fail(ErrorKind::InvalidArgument, "prompt: empty: the resumed state holds all its ", h.n_tokens,
            " tokens already, so at least one new token is needed");
     r.prompt.insert(r.prompt.begin(), h.tokens.begin(), h.tokens.end());
+    r.prompt_position = h.first_id;
     if (h.n_tokens == 0) r.resume_state.clear();  // the empty state: a fresh sequence, prefix cache and all
   }
   if (r.prompt.empty()) fail(ErrorKind::InvalidArgument, "prompt: empty prompt (at least one token is needed)");
   const int64_t vocab = runner_.spec().vocab_size;
   for (int32_t id : r.prompt)
     if (id < 0 || id >= vocab) fail(ErrorKind::InvalidArgument, "prompt: token id ", id, " is outside the vocabulary [0, ", vocab, ")");
-  const int64_t worst = int64_t(r.prompt.size()) + r.sampling.max_tokens;
+  const int64_t worst = r.prompt_position + int64_t(r.prompt.size()) + r.sampling.max_tokens;
   // What can never run is refused here (context: InvalidArgument; memory: TooLarge), never
   // queued; what fits but not now waits for memory in the queue.
-  runner_.require_fits(worst, str_cat("prompt (", r.prompt.size(), " tokens) + max_tokens (", r.sampling.max_tokens, ")"));
+  runner_.require_fits(worst, str_cat("prompt (", r.prompt_position + int64_t(r.prompt.size()), " tokens) + max_tokens (",
+                                     r.sampling.max_tokens, ")"));
   std::lock_guard<std::mutex> lock(mu_);
   if (int64_t(incoming_.size()) + stats_.waiting >= options_.max_waiting)
     fail(ErrorKind::OutOfMemory, "the request queue is full (", options_.max_waiting, " waiting)");
@@ -107,7 +114,7 @@ void Scheduler::finish(Active& a, const std::string& reason, const std::string& 
   if (a.req.on_final_state && (reason == "stop" || reason == "length")) {
     try {
       STATELM_CHECK(a.seq.slot >= 0, "a request ended ", reason, " without a state");
-      a.req.on_final_state(snapshot_sequence(runner_, a.seq, a.history));
+      a.req.on_final_state(snapshot_sequence(runner_, a.seq, a.history, a.base));
     } catch (const std::exception& ex) {
       e.finish_reason = "error";
       e.error = str_cat("snapshot of the final state: ", ex.what());
@@ -116,7 +123,7 @@ void Scheduler::finish(Active& a, const std::string& reason, const std::string& 
   if (a.seq.slot >= 0) runner_.close(a.seq);
   e.request_id = a.id;
   e.finished = true;
-  e.prompt_tokens = int64_t(a.req.prompt.size());
+  e.prompt_tokens = a.prompt_tokens();
   e.completion_tokens = a.generated;
   e.cached_tokens = a.cached_tokens;
   if (a.req.on_event) a.req.on_event(e);
@@ -130,7 +137,7 @@ bool Scheduler::try_admit(Active& a) {
   if (runner_.free_slots() == 0 || int64_t(running_.size()) >= runner_.max_sequences()) return false;
   if (!a.swapped.empty()) {  // a preempted sequence: swap its state back in, exactly as it was
     // Room for what it does next: one more token, or the rest of its prompt.
-    const int64_t next = a.prefill_done() ? a.swapped_tokens + 1 : int64_t(a.req.prompt.size());
+    const int64_t next = a.prefill_done() ? a.swapped_tokens + 1 : a.prompt_tokens();
     const KvCache& kv = runner_.kv();
     if (!kv.empty() && kv.blocks_for(next) > runner_.free_blocks()) return false;
     a.seq = restore_sequence(runner_, a.swapped);
@@ -138,8 +145,7 @@ bool Scheduler::try_admit(Active& a) {
     a.swapped.clear();
     return true;
   }
-  const int64_t worst = options_.reserve_worst_case ? int64_t(a.req.prompt.size()) + a.req.sampling.max_tokens
-                                                    : int64_t(a.req.prompt.size());
+  const int64_t worst = options_.reserve_worst_case ? a.prompt_tokens() + a.req.sampling.max_tokens : a.prompt_tokens();
   if (!a.req.resume_state.empty()) return admit_restored(a, worst);
   if (!prefix_) {
     auto seq = runner_.try_open(worst);
@@ -185,7 +191,8 @@ bool Scheduler::admit_restored(Active& a, int64_t worst) {
     return false;
   }
   STATELM_CHECK(runner_.reserve(a.seq, worst), "blocks checked free before the restore");
-  a.prefilled = a.cached_tokens = a.seq.n_tokens;
+  a.cached_tokens = a.seq.n_tokens;
+  a.prefilled = a.seq.n_tokens - a.base;
   std::string().swap(a.req.resume_state);  // the blob's memory goes back now, not at the end
   return true;
 }
@@ -208,7 +215,7 @@ bool Scheduler::grow_or_preempt(Active& a, int64_t tokens) {
 void Scheduler::preempt(Active& v) {
   std::span<const int32_t> tokens = v.prefill_done() ? std::span<const int32_t>(v.history)
                                                      : std::span<const int32_t>(v.req.prompt).first(size_t(v.prefilled));
-  v.swapped = snapshot_sequence(runner_, v.seq, tokens);
+  v.swapped = snapshot_sequence(runner_, v.seq, tokens, v.base);
   v.swapped_tokens = v.seq.n_tokens;
   runner_.close(v.seq);
   ++preemptions_;
@@ -238,6 +245,7 @@ void Scheduler::admit_incoming() {
       a->id = incoming_.front().first;
       a->req = std::move(incoming_.front().second);
       a->history = a->req.prompt;
+      a->base = a->req.prompt_position;
       waiting_.push_back(std::move(a));
       incoming_.pop_front();
     }
@@ -339,7 +347,7 @@ bool Scheduler::step() {
       tokens_in += int64_t(inputs[i].size());
       // A boundary at the prompt's very end is kept too: the state holds exactly the prompt
       // until the sampled token is fed, and a longer prompt (the next turn) may start with it.
-      if (prefix_ && a.prefilled % prefix_->interval() == 0) checkpoint(a);
+      if (prefix_ && a.base == 0 && a.prefilled % prefix_->interval() == 0) checkpoint(a);
       if (!a.prefill_done()) continue;  // mid-prompt: these logits predict a known token
     }
     if (a.generated >= a.req.sampling.max_tokens) {
@@ -378,7 +386,7 @@ bool Scheduler::step() {
     ++tokens_out;
     e.request_id = a.id;
     e.token = token;
-    e.prompt_tokens = int64_t(a.req.prompt.size());
+    e.prompt_tokens = a.prompt_tokens();
     e.completion_tokens = a.generated;
     e.cached_tokens = a.cached_tokens;
     const bool keep_going = a.req.on_event ? a.req.on_event(e) : true;

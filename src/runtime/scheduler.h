@@ -71,6 +71,9 @@ struct Request {
   // "length"; if the snapshot fails the request ends "error" instead. With max_tokens 0 the
   // request only prefills: its prompt goes into the state and nothing is generated.
   std::function<void(std::string)> on_final_state;
+  // Set by submit(): the position of prompt[0] in the sequence, past 0 when the resumed
+  // snapshot kept only its last ids (runtime/snapshot.h: kSnapshotKeptIds).
+  int64_t prompt_position = 0;
 };
 
 struct SchedulerOptions {

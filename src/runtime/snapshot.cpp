@@ -234,8 +234,8 @@ SnapshotHeader parse_header(FrameReader& frame, std::vector<LayerSections>* sect
     fail(ErrorKind::Format, "not a statelm snapshot: bad magic inside the zstd frame");
   SnapshotHeader h;
   std::memcpy(&h.version, prefix.data() + 8, 4);
-  if (h.version != kSnapshotVersion)
-    fail(ErrorKind::Format, "snapshot format version ", h.version, " is not supported (this statelm reads version ",
+  if (h.version != kSnapshotVersion && h.version != 1)
+    fail(ErrorKind::Format, "snapshot format version ", h.version, " is not supported (this statelm reads versions 1 to ",
          kSnapshotVersion, ")");
   uint32_t bytes;
   std::memcpy(&bytes, prefix.data() + 12, 4);
@@ -245,11 +245,13 @@ SnapshotHeader parse_header(FrameReader& frame, std::vector<LayerSections>* sect
   h.fingerprint = r.string("model fingerprint");
   h.state_dtype = r.string("state dtype");
   h.n_tokens = r.get<int64_t>("token count");
+  if (h.version >= 2) h.first_id = r.get<int64_t>("first id position");
   const uint64_t n_ids = r.get<uint64_t>("id count");
   if (n_ids > kMaxTokens || n_ids * 4 > r.remaining())
     fail(ErrorKind::Format, "snapshot header: ", n_ids, " token ids do not fit in its ", bytes, " bytes");
-  if (h.n_tokens < 0 || uint64_t(h.n_tokens) > n_ids)
-    fail(ErrorKind::Format, "snapshot header: token count ", h.n_tokens, " is not within its ", n_ids, " token ids");
+  if (h.n_tokens < 0 || h.first_id < 0 || h.first_id > h.n_tokens || uint64_t(h.n_tokens - h.first_id) > n_ids)
+    fail(ErrorKind::Format, "snapshot header: token count ", h.n_tokens, " is not within its ", n_ids,
+         " token ids from position ", h.first_id);
   h.tokens.resize(size_t(n_ids));
   for (int32_t& id : h.tokens) id = r.get<int32_t>("token ids");
   const uint32_t n_layers = r.get<uint32_t>("layer count");
@@ -304,7 +306,8 @@ uint64_t check_against_model(ModelRunner& runner, const SnapshotHeader& h, const
 
 // The uncompressed content: header, then the state sections, zero-filled for the caller to
 // write (or to leave zero: the empty state). *header_bytes receives the sections' offset.
-std::string layout_content(ModelRunner& runner, int64_t n_tokens, std::span<const int32_t> tokens, uint32_t* header_bytes) {
+std::string layout_content(ModelRunner& runner, int64_t n_tokens, std::span<const int32_t> tokens, int64_t first_id,
+                           uint32_t* header_bytes) {
   const std::vector<LayerSections> sections = model_sections(runner, n_tokens);
   std::string raw(kMagic, sizeof kMagic);
   put(raw, kSnapshotVersion);
@@ -312,6 +315,7 @@ std::string layout_content(ModelRunner& runner, int64_t n_tokens, std::span<cons
   put_string(raw, runner.fingerprint());
   put_string(raw, dtype_name(state_dtype(runner)));
   put(raw, int64_t(n_tokens));
+  put(raw, int64_t(first_id));
   put(raw, uint64_t(tokens.size()));
   raw.append(reinterpret_cast<const char*>(tokens.data()), tokens.size_bytes());
   put(raw, uint32_t(sections.size()));
@@ -368,14 +372,20 @@ std::string checked_content(ModelRunner& runner, std::string_view blob, Snapshot
 
 }  // namespace
 
-std::string snapshot_sequence(ModelRunner& runner, const Sequence& seq, std::span<const int32_t> tokens) {
+std::string snapshot_sequence(ModelRunner& runner, const Sequence& seq, std::span<const int32_t> tokens, int64_t first_id) {
   if (seq.slot < 0) fail(ErrorKind::InvalidArgument, "snapshot of a closed sequence");
-  if (int64_t(tokens.size()) < seq.n_tokens)
-    fail(ErrorKind::InvalidArgument, "snapshot: ", tokens.size(), " token ids for a sequence of ", seq.n_tokens, " tokens");
+  if (first_id < 0 || first_id > seq.n_tokens || first_id + int64_t(tokens.size()) < seq.n_tokens)
+    fail(ErrorKind::InvalidArgument, "snapshot: ", tokens.size(), " token ids from position ", first_id,
+         " for a sequence of ", seq.n_tokens, " tokens");
   STATELM_CHECK(runner.kv().empty() || int64_t(seq.blocks.blocks.size()) >= runner.kv().blocks_for(seq.n_tokens),
                 "sequence holds too few KV blocks");
+  // The last kSnapshotKeptIds ids, and every pending one.
+  const int64_t pending = first_id + int64_t(tokens.size()) - seq.n_tokens;
+  const int64_t drop = std::max<int64_t>(0, int64_t(tokens.size()) - std::max(kSnapshotKeptIds, pending));
+  tokens = tokens.subspan(size_t(drop));
+  first_id += drop;
   uint32_t header_bytes = 0;
-  std::string raw = layout_content(runner, seq.n_tokens, tokens, &header_bytes);
+  std::string raw = layout_content(runner, seq.n_tokens, tokens, first_id, &header_bytes);
   char* state = raw.data() + header_bytes;
   for_each_piece(runner, seq, [&](size_t at, const Tensor& t) { piece_to_blob(runner.backend(), t, state + at); });
   return compress(raw);
@@ -383,13 +393,15 @@ std::string snapshot_sequence(ModelRunner& runner, const Sequence& seq, std::spa
 
 std::string empty_snapshot(ModelRunner& runner) {
   uint32_t header_bytes = 0;
-  return compress(layout_content(runner, 0, {}, &header_bytes));  // a zeroed slot, no KV: a fresh sequence
+  return compress(layout_content(runner, 0, {}, 0, &header_bytes));  // a zeroed slot, no KV: a fresh sequence
 }
 
 uint64_t max_snapshot_bytes(ModelRunner& runner, int64_t n_tokens) {
   const std::vector<LayerSections> sections = model_sections(runner, runner.kv().empty() ? 0 : n_tokens);
-  // Header: prefix, two strings, n_tokens, n_ids, the ids, n_layers, 17 bytes a layer, padding.
-  uint64_t raw = kPrefixBytes + 2 * (4 + kMaxStringBytes) + 8 + 8 + 4 * uint64_t(n_tokens) + 4 + 17 * sections.size() + 7;
+  // Header: prefix, two strings, n_tokens, first_id, n_ids, the ids (a version 1 blob keeps
+  // them all), n_layers, 17 bytes a layer, padding.
+  uint64_t raw =
+      kPrefixBytes + 2 * (4 + kMaxStringBytes) + 8 + 8 + 8 + 4 * uint64_t(n_tokens) + 4 + 17 * sections.size() + 7;
   for (const LayerSections& s : sections) raw += s.a + s.b;
   return ZSTD_compressBound(size_t(raw));
 }
@@ -408,7 +420,7 @@ SnapshotHeader read_snapshot_header(std::string_view blob) {
   return parse_header(frame, &sections, &header_bytes);
 }
 
-Sequence restore_sequence(ModelRunner& runner, std::string_view blob, std::vector<int32_t>* tokens) {
+Sequence restore_sequence(ModelRunner& runner, std::string_view blob, std::vector<int32_t>* tokens, int64_t* first_id) {
   SnapshotHeader h;
   uint32_t header_bytes = 0;
   const std::string raw = checked_content(runner, blob, &h, &header_bytes);
@@ -428,6 +440,7 @@ Sequence restore_sequence(ModelRunner& runner, std::string_view blob, std::vecto
     throw;
   }
   if (tokens) *tokens = std::move(h.tokens);
+  if (first_id) *first_id = h.first_id;
   return *seq;
 }
 

@@ -315,7 +315,7 @@ void SessionsApi::get(const httplib::Request& req, httplib::Response& res) {
   json j = session_json(id);
   SnapshotHeader h = read_snapshot_header(blob);
   j["state_bytes"] = h.state_bytes;  // uncompressed: fixed for a Mamba model, + KV for a hybrid
-  j["pending_tokens"] = int64_t(h.tokens.size()) - h.n_tokens;  // sampled, fed by the next turn
+  j["pending_tokens"] = h.pending();  // sampled, fed by the next turn
   reply(res, j);
 }
 

@@ -349,5 +349,69 @@ TEST(SchedulerSessions, CancelledTurnGivesNoState) {
   EXPECT_EQ(runner.free_slots(), 2);
 }
 
+// A session that has read more than a snapshot keeps ids of (kSnapshotKeptIds) stays the same
+// size: its snapshot keeps only the last ids, and the next turns still continue it exactly —
+// the state is the whole past — with usage counted over every position. Appends (prefill-only
+// turns) far past the window; then a generating turn, against generate() over the whole text.
+TEST(SessionTurnsLong, SnapshotsKeepTheLastIdsAndStillContinueExactly) {
+  CpuBackend backend;
+  RunnerOptions o = runner_options(2);
+  ModelRunner runner(model_dir("mamba2-tiny"), backend, o);
+  SchedulerOptions so;
+  so.max_batch_tokens = 4096;
+  Scheduler s(runner, so);
+  std::mt19937 rng(11);
+  const int64_t vocab = runner.spec().vocab_size;
+  std::vector<int32_t> text;
+  std::string state;
+  size_t blob_after_window = 0;
+  for (int append = 0; append < 4; ++append) {  // 4 x 24000 ids: past the 65536 kept
+    const std::vector<int32_t> piece = random_ids(rng, vocab, 24000, 24000);
+    Turns turns;
+    Request r;
+    r.prompt = piece;
+    r.sampling = greedy(0);
+    r.resume_state = state;
+    const uint64_t id = turns.submit(s, r);
+    s.run_until_idle();
+    const Turn& t = turns.by_id[id];
+    ASSERT_EQ(t.last.finish_reason, "length") << t.last.error;
+    text = cat(text, piece);
+    EXPECT_EQ(t.last.prompt_tokens, int64_t(text.size()));
+    EXPECT_EQ(t.last.cached_tokens, int64_t(text.size() - piece.size()));
+    state = t.state;
+    const SnapshotHeader h = read_snapshot_header(state);
+    EXPECT_EQ(h.n_tokens, int64_t(text.size()));
+    EXPECT_EQ(h.pending(), 0);
+    const int64_t kept = std::min<int64_t>(int64_t(text.size()), kSnapshotKeptIds);
+    EXPECT_EQ(h.first_id, int64_t(text.size()) - kept);
+    EXPECT_EQ(h.tokens, std::vector<int32_t>(text.end() - kept, text.end()));
+    if (int64_t(text.size()) > kSnapshotKeptIds) {
+      if (blob_after_window == 0) blob_after_window = state.size();
+      EXPECT_LE(state.size(), blob_after_window + blob_after_window / 20) << "the blob grows with the text";
+    }
+  }
+  // A generating turn: what one request over the whole text generates.
+  const std::vector<int32_t> prompt = random_ids(rng, vocab, 5, 5);
+  ModelRunner whole_runner(model_dir("mamba2-tiny"), backend, runner_options(1));
+  const std::vector<int32_t> want = generate(whole_runner, cat(text, prompt), greedy(6)).tokens;
+  Turns turns;
+  Request r;
+  r.prompt = prompt;
+  r.sampling = greedy(6);
+  r.resume_state = state;
+  const uint64_t id = turns.submit(s, r);
+  s.run_until_idle();
+  const Turn& t = turns.by_id[id];
+  EXPECT_EQ(t.tokens, want);
+  EXPECT_EQ(t.last.prompt_tokens, int64_t(text.size() + prompt.size()));
+  const SnapshotHeader h = read_snapshot_header(t.state);
+  EXPECT_EQ(h.n_tokens, int64_t(text.size() + prompt.size() + want.size()) - 1);  // the last one pending
+  EXPECT_EQ(h.pending(), 1);
+  EXPECT_EQ(int64_t(h.tokens.size()), kSnapshotKeptIds);
+  EXPECT_EQ(h.tokens.back(), want.back());
+  EXPECT_EQ(runner.free_slots(), runner.max_sequences());
+}
+
 }  // namespace
 }  // namespace statelm
