@@ -112,10 +112,10 @@ Target open_target(const EngineFlags& flags, bool need_backend) {
     t.where = str_cat("unknown: ", e.what());
     return t;
   }
-  auto* cuda = dynamic_cast<CudaBackend*>(t.backend.get());
-  t.multiprocessors = cuda::list_devices().at(size_t(cuda->device_index())).multiprocessors;
-  t.available = int64_t(cuda->available_memory());
-  t.where = str_cat("cuda:", cuda->device_index(), " free");
+  auto* device = dynamic_cast<CudaBackend*>(t.backend.get());
+  t.multiprocessors = cuda::list_devices().at(size_t(device->device_index())).multiprocessors;
+  t.available = int64_t(device->available_memory());
+  t.where = str_cat("cuda:", device->device_index(), " free");
 #else
   if (need_backend) make_backend(flags);  // fails, naming the missing CUDA backend
   t.allocation_size = nullptr;
@@ -131,9 +131,9 @@ struct Usage {
 
 Usage usage(Backend& backend) {
 #ifdef STATELM_WITH_CUDA
-  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) {
-    cuda->synchronize("inspect --measure");
-    const CudaMemoryStats s = cuda->memory_stats();
+  if (auto* device = dynamic_cast<CudaBackend*>(&backend)) {
+    device->synchronize("inspect --measure");
+    const CudaMemoryStats s = device->memory_stats();
     return Usage{int64_t(s.in_use), int64_t(s.peak_in_use)};
   }
 #endif
@@ -246,14 +246,19 @@ int run_inspect(InspectOptions o) {
   po.step_tokens = o.chunk;
   po.allocation_size = target.allocation_size;
   po.multiprocessors = target.multiprocessors;
+  // A step is one sequence's prefill chunk (never longer than its context) or a decode step of
+  // all B sequences, whichever takes more.
+  po.whole_batch_decode = true;
   std::vector<MemoryPlan> plans;
   for (int64_t c : contexts) {
     po.context = c;
+    po.step_tokens = std::min(o.chunk, c);
     plans.push_back(plan_memory(s, po));
   }
   std::optional<Measured> measured;
   if (o.measure) {
     po.context = contexts[0];
+    po.step_tokens = std::min(o.chunk, contexts[0]);
     measured = measure(o, target, po, bool(files.checkpoint));
   }
 
