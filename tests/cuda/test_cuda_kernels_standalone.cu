@@ -8,7 +8,7 @@
 // Depends only on src/core and the kernel .cu files (not on CudaBackend), so it builds with one
 // nvcc command on the GPU machine:
 //   nvcc -std=c++20 -O2 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Isrc -Itests \
-//     src/backend/cuda/{conv1d,selective_scan,ssd,rope,attention}.cu src/core/{error,dtype,tensor}.cpp \
+//     src/backend/cuda/{conv1d,selective_scan,ssd*,rope,attention*}.cu src/core/{error,dtype,tensor}.cpp \
 //     tests/cuda/test_cuda_kernels_standalone.cu -o build-gpu/test_cuda_kernels && build-gpu/test_cuda_kernels
 #include <algorithm>
 #include <cmath>
@@ -280,7 +280,10 @@ void test_selective_scan(DType act, DType st, int Di, int N, const std::vector<i
   report(name + " state", ds.download(), ref_state, tol_for(act, st, 1e-4));
 }
 
-void test_ssd(DType act, DType st, int H, int P, int G, int N, int chunk, bool limited, const std::vector<int>& lens) {
+// aligned16: rows of x, B and C padded to multiples of 8 elements (the bf16 tensor-core path then
+// stages them with 16-byte loads; otherwise it takes its element-wise staging).
+void test_ssd(DType act, DType st, int H, int P, int G, int N, int chunk, bool limited, const std::vector<int>& lens,
+              bool aligned16 = false) {
   Batch b(lens, 1, 0);
   auto x = rnd(size_t(b.T * H * P), -1, 1), dt = rnd(size_t(b.T * H), -4, 1);
   auto B = rnd(size_t(b.T * G * N), -1, 1), C = rnd(size_t(b.T * G * N), -1, 1);
@@ -288,7 +291,8 @@ void test_ssd(DType act, DType st, int H, int P, int G, int N, int chunk, bool l
   auto state = rnd(size_t(b.n_slots * H * P * N), -1, 1);
   for (auto* v : {&x, &dt, &B, &C}) round_all(act, *v);
   round_all(st, state);
-  Dev dx(act, {b.T, H, P}, 4), ddt(act, {b.T, H}, 3), dB(act, {b.T, G, N}, 2 * G * N), dC(act, {b.T, G, N}, 5),
+  Dev dx(act, {b.T, H, P}, aligned16 ? 8 : 4), ddt(act, {b.T, H}, 3), dB(act, {b.T, G, N}, aligned16 ? 8 : 2 * G * N),
+      dC(act, {b.T, G, N}, aligned16 ? 16 : 5),
       dout(act, {b.T, H, P}), ddtb(DType::F32, {H}), dA(DType::F32, {H}), dD(DType::F32, {H}),
       ds(st, {b.n_slots, H, P, N});
   dx.upload(x), ddt.upload(dt), dB.upload(B), dC.upload(C), ddtb.upload(dtb), dA.upload(A), dD.upload(D),
@@ -314,7 +318,7 @@ void test_ssd(DType act, DType st, int H, int P, int G, int N, int chunk, bool l
   }
   std::string name = std::string("ssd ") + dn(act) + " state " + dn(st) + " H=" + std::to_string(H) +
                      " P=" + std::to_string(P) + " G=" + std::to_string(G) + " N=" + std::to_string(N) +
-                     " Q=" + std::to_string(chunk) + (limited ? " dt-limited" : "");
+                     " Q=" + std::to_string(chunk) + (limited ? " dt-limited" : "") + (aligned16 ? " aligned" : "");
   report(name + " out", dout.download(), ref_out, tol_for(act, st, 1e-4));
   report(name + " state", ds.download(), ref_state, tol_for(act, st, 1e-4));
 }
@@ -476,6 +480,9 @@ int main() {
         test_ssd(act, st, 6, 20, 2, 24, 32, false, mixed);
         test_ssd(act, st, 4, 64, 1, 128, 256, true, {1, 300, 1, 17});
         test_ssd(act, st, 3, 16, 3, 16, 64, false, {1, 1, 1});  // decode only
+        // The 2.7B model's head shape, several full and partial chunks, 16-byte staging.
+        test_ssd(act, st, 8, 64, 2, 128, 256, false, {700, 1, 257, 64, 2}, true);
+        test_ssd(act, st, 4, 48, 1, 72, 128, true, {513, 90}, true);  // tiles cut at 48 / 72 columns
       }
     for (DType act : dts) {
       test_rope(act, RopeKind::Default, 4, 2, 64, 64, mixed);

@@ -20,9 +20,10 @@
 //                     (S_in overwrites S_loc in the scratch)
 //   5. chunk_scan:    y_i = e^{cs_i} (C_i · S_in) + Σ_{j ≤ i} CB_ij e^{cs_i − cs_j} dt_j x_j
 //                          + D x_i
-// Stages 2, 3 and 5 are tiled matrix products: 64 × 64 output tiles per block of 256 threads,
-// 4 × 4 outputs per thread, operands staged through shared memory in slabs of 16 along the
-// reduced dimension; fp32 CUDA cores with fp32 accumulation (no tensor cores yet).
+// Stages 2, 3 and 5 are tiled matrix products: on bf16 tensor cores for bf16 activations
+// (ssd_chunks_mma.cu), on fp32 CUDA cores for float activations (ssd_chunks_f32.cu, the exact
+// path). Stage 1 is one warp per (chunk, head): lanes sum runs of consecutive tokens, then a
+// warp prefix sum joins the runs. Stage 4 is one thread per state element.
 //
 // Decays: cs is accumulated in double, and e^{cs_i − cs_j} takes the difference in double.
 // A strongly decaying head reaches |cs| in the thousands within a chunk, where a float's ulp
@@ -33,203 +34,55 @@
 // State: fp32 or bf16, widened when a span starts, rounded once when it ends; fp32 between the
 // stages. out must not overlap x, dt, B, C (stage 5 writes rows other blocks read).
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/span_kernels.cuh"
+#include "backend/cuda/ssd_args.cuh"
 
 namespace statelm::cuda {
 
 namespace {
 
+using namespace ssd_detail;
+
 constexpr int kThreads = 256;
-constexpr int kTile = 64;  // output tile edge of the chunk products
-constexpr int kSlab = 16;  // reduced-dimension depth staged per step
-constexpr int kLd = kTile + 1;
-
-template <typename T>
-struct SsdArgs {
-  const T *x, *dt, *B, *C;
-  T* out;
-  Param dt_bias, A, D;
-  int64_t xs0, xs1, dts, Bs0, Bs1, Cs0, Cs1, os0, os1;
-  int H, P, G, N, Q;
-  float dt_min, dt_max;
-  bool dt_limited;
-  // Scratch of the chunked path, per chunk c: dtc[c][h][Q], cs[c][h][Q] (double),
-  // cb[c][g][Q][Q], st[c][h][P][N] (S_loc after stage 3, S_in after stage 4).
-  float* dtc;
-  double* cs;
-  float* cb;
-  float* st;
-};
-
-template <typename T>
-__device__ __forceinline__ float dt_of(const SsdArgs<T>& a, int64_t t, int h) {
-  float v = softplus(to_f32(a.dt[t * a.dts + h]) + a.dt_bias.get(h, 0.0f));
-  if (a.dt_limited) v = fminf(fmaxf(v, a.dt_min), a.dt_max);
-  return v;
-}
-
-// A chunk's place: tokens [t0, t0 + L) of the flat batch, of span `span`.
-struct Chunk {
-  int span;
-  int64_t t0;
-  int L;
-};
-
-__device__ __forceinline__ Chunk chunk_of(const SpanItems& items, int chunk) {
-  const ItemRef it = find_item(items, chunk);
-  const SeqSpan sp = items.spans[it.span];
-  const int off = it.piece * items.per_item;
-  return {it.span, int64_t(sp.start) + off, min(items.per_item, sp.len - off)};
-}
-
-// ---- tiled products -----------------------------------------------------------------------
-// Thread (ty, tx) = (tid / 16, tid % 16) owns rows ty + 16 r and columns tx + 16 c (r, c < 4)
-// of a 64 × 64 tile: in a warp, the A reads are two broadcast addresses and the B reads 16
-// consecutive words, so the slab reads are free of bank conflicts.
-struct Slabs {
-  float a[kSlab][kLd];  // a[k][m]: row m of the left operand, reduced index k
-  float b[kSlab][kLd];  // b[k][n]: column n of the right operand
-};
-
-__device__ __forceinline__ void slab_fma(const Slabs& s, float (&acc)[4][4]) {
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll
-  for (int k = 0; k < kSlab; ++k) {
-    float av[4], bv[4];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) av[r] = s.a[k][ty + 16 * r];
-#pragma unroll
-    for (int c = 0; c < 4; ++c) bv[c] = s.b[k][tx + 16 * c];
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
-  }
-}
-
-// dst[k][m] = f(k, m) for the whole slab. kAlongK: consecutive threads take consecutive k (the
-// source is contiguous along the reduced index, e.g. C[i][n] reduced over n); otherwise
-// consecutive m (e.g. x[j][p] reduced over j). Either way global reads are coalesced.
-template <bool kAlongK, typename F>
-__device__ __forceinline__ void fill_slab(float (*dst)[kLd], F&& f) {
-#pragma unroll
-  for (int q = 0; q < kSlab * kTile / kThreads; ++q) {
-    const int e = threadIdx.x + kThreads * q;
-    const int k = kAlongK ? e % kSlab : e / kTile;
-    const int m = kAlongK ? e / kSlab : e % kTile;
-    dst[k][m] = f(k, m);
-  }
-}
-
-__device__ __forceinline__ void zero(float (&acc)[4][4]) {
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
-}
 
 // ---- stage 1: dt and the cumulative log-decay per (chunk, head) ---------------------------
+// One warp per (chunk, head), kCumsumHeads heads per block. Lane l owns the run of tokens
+// [l·run, (l + 1)·run): it sums its run (pass 1), a warp prefix sum gives the total of the runs
+// before it, and pass 2 writes dt and the running sum token by token. a_i = dt_i · A is rounded
+// to float as the CPU rounds it and summed in double (ssd.cu's header says why).
+constexpr int kCumsumHeads = 8;
+
 template <typename T>
-__global__ void __launch_bounds__(128) chunk_cumsum_kernel(SsdArgs<T> a, SpanItems items) {
+__global__ void __launch_bounds__(kCumsumHeads * 32) chunk_cumsum_kernel(SsdArgs<T> a, SpanItems items) {
   const Chunk ch = chunk_of(items, blockIdx.x);
-  for (int h = threadIdx.x; h < a.H; h += blockDim.x) {
-    const float A = a.A[h];
-    const int64_t base = (int64_t(blockIdx.x) * a.H + h) * a.Q;
-    double cs = 0.0;
-    for (int i = 0; i < ch.L; ++i) {
-      const float dt = dt_of(a, ch.t0 + i, h);
-      cs += double(dt * A);  // a_i rounded as the CPU rounds it, summed in double
-      a.dtc[base + i] = dt;
-      a.cs[base + i] = cs;
-    }
+  const int h = blockIdx.y * kCumsumHeads + int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
+  if (h >= a.H) return;
+  const float A = a.A[h];
+  const int run = (ch.L + 31) / 32, i0 = min(ch.L, lane * run), i1 = min(ch.L, i0 + run);
+  double own = 0.0;
+  for (int i = i0; i < i1; ++i) own += double(dt_of(a, ch.t0 + i, h) * A);
+  double before = own;  // inclusive prefix over the lanes, then made exclusive
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const double v = __shfl_up_sync(0xffffffffu, before, o);
+    if (lane >= o) before += v;
   }
-}
-
-// ---- stage 2: CB = C Bᵀ per (chunk, group), tiles on or below the diagonal ----------------
-template <typename T>
-__global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdArgs<T> a, SpanItems items) {
-  __shared__ Slabs s;
-  const int chunk = blockIdx.x / a.G, g = blockIdx.x % a.G;
-  const Chunk ch = chunk_of(items, chunk);
-  const int n_tiles = (a.Q + kTile - 1) / kTile;
-  const int ti = blockIdx.y / n_tiles, tj = blockIdx.y % n_tiles;
-  if (tj > ti || ti * kTile >= ch.L) return;  // uniform per block
-  const int i0 = ti * kTile, j0 = tj * kTile;
-  const T* Cg = a.C + ch.t0 * a.Cs0 + int64_t(g) * a.Cs1;
-  const T* Bg = a.B + ch.t0 * a.Bs0 + int64_t(g) * a.Bs1;
-  float acc[4][4];
-  zero(acc);
-  for (int n0 = 0; n0 < a.N; n0 += kSlab) {
-    __syncthreads();
-    fill_slab<true>(s.a, [&](int k, int m) {
-      const int i = i0 + m, n = n0 + k;
-      return i < ch.L && n < a.N ? to_f32(Cg[int64_t(i) * a.Cs0 + n]) : 0.0f;
-    });
-    fill_slab<true>(s.b, [&](int k, int m) {
-      const int j = j0 + m, n = n0 + k;
-      return j < ch.L && n < a.N ? to_f32(Bg[int64_t(j) * a.Bs0 + n]) : 0.0f;
-    });
-    __syncthreads();
-    slab_fma(s, acc);
+  before -= own;
+  const int64_t base = (int64_t(blockIdx.x) * a.H + h) * a.Q;
+  double cs = before;
+  for (int i = i0; i < i1; ++i) {
+    const float dt = dt_of(a, ch.t0 + i, h);
+    cs += double(dt * A);
+    a.dtc[base + i] = dt;
+    a.cs[base + i] = cs;
   }
-  float* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int i = i0 + ty + 16 * r, j = j0 + tx + 16 * c;
-      if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = acc[r][c];
-    }
-}
-
-// ---- stage 3: the chunk's own state S_loc[p, n] = Σ_j w_j x_j[p] B_j[n] ---------------------
-template <typename T>
-__global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs<T> a, SpanItems items) {
-  __shared__ Slabs s;
-  __shared__ float w[kSlab];
-  const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
-  const Chunk ch = chunk_of(items, chunk);
-  const int n_tiles_n = (a.N + kTile - 1) / kTile;
-  const int p0 = (blockIdx.y / n_tiles_n) * kTile, n0 = (blockIdx.y % n_tiles_n) * kTile;
-  const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
-  const double cs_last = a.cs[hb + ch.L - 1];
-  const T* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1;
-  const T* Bg = a.B + ch.t0 * a.Bs0 + int64_t(g) * a.Bs1;
-  float acc[4][4];
-  zero(acc);
-  for (int j0 = 0; j0 < ch.L; j0 += kSlab) {
-    __syncthreads();
-    if (threadIdx.x < kSlab) {
-      const int j = j0 + threadIdx.x;
-      w[threadIdx.x] = j < ch.L ? expf(float(cs_last - a.cs[hb + j])) * a.dtc[hb + j] : 0.0f;
-    }
-    __syncthreads();
-    fill_slab<false>(s.a, [&](int k, int m) {
-      const int j = j0 + k, p = p0 + m;
-      return j < ch.L && p < a.P ? w[k] * to_f32(xh[int64_t(j) * a.xs0 + p]) : 0.0f;
-    });
-    fill_slab<false>(s.b, [&](int k, int m) {
-      const int j = j0 + k, n = n0 + m;
-      return j < ch.L && n < a.N ? to_f32(Bg[int64_t(j) * a.Bs0 + n]) : 0.0f;
-    });
-    __syncthreads();
-    slab_fma(s, acc);
-  }
-  float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int p = p0 + ty + 16 * r, n = n0 + tx + 16 * c;
-      if (p < a.P && n < a.N) st[int64_t(p) * a.N + n] = acc[r][c];
-    }
 }
 
 // ---- stage 4: pass states along each span's chunks ----------------------------------------
+// S_in goes to st_in16 (bf16, the tensor-core path's operand) or over S_loc in st (fp32 path).
 template <typename T, typename S>
 __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdArgs<T> a, S* state, int64_t ss0, int64_t ss1,
                                                                   int64_t ss2, SpanItems items) {
@@ -250,96 +103,15 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdArgs<T> a, S
   for (int c = first; c < first + n_chunks; ++c) {
     const int L = min(a.Q, sp.len - (c - first) * a.Q);
     const float decay = expf(float(a.cs[(int64_t(c) * a.H + h) * a.Q + L - 1]));
-    float* loc = a.st + ((int64_t(c) * a.H + h) * a.P + p) * a.N + n;
-    const float s_loc = *loc;
-    *loc = S_run;
+    const int64_t at = ((int64_t(c) * a.H + h) * a.P + p) * a.N + n;
+    const float s_loc = a.st[at];
+    if (a.st_in16)
+      a.st_in16[at] = from_f32<bf16>(S_run);
+    else
+      a.st[at] = S_run;
     S_run = fmaf(decay, S_run, s_loc);
   }
   *slot = from_f32<S>(S_run);
-}
-
-// ---- stage 5: outputs of a (chunk, head) tile of rows × channels --------------------------
-template <typename T>
-__global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdArgs<T> a, SpanItems items) {
-  __shared__ Slabs s;
-  __shared__ double cs_i[kTile];
-  __shared__ double cs_j[kSlab];
-  __shared__ float dt_j[kSlab];
-  const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
-  const Chunk ch = chunk_of(items, chunk);
-  const int n_tiles_p = (a.P + kTile - 1) / kTile;
-  const int ti = blockIdx.y / n_tiles_p;
-  const int i0 = ti * kTile, p0 = (blockIdx.y % n_tiles_p) * kTile;
-  if (i0 >= ch.L) return;  // uniform per block
-  const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
-  const T* Cg = a.C + ch.t0 * a.Cs0 + int64_t(g) * a.Cs1;
-  const T* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1;
-  const float* s_in = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
-  const float* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-  if (threadIdx.x < kTile) {
-    const int i = i0 + threadIdx.x;
-    cs_i[threadIdx.x] = i < ch.L ? a.cs[hb + i] : 0.0;
-  }
-
-  // y = C · S_inᵀ, then each row scaled by e^{cs_i}.
-  float acc[4][4];
-  zero(acc);
-  for (int n0 = 0; n0 < a.N; n0 += kSlab) {
-    __syncthreads();
-    fill_slab<true>(s.a, [&](int k, int m) {
-      const int i = i0 + m, n = n0 + k;
-      return i < ch.L && n < a.N ? to_f32(Cg[int64_t(i) * a.Cs0 + n]) : 0.0f;
-    });
-    fill_slab<true>(s.b, [&](int k, int m) {
-      const int p = p0 + m, n = n0 + k;
-      return p < a.P && n < a.N ? s_in[int64_t(p) * a.N + n] : 0.0f;
-    });
-    __syncthreads();
-    slab_fma(s, acc);
-  }
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    const float e = expf(float(cs_i[ty + 16 * r]));
-#pragma unroll
-    for (int c = 0; c < 4; ++c) acc[r][c] *= e;
-  }
-
-  // y += (CB ∘ e^{cs_i − cs_j} ∘ dt_j, j ≤ i) · X over the key columns up to this row tile.
-  const int j_end = min(ch.L, i0 + kTile);
-  for (int j0 = 0; j0 < j_end; j0 += kSlab) {
-    __syncthreads();
-    if (threadIdx.x < kSlab) {
-      const int j = j0 + threadIdx.x;
-      cs_j[threadIdx.x] = j < ch.L ? a.cs[hb + j] : 0.0;
-      dt_j[threadIdx.x] = j < ch.L ? a.dtc[hb + j] : 0.0f;
-    }
-    __syncthreads();
-    fill_slab<true>(s.a, [&](int k, int m) {
-      const int i = i0 + m, j = j0 + k;
-      if (i >= ch.L || j > i) return 0.0f;
-      return cb[int64_t(i) * a.Q + j] * expf(float(cs_i[m] - cs_j[k])) * dt_j[k];
-    });
-    fill_slab<false>(s.b, [&](int k, int m) {
-      const int j = j0 + k, p = p0 + m;
-      return j < ch.L && p < a.P ? to_f32(xh[int64_t(j) * a.xs0 + p]) : 0.0f;
-    });
-    __syncthreads();
-    slab_fma(s, acc);
-  }
-
-  const float dskip = a.D.get(h, 0.0f);
-  T* yh = a.out + ch.t0 * a.os0 + int64_t(h) * a.os1;
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int i = i0 + ty + 16 * r, p = p0 + tx + 16 * c;
-      if (i < ch.L && p < a.P) {
-        const float xv = to_f32(xh[int64_t(i) * a.xs0 + p]);
-        yh[int64_t(i) * a.os0 + p] = from_f32<T>(fmaf(dskip, xv, acc[r][c]));
-      }
-    }
 }
 
 // ---- decode: the recurrence for spans of one token ----------------------------------------
@@ -496,32 +268,42 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
   }
   if (n_chunks == 0) return;
 
-  // One scratch region: dtc, cs, cb, st (each 256-byte aligned).
+  // One scratch region: dtc, cs, cb, st and (bf16 activations) st_in16, each 256-byte aligned.
+  // runtime/memory_plan.cpp (cuda_ssd_scratch) counts the same bytes: keep the two in step.
+  constexpr bool kMma = std::is_same_v<T, bf16>;
   auto align = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
-  const size_t per_head = size_t(n_chunks) * a.H * a.Q;
+  const size_t per_head = size_t(n_chunks) * a.H * a.Q, states = size_t(n_chunks) * a.H * a.P * a.N;
   const size_t b_dtc = align(per_head * sizeof(float)), b_cs = align(per_head * sizeof(double));
   const size_t b_cb = align(size_t(n_chunks) * a.G * a.Q * a.Q * sizeof(float));
-  const size_t b_st = align(size_t(n_chunks) * a.H * a.P * a.N * sizeof(float));
-  char* base = static_cast<char*>(scratch.get(b_dtc + b_cs + b_cb + b_st));
+  const size_t b_st = align(states * sizeof(float)), b_st16 = kMma ? align(states * sizeof(bf16)) : 0;
+  char* base = static_cast<char*>(scratch.get(b_dtc + b_cs + b_cb + b_st + b_st16));
   a.dtc = reinterpret_cast<float*>(base);
   a.cs = reinterpret_cast<double*>(base + b_dtc);
   a.cb = reinterpret_cast<float*>(base + b_dtc + b_cs);
   a.st = reinterpret_cast<float*>(base + b_dtc + b_cs + b_cb);
+  a.st_in16 = kMma ? reinterpret_cast<bf16*>(base + b_dtc + b_cs + b_cb + b_st) : nullptr;
+  auto vec16 = [](const void* ptr, int64_t s0, int64_t s1) {
+    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && s0 % 8 == 0 && s1 % 8 == 0;
+  };
+  a.x_vec16 = vec16(a.x, a.xs0, a.xs1);
+  a.B_vec16 = vec16(a.B, a.Bs0, a.Bs1);
+  a.C_vec16 = vec16(a.C, a.Cs0, a.Cs1);
 
-  const unsigned q_tiles = unsigned((a.Q + kTile - 1) / kTile);
-  chunk_cumsum_kernel<T><<<unsigned(n_chunks), 128, 0, stream>>>(a, items);
+  chunk_cumsum_kernel<T><<<dim3(unsigned(n_chunks), unsigned((a.H + kCumsumHeads - 1) / kCumsumHeads)),
+                           kCumsumHeads * 32, 0, stream>>>(a, items);
   STATELM_CUDA_LAUNCHED(op, " chunk_cumsum");
-  chunk_cb_kernel<T><<<dim3(unsigned(n_chunks * a.G), q_tiles * q_tiles), kThreads, 0, stream>>>(a, items);
-  STATELM_CUDA_LAUNCHED(op, " chunk_cb");
-  const unsigned p_tiles = unsigned((a.P + kTile - 1) / kTile), n_tiles = unsigned((a.N + kTile - 1) / kTile);
-  chunk_state_kernel<T><<<dim3(unsigned(n_chunks * a.H), p_tiles * n_tiles), kThreads, 0, stream>>>(a, items);
-  STATELM_CUDA_LAUNCHED(op, " chunk_state");
+  if constexpr (kMma)
+    chunk_states_mma(a, items, n_chunks, stream);
+  else
+    chunk_states_f32(a, items, n_chunks, stream);
   const unsigned pn_blocks = unsigned((int64_t(a.P) * a.N + kThreads - 1) / kThreads);
   state_passing_kernel<T, S><<<dim3(unsigned(n_spans), pn_blocks, unsigned(a.H)), kThreads, 0, stream>>>(
       a, state, ss0, ss1, ss2, items);
   STATELM_CUDA_LAUNCHED(op, " state_passing");
-  chunk_scan_kernel<T><<<dim3(unsigned(n_chunks * a.H), q_tiles * p_tiles), kThreads, 0, stream>>>(a, items);
-  STATELM_CUDA_LAUNCHED(op, " chunk_scan, x ", p.x.describe(), " state ", p.state.describe());
+  if constexpr (kMma)
+    chunk_outputs_mma(a, items, n_chunks, stream);
+  else
+    chunk_outputs_f32(a, items, n_chunks, stream);
 }
 
 }  // namespace

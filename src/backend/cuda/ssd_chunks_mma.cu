@@ -1,0 +1,266 @@
+// Mamba-2 SSD chunk products on bf16 tensor cores (mma.sync, fp32 accumulation), for bf16
+// activations. Stages 2, 3 and 5 of ssd.cu's algorithm, each a product of 64 × 64 tiles per
+// block of 4 warps (mma.cuh), operands staged in shared memory 64 deep along the reduced index:
+//
+//   2. CB[i][j]     = Σ_n C[i][n] B[j][n]              A = C  [i][n], B = B [j][n]  (both K-major)
+//   3. S_loc[p][n]  = Σ_j (w_j x[j][p]) B[j][n]        A = wx [j][p], B = B [j][n]  (MN-major)
+//   5. y[i][p]      = e^{cs_i} Σ_n C[i][n] S_in[p][n]  A = C  [i][n], B = S_in [p][n] (K-major)
+//                   + Σ_{j ≤ i} M[i][j] x[j][p]        A = M  [i][j], B = x [j][p]  (MN-major)
+//      with w_j = e^{cs_{L−1} − cs_j} dt_j and M[i][j] = CB[i][j] e^{cs_i − cs_j} dt_j.
+//
+// Operands are rounded to bf16 where they enter a product (w_j x_j, S_in, M), as mamba_ssm's
+// Triton kernels round them; accumulators, CB, S_loc and the passed states stay fp32, and the
+// decays keep ssd.cu's double-precision differences. Rows of x, B, C and S_in are staged with
+// 16-byte loads when they are 16-byte aligned (SsdArgs::*_vec16), one element at a time
+// otherwise (odd test shapes); out-of-range rows and columns are staged as zeros, so any P, N,
+// Q and partial chunk work.
+#include "backend/cuda/mma.cuh"
+#include "backend/cuda/ssd_args.cuh"
+
+namespace statelm::cuda::ssd_detail {
+
+namespace {
+
+using mma::kLdTile;
+using mma::kTileEdge;
+using mma::kTileThreads;
+
+struct Operands {
+  bf16 a[kTileEdge * kLdTile];
+  bf16 b[kTileEdge * kLdTile];
+};
+
+// dst[r][c] = scale(r) · src[r · stride + c] for r < rows, c < cols; 0 elsewhere (64 × 64).
+// Thread e of the block moves packs of 8 consecutive columns: 8 threads cover a 128-byte row,
+// so a warp reads four rows in full 128-byte lines.
+template <bool kScaled, typename Scale>
+__device__ __forceinline__ void stage_rows(bf16* dst, const bf16* src, int64_t stride, int rows, int cols, bool vec16,
+                                           Scale scale) {
+#pragma unroll
+  for (int q = 0; q < kTileEdge * kTileEdge / 8 / kTileThreads; ++q) {
+    const int e = int(threadIdx.x) + kTileThreads * q;
+    const int r = e / 8, c = (e % 8) * 8;
+    bf16* d = dst + r * kLdTile + c;
+    if (vec16 && r < rows && c + 8 <= cols) {
+      uint4 v = *reinterpret_cast<const uint4*>(src + int64_t(r) * stride + c);
+      if constexpr (kScaled) {
+        const float s = scale(r);
+        __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&v);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 f = __bfloat1622float2(h[k]);
+          h[k] = __floats2bfloat162_rn(f.x * s, f.y * s);
+        }
+      }
+      *reinterpret_cast<uint4*>(d) = v;
+    } else {
+      const float s = kScaled && r < rows ? scale(r) : 1.0f;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const bool in = r < rows && c + k < cols;
+        const bf16 v = in ? src[int64_t(r) * stride + c + k] : __float2bfloat16_rn(0.0f);
+        d[k] = kScaled && in ? __float2bfloat16_rn(__bfloat162float(v) * s) : v;
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void stage_rows(bf16* dst, const bf16* src, int64_t stride, int rows, int cols, bool vec16) {
+  stage_rows<false>(dst, src, stride, rows, cols, vec16, [](int) { return 1.0f; });
+}
+
+// The lower-triangle tile (ti, tj), tj ≤ ti, numbered row by row: 0 → (0,0), 1 → (1,0), 2 → (1,1)...
+__device__ __forceinline__ void lower_tile(int index, int& ti, int& tj) {
+  ti = 0;
+  while (index > ti) index -= ++ti;
+  tj = index;
+}
+
+// ---- stage 2: CB = C Bᵀ per (chunk, group), tiles on or below the diagonal ----------------
+__global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a, SpanItems items) {
+  __shared__ __align__(16) Operands s;
+  const int chunk = blockIdx.x / a.G, g = blockIdx.x % a.G;
+  const Chunk ch = chunk_of(items, chunk);
+  int ti, tj;
+  lower_tile(int(blockIdx.y), ti, tj);
+  const int i0 = ti * kTileEdge, j0 = tj * kTileEdge;
+  if (i0 >= ch.L) return;  // uniform per block
+  const bf16* Cg = a.C + (ch.t0 + i0) * a.Cs0 + int64_t(g) * a.Cs1;
+  const bf16* Bg = a.B + (ch.t0 + j0) * a.Bs0 + int64_t(g) * a.Bs1;
+  mma::Acc acc;
+  mma::zero(acc);
+  for (int n0 = 0; n0 < a.N; n0 += kTileEdge) {
+    __syncthreads();
+    stage_rows(s.a, Cg + n0, a.Cs0, ch.L - i0, a.N - n0, a.C_vec16);
+    stage_rows(s.b, Bg + n0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
+    __syncthreads();
+    mma::slab_mma<true, true>(s.a, s.b, acc);
+  }
+  float* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
+  const mma::TileCoord tc;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = i0 + tc.row(mi, r), j = j0 + tc.col(ni, r);
+        if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = acc[mi][ni][r];
+      }
+}
+
+// ---- stage 3: the chunk's own state S_loc[p, n] = Σ_j w_j x_j[p] B_j[n] ---------------------
+__global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16> a, SpanItems items) {
+  __shared__ __align__(16) Operands s;
+  __shared__ float w[kTileEdge];
+  const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
+  const Chunk ch = chunk_of(items, chunk);
+  const int n_tiles_n = (a.N + kTileEdge - 1) / kTileEdge;
+  const int p0 = int(blockIdx.y / n_tiles_n) * kTileEdge, n0 = int(blockIdx.y % n_tiles_n) * kTileEdge;
+  const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
+  const double cs_last = a.cs[hb + ch.L - 1];
+  const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
+  const bf16* Bg = a.B + ch.t0 * a.Bs0 + int64_t(g) * a.Bs1 + n0;
+  mma::Acc acc;
+  mma::zero(acc);
+  for (int j0 = 0; j0 < ch.L; j0 += kTileEdge) {
+    __syncthreads();
+    if (threadIdx.x < kTileEdge) {
+      const int j = j0 + int(threadIdx.x);
+      w[threadIdx.x] = j < ch.L ? expf(float(cs_last - a.cs[hb + j])) * a.dtc[hb + j] : 0.0f;
+    }
+    __syncthreads();
+    stage_rows<true>(s.a, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16, [&](int r) { return w[r]; });
+    stage_rows(s.b, Bg + int64_t(j0) * a.Bs0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
+    __syncthreads();
+    mma::slab_mma<false, false>(s.a, s.b, acc);
+  }
+  float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
+  const mma::TileCoord tc;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int p = p0 + tc.row(mi, r), n = n0 + tc.col(ni, r);
+        if (p < a.P && n < a.N) st[int64_t(p) * a.N + n] = acc[mi][ni][r];
+      }
+}
+
+// ---- stage 5: outputs of a (chunk, head) tile of 64 rows × 64 channels --------------------
+__global__ void __launch_bounds__(kTileThreads) chunk_scan_kernel(SsdArgs<bf16> a, SpanItems items) {
+  __shared__ __align__(16) Operands s;
+  __shared__ double cs_i[kTileEdge];
+  __shared__ double cs_j[kTileEdge];
+  __shared__ float dt_j[kTileEdge];
+  const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
+  const Chunk ch = chunk_of(items, chunk);
+  const int n_tiles_p = (a.P + kTileEdge - 1) / kTileEdge;
+  const int i0 = int(blockIdx.y / n_tiles_p) * kTileEdge, p0 = int(blockIdx.y % n_tiles_p) * kTileEdge;
+  if (i0 >= ch.L) return;  // uniform per block
+  const int rows = ch.L - i0;
+  const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
+  const bf16* Ci = a.C + (ch.t0 + i0) * a.Cs0 + int64_t(g) * a.Cs1;
+  const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
+  const bf16* s_in = a.st_in16 + ((int64_t(chunk) * a.H + h) * a.P + p0) * a.N;
+  const float* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
+  if (threadIdx.x < kTileEdge) {
+    const int i = i0 + int(threadIdx.x);
+    cs_i[threadIdx.x] = i < ch.L ? a.cs[hb + i] : 0.0;
+  }
+
+  // y = C · S_inᵀ, then each row scaled by e^{cs_i}. S_in rows (16-byte aligned when N % 8 == 0).
+  mma::Acc acc;
+  mma::zero(acc);
+  const bool s_vec16 = a.N % 8 == 0;
+  for (int n0 = 0; n0 < a.N; n0 += kTileEdge) {
+    __syncthreads();
+    stage_rows(s.a, Ci + n0, a.Cs0, rows, a.N - n0, a.C_vec16);
+    stage_rows(s.b, s_in + n0, a.N, a.P - p0, a.N - n0, s_vec16);
+    __syncthreads();
+    mma::slab_mma<true, true>(s.a, s.b, acc);
+  }
+  const mma::TileCoord tc;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float e = expf(float(cs_i[tc.row(mi, 2 * half)]));
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) acc[mi][ni][2 * half] *= e, acc[mi][ni][2 * half + 1] *= e;
+    }
+
+  // y += M · X over the key columns up to this row tile; M[i][j] is built in fp32 from CB and
+  // the decays and rounded to bf16 as it is staged (8 consecutive j per thread).
+  const int j_end = min(ch.L, i0 + kTileEdge);
+  const bool cb_vec = a.Q % 4 == 0;
+  for (int j0 = 0; j0 < j_end; j0 += kTileEdge) {
+    __syncthreads();
+    if (threadIdx.x < kTileEdge) {
+      const int j = j0 + int(threadIdx.x);
+      cs_j[threadIdx.x] = j < ch.L ? a.cs[hb + j] : 0.0;
+      dt_j[threadIdx.x] = j < ch.L ? a.dtc[hb + j] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < kTileEdge * kTileEdge / 8 / kTileThreads; ++q) {
+      const int e = int(threadIdx.x) + kTileThreads * q;
+      const int r = e / 8, c = (e % 8) * 8, i = i0 + r;
+      float m[8];
+      const float* row = cb + int64_t(i) * a.Q + j0 + c;
+      const bool full = cb_vec && i < ch.L && j0 + c + 8 <= i + 1;  // all 8 on or below the diagonal
+      if (full) {
+        const float4 lo = *reinterpret_cast<const float4*>(row), hi = *reinterpret_cast<const float4*>(row + 4);
+        m[0] = lo.x, m[1] = lo.y, m[2] = lo.z, m[3] = lo.w, m[4] = hi.x, m[5] = hi.y, m[6] = hi.z, m[7] = hi.w;
+      }
+      __align__(16) bf16 out[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int j = j0 + c + k;
+        float v = 0.0f;
+        if (i < ch.L && j <= i) v = (full ? m[k] : row[k]) * expf(float(cs_i[r] - cs_j[c + k])) * dt_j[c + k];
+        out[k] = __float2bfloat16_rn(v);
+      }
+      *reinterpret_cast<uint4*>(s.a + r * kLdTile + c) = *reinterpret_cast<const uint4*>(out);
+    }
+    stage_rows(s.b, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16);
+    __syncthreads();
+    mma::slab_mma<true, false>(s.a, s.b, acc);
+  }
+
+  const float dskip = a.D.get(h, 0.0f);
+  bf16* yh = a.out + (ch.t0 + i0) * a.os0 + int64_t(h) * a.os1 + p0;
+  const bf16* xi = xh + int64_t(i0) * a.xs0;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = tc.row(mi, r), p = tc.col(ni, r);
+        if (i < rows && p0 + p < a.P) {
+          const float xv = __bfloat162float(xi[int64_t(i) * a.xs0 + p]);
+          yh[int64_t(i) * a.os0 + p] = __float2bfloat16_rn(fmaf(dskip, xv, acc[mi][ni][r]));
+        }
+      }
+}
+
+unsigned tiles(int n) { return unsigned((n + kTileEdge - 1) / kTileEdge); }
+
+}  // namespace
+
+void chunk_states_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_chunks, cudaStream_t stream) {
+  const unsigned q_tiles = tiles(a.Q);
+  chunk_cb_kernel<<<dim3(unsigned(n_chunks * a.G), q_tiles * (q_tiles + 1) / 2), kTileThreads, 0, stream>>>(a, items);
+  STATELM_CUDA_LAUNCHED("ssd chunk_cb (mma)");
+  chunk_state_kernel<<<dim3(unsigned(n_chunks * a.H), tiles(a.P) * tiles(a.N)), kTileThreads, 0, stream>>>(a, items);
+  STATELM_CUDA_LAUNCHED("ssd chunk_state (mma)");
+}
+
+void chunk_outputs_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_chunks, cudaStream_t stream) {
+  chunk_scan_kernel<<<dim3(unsigned(n_chunks * a.H), tiles(a.Q) * tiles(a.P)), kTileThreads, 0, stream>>>(a, items);
+  STATELM_CUDA_LAUNCHED("ssd chunk_scan (mma)");
+}
+
+}  // namespace statelm::cuda::ssd_detail
