@@ -35,6 +35,7 @@
 // stages. out must not overlap x, dt, B, C (stage 5 writes rows other blocks read).
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/span_kernels.cuh"
@@ -70,6 +71,7 @@ __global__ void __launch_bounds__(kCumsumHeads * 32) chunk_cumsum_kernel(SsdArgs
     const double v = __shfl_up_sync(0xffffffffu, before, o);
     if (lane >= o) before += v;
   }
+  const double total = __shfl_sync(0xffffffffu, before, 31);  // cs_{L−1}
   before -= own;
   const int64_t base = (int64_t(blockIdx.x) * a.H + h) * a.Q;
   double cs = before;
@@ -78,6 +80,8 @@ __global__ void __launch_bounds__(kCumsumHeads * 32) chunk_cumsum_kernel(SsdArgs
     cs += double(dt * A);
     a.dtc[base + i] = dt;
     a.cs[base + i] = cs;
+    a.cs2[base + i] = float(cs * 1.4426950408889634);
+    a.w[base + i] = expf(float(total - cs)) * dt;
   }
 }
 
@@ -100,16 +104,31 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdArgs<T> a, S
   const int n_chunks = (sp.len + a.Q - 1) / a.Q;
   S* slot = state + int64_t(sp.slot) * ss0 + int64_t(h) * ss1 + int64_t(p) * ss2 + n;
   float S_run = to_f32(*slot);
-  for (int c = first; c < first + n_chunks; ++c) {
-    const int L = min(a.Q, sp.len - (c - first) * a.Q);
-    const float decay = expf(float(a.cs[(int64_t(c) * a.H + h) * a.Q + L - 1]));
-    const int64_t at = ((int64_t(c) * a.H + h) * a.P + p) * a.N + n;
-    const float s_loc = a.st[at];
-    if (a.st_in16)
-      a.st_in16[at] = from_f32<bf16>(S_run);
-    else
-      a.st[at] = S_run;
-    S_run = fmaf(decay, S_run, s_loc);
+  // kBatch chunks at a time: their S_loc loads are all issued before the first is used (a chunk's
+  // load does not wait for the previous chunk's store, which the compiler cannot prove itself).
+  constexpr int kBatch = 8;
+  const int64_t chunk_stride = int64_t(a.H) * a.P * a.N, pn = int64_t(p) * a.N + n;
+  for (int c0 = first; c0 < first + n_chunks; c0 += kBatch) {
+    float s_loc[kBatch], decay[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int c = c0 + k;
+      if (c >= first + n_chunks) break;
+      const int L = min(a.Q, sp.len - (c - first) * a.Q);
+      decay[k] = expf(float(a.cs[(int64_t(c) * a.H + h) * a.Q + L - 1]));
+      s_loc[k] = a.st[c * chunk_stride + int64_t(h) * a.P * a.N + pn];
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int c = c0 + k;
+      if (c >= first + n_chunks) break;
+      const int64_t at = c * chunk_stride + int64_t(h) * a.P * a.N + pn;
+      if (a.st_in16)
+        a.st_in16[at] = from_f32<bf16>(S_run);
+      else
+        a.st[at] = S_run;
+      S_run = fmaf(decay[k], S_run, s_loc[k]);
+    }
   }
   *slot = from_f32<S>(S_run);
 }
@@ -276,12 +295,15 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
   const size_t b_dtc = align(per_head * sizeof(float)), b_cs = align(per_head * sizeof(double));
   const size_t b_cb = align(size_t(n_chunks) * a.G * a.Q * a.Q * sizeof(float));
   const size_t b_st = align(states * sizeof(float)), b_st16 = kMma ? align(states * sizeof(bf16)) : 0;
-  char* base = static_cast<char*>(scratch.get(b_dtc + b_cs + b_cb + b_st + b_st16));
-  a.dtc = reinterpret_cast<float*>(base);
-  a.cs = reinterpret_cast<double*>(base + b_dtc);
-  a.cb = reinterpret_cast<float*>(base + b_dtc + b_cs);
-  a.st = reinterpret_cast<float*>(base + b_dtc + b_cs + b_cb);
-  a.st_in16 = kMma ? reinterpret_cast<bf16*>(base + b_dtc + b_cs + b_cb + b_st) : nullptr;
+  char* at = static_cast<char*>(scratch.get(3 * b_dtc + b_cs + b_cb + b_st + b_st16));
+  auto take = [&at](size_t bytes) { return std::exchange(at, at + bytes); };
+  a.dtc = reinterpret_cast<float*>(take(b_dtc));
+  a.cs2 = reinterpret_cast<float*>(take(b_dtc));
+  a.w = reinterpret_cast<float*>(take(b_dtc));
+  a.cs = reinterpret_cast<double*>(take(b_cs));
+  a.cb = reinterpret_cast<float*>(take(b_cb));
+  a.st = reinterpret_cast<float*>(take(b_st));
+  a.st_in16 = kMma ? reinterpret_cast<bf16*>(take(b_st16)) : nullptr;
   auto vec16 = [](const void* ptr, int64_t s0, int64_t s1) {
     return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && s0 % 8 == 0 && s1 % 8 == 0;
   };
