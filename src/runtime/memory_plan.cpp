@@ -90,8 +90,9 @@ struct CudaStep {
 
 // ssd.cu: chunk length Q = min(chunk_size, longest span); n chunks over the spans of >= 2 tokens,
 // at most ceil(T / Q) + spans - 1; per chunk dt, cumsum, base-2 cumsum and state weights per head
-// [Q] (fp32, fp64, fp32, fp32), C Bᵀ per group [Q, Q] and a state per head [P, N] (fp32), plus
-// with bf16 activations (the tensor-core path) the passed-in states again in bf16.
+// [Q] (fp32, fp64, fp32, fp32), C Bᵀ per group [Q, Q] (bf16 with bf16 activations: the
+// tensor-core path, fp32 otherwise) and a state per head [P, N] (fp32), plus on the tensor-core
+// path the passed-in states again in bf16.
 int64_t cuda_ssd_scratch(const Mamba2Dims& m, const CudaStep& s) {
   if (s.T < 2) return 0;  // decode spans only: no chunks
   const int64_t Q = std::min(m.chunk_size, s.T);
@@ -99,7 +100,7 @@ int64_t cuda_ssd_scratch(const Mamba2Dims& m, const CudaStep& s) {
   const int64_t n = s.rows == 1 ? ceil_div(s.T, Q) : ceil_div(s.T, Q) + std::max<int64_t>(spans, 1) - 1;
   const int64_t per_head = mul(mul(n, m.n_heads), Q);
   const int64_t states = mul(mul(n, m.n_heads), m.head_dim * m.d_state);
-  return 3 * align256(mul(per_head, 4)) + align256(mul(per_head, 8)) + align256(mul(mul(mul(n, m.n_groups), Q), Q) * 4) +
+  return 3 * align256(mul(per_head, 4)) + align256(mul(per_head, 8)) + align256(mul(mul(mul(n, m.n_groups), Q), Q) * (s.es == 2 ? 2 : 4)) +
          align256(mul(states, 4)) + (s.es == 2 ? align256(mul(states, 2)) : 0);
 }
 

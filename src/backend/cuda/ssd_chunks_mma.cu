@@ -5,11 +5,13 @@
 //   2. CB[i][j]     = Σ_n C[i][n] B[j][n]              A = C  [i][n], B = B [j][n]  (both K-major)
 //   3. S_loc[p][n]  = Σ_j (w_j x[j][p]) B[j][n]        A = wx [j][p], B = B [j][n]  (MN-major)
 //   5. y[i][p]      = e^{cs_i} Σ_n C[i][n] S_in[p][n]  A = C  [i][n], B = S_in [p][n] (K-major)
-//                   + Σ_{j ≤ i} M[i][j] x[j][p]        A = M  [i][j], B = x [j][p]  (MN-major)
+//                   + Σ_{j ≤ i} M[i][j] x[j][p]        A = CB or M [i][j], B = x [j][p] (MN-major)
 //      with w_j = e^{cs_{L−1} − cs_j} dt_j and M[i][j] = CB[i][j] e^{cs_i − cs_j} dt_j.
 //
-// Operands are rounded to bf16 where they enter a product (w_j x_j, S_in, M), as mamba_ssm's
-// Triton kernels round them; accumulators, CB, S_loc and the passed states stay fp32. The decays
+// Operands are rounded to bf16 where they enter a product (w_j x_j, S_in, CB, v_j x_j, M), as
+// mamba_ssm's Triton kernels round theirs; accumulators, S_loc and the passed states stay fp32
+// (CB is kept in bf16: it is only ever an operand). Stage 5 factors most decays out of the
+// product (see there). The decays
 // inside a chunk are exp2f of float differences of cs2 (cs in base 2, written by ssd.cu's
 // cumsum stage with w_j): a float's error at |cs| ~ 1000 is ~1e-4 relative in the decay, well
 // under the bf16 rounding of M. Rows of x, B, C and S_in are staged with
@@ -98,7 +100,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
     __syncthreads();
     mma::slab_mma<true, true>(s.a, s.b, acc);
   }
-  float* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
+  bf16* cb = a.cb16 + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
   const mma::TileCoord tc;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
@@ -107,7 +109,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int i = i0 + tc.row(mi, r), j = j0 + tc.col(ni, r);
-        if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = acc[mi][ni][r];
+        if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = __float2bfloat16_rn(acc[mi][ni][r]);
       }
 }
 
@@ -145,6 +147,15 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
 }
 
 // ---- stage 5: outputs of a (chunk, head) tile of 64 rows × 64 channels --------------------
+// The decays factor through a reference r = ⌊cs2_{i0−1}⌋ (the cumsum just before the row tile,
+// rounded down to an integer; 0 for the first tile): for a key j before the tile,
+// 2^(cs2_i − cs2_j) = 2^(cs2_i − r) · 2^(r − cs2_j), where the second factor is ≤ 1 and the first
+// < 2, since cs2 does not increase along the chunk (A < 0). So the keys before the tile are a plain
+// product CB · (v ∘ X) with v_j = 2^(r − cs2_j) dt_j scaling X's rows as they are staged, the
+// state term is C · (2^r S_in)ᵀ (an integer power of two: exact in bf16), and both are scaled by
+// u_i = 2^(cs2_i − r) once at the end. Only the diagonal slab (keys inside the row tile, where a strongly
+// decaying head could overflow such factors) builds M[i][j] = CB[i][j] 2^(cs2_i − cs2_j) dt_j
+// element by element.
 __global__ void __launch_bounds__(kTileThreads) chunk_scan_kernel(SsdArgs<bf16> a, SpanItems items) {
   __shared__ __align__(16) Operands s;
   const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
@@ -155,21 +166,32 @@ __global__ void __launch_bounds__(kTileThreads) chunk_scan_kernel(SsdArgs<bf16> 
   const int rows = ch.L - i0;
   const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
   const float *cs2 = a.cs2 + hb, *dt = a.dtc + hb;  // read through L1: a row's 8 threads share them
+  const float ref = i0 > 0 ? floorf(cs2[i0 - 1]) : 0.0f;
   const bf16* Ci = a.C + (ch.t0 + i0) * a.Cs0 + int64_t(g) * a.Cs1;
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
   const bf16* s_in = a.st_in16 + ((int64_t(chunk) * a.H + h) * a.P + p0) * a.N;
-  const float* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
+  const bf16* cb = a.cb16 + ((int64_t(chunk) * a.G + g) * a.Q + i0) * a.Q;  // row i0
+  const bool cb_vec16 = a.Q % 8 == 0;
 
-  // y = C · S_inᵀ, then each row scaled by e^{cs_i}. S_in rows (16-byte aligned when N % 8 == 0).
+  // acc = C · (2^r S_in)ᵀ. S_in rows are 16-byte aligned when N % 8 == 0.
   mma::Acc acc;
   mma::zero(acc);
-  const bool s_vec16 = a.N % 8 == 0;
+  const float s_scale = exp2f(ref);
   for (int n0 = 0; n0 < a.N; n0 += kTileEdge) {
     __syncthreads();
     stage_rows(s.a, Ci + n0, a.Cs0, rows, a.N - n0, a.C_vec16);
-    stage_rows(s.b, s_in + n0, a.N, a.P - p0, a.N - n0, s_vec16);
+    stage_rows<true>(s.b, s_in + n0, a.N, a.P - p0, a.N - n0, a.N % 8 == 0, [&](int) { return s_scale; });
     __syncthreads();
     mma::slab_mma<true, true>(s.a, s.b, acc);
+  }
+  // acc += CB[tile rows, j] · (v ∘ X)[j] over the keys before the row tile (full slabs).
+  for (int j0 = 0; j0 < i0; j0 += kTileEdge) {
+    __syncthreads();
+    stage_rows(s.a, cb + j0, a.Q, rows, kTileEdge, cb_vec16);
+    stage_rows<true>(s.b, xh + int64_t(j0) * a.xs0, a.xs0, kTileEdge, a.P - p0, a.x_vec16,
+                     [&](int r) { return exp2f(ref - cs2[j0 + r]) * dt[j0 + r]; });
+    __syncthreads();
+    mma::slab_mma<true, false>(s.a, s.b, acc);
   }
   const mma::TileCoord tc;
 #pragma unroll
@@ -177,48 +199,41 @@ __global__ void __launch_bounds__(kTileThreads) chunk_scan_kernel(SsdArgs<bf16> 
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int i = tc.row(mi, 2 * half);
-      const float e = i < rows ? exp2f(cs2[i0 + i]) : 0.0f;
+      const float u = i < rows ? exp2f(cs2[i0 + i] - ref) : 0.0f;
 #pragma unroll
-      for (int ni = 0; ni < 4; ++ni) acc[mi][ni][2 * half] *= e, acc[mi][ni][2 * half + 1] *= e;
+      for (int ni = 0; ni < 4; ++ni) acc[mi][ni][2 * half] *= u, acc[mi][ni][2 * half + 1] *= u;
     }
 
-  // y += M · X over the key columns up to this row tile; M[i][j] = CB[i][j] 2^(cs2_i − cs2_j) dt_j
-  // is built in fp32 and rounded to bf16 as it is staged (8 consecutive j per thread).
-  const int j_end = min(ch.L, i0 + kTileEdge);
-  const bool cb_vec = a.Q % 4 == 0;
-  for (int j0 = 0; j0 < j_end; j0 += kTileEdge) {
-    __syncthreads();
+  // The diagonal slab: M built element by element (8 consecutive j per thread), keys j ≤ i.
+  __syncthreads();
 #pragma unroll
-    for (int q = 0; q < kTileEdge * kTileEdge / 8 / kTileThreads; ++q) {
-      const int e = int(threadIdx.x) + kTileThreads * q;
-      const int r = e / 8, c = (e % 8) * 8, i = i0 + r, jc = j0 + c;
-      __align__(16) bf16 out[8];
-      if (i < ch.L && jc <= i) {  // some of the 8 are on or below the diagonal
-        const float* row = cb + int64_t(i) * a.Q + jc;
-        float m[8];
-        if (cb_vec && jc + 8 <= ch.L) {
-          const float4 lo = *reinterpret_cast<const float4*>(row), hi = *reinterpret_cast<const float4*>(row + 4);
-          m[0] = lo.x, m[1] = lo.y, m[2] = lo.z, m[3] = lo.w, m[4] = hi.x, m[5] = hi.y, m[6] = hi.z, m[7] = hi.w;
-        } else {
-#pragma unroll
-          for (int k = 0; k < 8; ++k) m[k] = jc + k < ch.L ? row[k] : 0.0f;
-        }
-        const float ci = cs2[i];
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          const int j = jc + k;
-          out[k] = __float2bfloat16_rn(j <= i ? m[k] * exp2f(ci - cs2[j]) * dt[j] : 0.0f);
-        }
+  for (int q = 0; q < kTileEdge * kTileEdge / 8 / kTileThreads; ++q) {
+    const int e = int(threadIdx.x) + kTileThreads * q;
+    const int r = e / 8, c = (e % 8) * 8;
+    __align__(16) bf16 m[8];
+    if (r < rows && c <= r) {  // some of the 8 keys are on or below the diagonal
+      const bf16* row = cb + int64_t(r) * a.Q + i0 + c;
+      if (cb_vec16 && c + 8 <= rows) {
+        *reinterpret_cast<uint4*>(m) = *reinterpret_cast<const uint4*>(row);
       } else {
 #pragma unroll
-        for (int k = 0; k < 8; ++k) out[k] = __float2bfloat16_rn(0.0f);
+        for (int k = 0; k < 8; ++k) m[k] = c + k < rows ? row[k] : __float2bfloat16_rn(0.0f);
       }
-      *reinterpret_cast<uint4*>(s.a + r * kLdTile + c) = *reinterpret_cast<const uint4*>(out);
+      const float ci = cs2[i0 + r];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int j = i0 + c + k;
+        m[k] = __float2bfloat16_rn(c + k <= r ? __bfloat162float(m[k]) * exp2f(ci - cs2[j]) * dt[j] : 0.0f);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) m[k] = __float2bfloat16_rn(0.0f);
     }
-    stage_rows(s.b, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16);
-    __syncthreads();
-    mma::slab_mma<true, false>(s.a, s.b, acc);
+    *reinterpret_cast<uint4*>(s.a + r * kLdTile + c) = *reinterpret_cast<const uint4*>(m);
   }
+  stage_rows(s.b, xh + int64_t(i0) * a.xs0, a.xs0, rows, a.P - p0, a.x_vec16);
+  __syncthreads();
+  mma::slab_mma<true, false>(s.a, s.b, acc);
 
   const float dskip = a.D.get(h, 0.0f);
   bf16* yh = a.out + (ch.t0 + i0) * a.os0 + int64_t(h) * a.os1 + p0;
