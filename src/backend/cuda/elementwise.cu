@@ -11,6 +11,7 @@
 // consecutive threads touch consecutive addresses (coalesced).
 #include "backend/cuda/core_kernels.h"
 #include "backend/cuda/cuda_common.h"
+#include "backend/cuda/pdl.cuh"
 
 namespace statelm::cuda {
 
@@ -28,6 +29,7 @@ __global__ void embed_kernel(const int32_t* __restrict__ ids, const T* __restric
 template <typename T, int VEC>
 __global__ void swiglu_kernel(const T* __restrict__ gate_up, int64_t gu_stride, T* __restrict__ out,
                               int64_t out_stride, int f) {
+  pdl_allow_dependents();  // the down projection may start streaming its weights
   const T* g = gate_up + int64_t(blockIdx.x) * gu_stride;
   T* o = out + int64_t(blockIdx.x) * out_stride;
   for (int i = threadIdx.x * VEC; i < f; i += blockDim.x * VEC) {

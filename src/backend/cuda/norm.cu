@@ -11,10 +11,13 @@
 // in fp32 (warp shuffles, then across warps through shared memory), then scales. Rows are read
 // with 16-byte accesses when pointers, strides and widths allow it (8 bf16 / 4 fp32 per access),
 // coalesced across the block; the second pass re-reads the row, which the first pass left in L1/L2.
+// Each kernel lets the next kernel launch at once (pdl.cuh): the linear layer that follows a norm
+// in a decode step streams its weights while the norm runs.
 // The residual of add_rms_norm is rounded to its dtype before it is squared, so the norm sees
 // exactly the residual the next block adds to (as the CPU backend and transformers do).
 #include "backend/cuda/core_kernels.h"
 #include "backend/cuda/cuda_common.h"
+#include "backend/cuda/pdl.cuh"
 
 namespace statelm::cuda {
 
@@ -24,6 +27,7 @@ template <typename T, int VEC>
 __global__ void rms_norm_kernel(const T* x, int64_t x_stride, const float* __restrict__ w, T* out,
                                 int64_t out_stride, int d, float eps) {
   __shared__ float shared[32];
+  pdl_allow_dependents();  // the linear layer after the norm may start streaming its weights
   const T* xr = x + int64_t(blockIdx.x) * x_stride;
   T* o = out + int64_t(blockIdx.x) * out_stride;
   float ss = 0.0f;
@@ -47,6 +51,7 @@ template <typename T, int VEC>
 __global__ void add_rms_norm_kernel(T* residual, int64_t r_stride, const T* __restrict__ x, int64_t x_stride,
                                     const float* __restrict__ w, T* out, int64_t out_stride, int d, float eps) {
   __shared__ float shared[32];
+  pdl_allow_dependents();  // the linear layer after the norm may start streaming its weights
   T* r = residual + int64_t(blockIdx.x) * r_stride;
   const T* xr = x + int64_t(blockIdx.x) * x_stride;
   T* o = out + int64_t(blockIdx.x) * out_stride;
@@ -77,6 +82,7 @@ __global__ void gated_rms_norm_kernel(const T* y, int64_t y_stride, const T* __r
                                       int64_t z_stride, const float* __restrict__ w, T* out, int64_t out_stride,
                                       int group, float eps) {
   __shared__ float shared[32];
+  pdl_allow_dependents();  // the linear layer after the norm may start streaming its weights
   const int64_t t = blockIdx.x, base = int64_t(blockIdx.y) * group;
   const T* yr = y + t * y_stride + base;
   const T* zr = z + t * z_stride + base;

@@ -11,12 +11,17 @@
 // waits once; x (T rows, small) comes through L1; fp32 partial sums are reduced across the
 // block and the bias is added on the way out.
 //
+// Launched as a programmatic dependent launch (pdl.cuh): each thread's first batch of weight loads
+// is issued before the kernel waits for the one ahead (a norm, which lets it start at once), so
+// in a decode step the weight stream overlaps the small kernels instead of following them.
+//
 // Used when T ≤ kMaxTokens and every row is 16-byte aligned (K, the strides and the pointers);
 // Gemm::run sends everything else to cuBLASLt.
 #include <algorithm>
 
 #include "backend/cuda/core_kernels.h"
 #include "backend/cuda/cuda_common.h"
+#include "backend/cuda/pdl.cuh"
 
 namespace statelm::cuda {
 
@@ -56,8 +61,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < kRows; ++r) wr[r] = w + int64_t(min(n0 + r, N - 1)) * ldw;  // a row past N is read, not stored
   float acc[M][kRows] = {};
-  for (int v0 = threadIdx.x; v0 < vectors; v0 += kBatch * kThreads) {
-    uint4 wv[kBatch][kRows];
+  uint4 wv[kBatch][kRows];
+  auto load_weights = [&](int v0) {
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int v = v0 + u * kThreads;
@@ -65,6 +70,13 @@ __global__ void __launch_bounds__(kThreads)
       for (int r = 0; r < kRows; ++r)
         wv[u][r] = v < vectors ? __ldcs(reinterpret_cast<const uint4*>(wr[r]) + v) : make_uint4(0, 0, 0, 0);
     }
+  };
+  // The first batch of weights is in flight before the wait for the kernel ahead (launched as a
+  // programmatic dependent launch, pdl.cuh): x is read only after it.
+  load_weights(threadIdx.x);
+  pdl_wait();
+  for (int v0 = threadIdx.x; v0 < vectors; v0 += kBatch * kThreads) {
+    if (v0 != int(threadIdx.x)) load_weights(v0);
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int v = v0 + u * kThreads;
@@ -106,8 +118,10 @@ template <typename T, typename TO, int M>
 void launch(const Tensor& x, const Tensor& w, const float* bias, const Tensor& out, cudaStream_t stream) {
   const int N = int(w.shape[0]), K = int(x.shape[1]);
   const unsigned blocks = unsigned((N + kRows - 1) / kRows);
-  skinny_gemm_kernel<T, TO, M><<<blocks, kThreads, 0, stream>>>(x.ptr<const T>(), x.stride[0], w.ptr<const T>(),
-                                                                w.stride[0], out.ptr<TO>(), out.stride[0], bias, N, K);
+  STATELM_CUDA_CHECK(launch_programmatic(skinny_gemm_kernel<T, TO, M>, dim3(blocks), dim3(kThreads), stream,
+                                         x.ptr<const T>(), x.stride[0], w.ptr<const T>(), w.stride[0], out.ptr<TO>(),
+                                         out.stride[0], bias, N, K),
+                     "matmul (decode) x ", x.describe(), " w ", w.describe());
 }
 
 template <typename T, typename TO, int M = 1>
