@@ -568,14 +568,16 @@ TEST(CudaOps, Rope) {
   }
 }
 
-TEST(CudaOps, PagedAttention) {
-  REQUIRE_GPU();
-  std::mt19937 rng(16);
-  const auto spans = mixed_spans(rng, kMixed, int32_t(kMixed.size()));
+// Attention of `spans` over a paged cache of `block`-token blocks, for each shape, both dtypes.
+// Each sequence owns ceil((pos + len) / block) blocks drawn from a shuffled pool, plus table
+// entries pointing at a block of no sequence; cache cells hold random history or poison.
+// key_capacity: what a recorded graph plans for (0: the batch's own keys).
+struct AttnShape {
+  int64_t Hq, Hkv, Dh;
+};
+void compare_attention(std::mt19937& rng, const std::vector<SeqSpan>& spans, int32_t block,
+                       const std::vector<AttnShape>& shapes, int32_t key_capacity = 0) {
   const int64_t T = tokens_of(spans);
-  const int32_t block = 16;
-  // Each sequence owns ceil((pos + len) / block) blocks drawn from a shuffled pool, plus table
-  // entries pointing at a block of no sequence; cache cells hold random history or poison.
   int32_t max_blocks = 0, n_blocks = 1;
   for (const SeqSpan& s : spans) {
     max_blocks = std::max(max_blocks, (s.pos + s.len + block - 1) / block + 1);
@@ -592,18 +594,19 @@ TEST(CudaOps, PagedAttention) {
   bv.block_tables = table.data();
   bv.max_blocks_per_seq = max_blocks;
   bv.block_size = block;
-  struct Shape { int64_t Hq, Hkv, Dh; };
-  for (const Shape s : {Shape{6, 2, 16}, Shape{4, 4, 9}, Shape{8, 1, 64}}) {
+  bv.key_capacity = key_capacity;
+  for (const AttnShape s : shapes) {
     SKIP_IF_FAMILY_MISSING(compare_both(
         [&] {
           OpCase c("attention Hq=" + std::to_string(s.Hq) + " Hkv=" + std::to_string(s.Hkv) + " Dh=" +
-                       std::to_string(s.Dh),
+                       std::to_string(s.Dh) + " block=" + std::to_string(block) + " spans=" +
+                       std::to_string(spans.size()) + " capacity=" + std::to_string(key_capacity),
                    17);
           const int qkv = c.act("qkv", {T, (s.Hq + 2 * s.Hkv) * s.Dh}, -2.0f, 2.0f);
           const int kc = c.dense("k_cache", Kind::Cache, {n_blocks, block, s.Hkv, s.Dh});
           const int vc = c.dense("v_cache", Kind::Cache, {n_blocks, block, s.Hkv, s.Dh});
           const int out = c.act("out", {T, s.Hq * s.Dh});
-          const Shape sh = s;
+          const AttnShape sh = s;
           OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& batch) {
             AttentionParams p;
             p.q = t[qkv].cols(0, sh.Hq * sh.Dh).unflatten_last(sh.Hq, sh.Dh);
@@ -619,6 +622,57 @@ TEST(CudaOps, PagedAttention) {
         },
         bv));
   }
+}
+
+// Decode spans (length 1) at a given number of keys (pos + 1), in shuffled token order.
+std::vector<SeqSpan> decode_spans(std::mt19937& rng, const std::vector<int32_t>& keys) {
+  std::vector<LenPos> seqs;
+  for (int32_t k : keys) seqs.push_back({1, k - 1});
+  return mixed_spans(rng, seqs, int32_t(seqs.size()));
+}
+
+TEST(CudaOps, PagedAttention) {
+  REQUIRE_GPU();
+  std::mt19937 rng(16);
+  const auto spans = mixed_spans(rng, kMixed, int32_t(kMixed.size()));
+  compare_attention(rng, spans, 16, {{6, 2, 16}, {4, 4, 9}, {8, 1, 64}});
+}
+
+// The decode kernel (attention_decode.cu): one-token spans at very different contexts (only
+// the new key; fewer keys than a split; many splits), every group size it pads to (1, 2, 4, 8
+// and 3, 6 between), head_dim 64, 80 (padded to 128) and 128, block sizes 16 and 7 (keys of a
+// vector load straddle no block, table lookups per key). A key capacity far past the longest
+// sequence (a recorded graph's plan) must change nothing.
+TEST(CudaOps, PagedAttentionDecode) {
+  REQUIRE_GPU();
+  std::mt19937 rng(18);
+  const std::vector<AttnShape> shapes = {{4, 4, 64}, {8, 4, 128}, {8, 2, 80}, {6, 2, 128}, {12, 2, 64}, {16, 2, 128}};
+  for (int32_t block : {16, 7}) {
+    const auto spans = decode_spans(rng, {1, 33, 1000, 5000});
+    compare_attention(rng, spans, block, shapes);
+  }
+  const auto spans = decode_spans(rng, {5000, 2, 300, 4097, 64});
+  compare_attention(rng, spans, 16, {{32, 8, 128}, {8, 1, 80}}, 1 << 16);
+}
+
+// So many (sequence, KV head) blocks that the decode kernel does not split the keys: the
+// output comes straight from its blocks, no merge.
+TEST(CudaOps, PagedAttentionDecodeUnsplit) {
+  REQUIRE_GPU();
+  std::mt19937 rng(19);
+  std::vector<int32_t> keys;
+  for (int i = 0; i < 72; ++i) keys.push_back(1 + int32_t(rng() % 400));
+  compare_attention(rng, decode_spans(rng, keys), 16, {{8, 8, 64}, {64, 8, 128}});
+}
+
+// Prefill chunks and decode steps in one call: the decode spans go to the decode kernel, the
+// others to the tiled kernel (and its own append), each writing only its own rows and cache.
+TEST(CudaOps, PagedAttentionMixedDecode) {
+  REQUIRE_GPU();
+  std::mt19937 rng(20);
+  const std::vector<LenPos> seqs = {{1, 4999}, {37, 100}, {1, 0}, {300, 0}, {1, 777}, {2, 3000}};
+  const auto spans = mixed_spans(rng, seqs, int32_t(seqs.size()));
+  for (int32_t block : {16, 7}) compare_attention(rng, spans, block, {{8, 2, 128}, {6, 6, 64}, {4, 4, 9}});
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,10 +14,15 @@
 // by 2^(m − m'); scores are pre-multiplied by log2 e so exp is exp2). Causality: a row's keys
 // stop at its own position, and a tile's walk stops after the last row's position.
 //
-// Decode (and any batch with too few tiles for the GPU) splits the key range: block z of
-// n_splits takes a contiguous range of key tiles and writes its (m, l, O) to scratch; a merge
-// kernel combines the splits, O = Σ_z 2^(m_z − m*) O_z / Σ_z 2^(m_z − m*) l_z. A split whose
-// range is past a row's keys leaves (−inf, 0, 0), which the merge weighs as 0.
+// Spans of one token (decode steps) go to attention_decode.cu when it takes the shape: a kernel
+// that streams the cache at memory bandwidth and appends its own k, v. Then the append and the
+// tile kernel here take only the spans of two tokens or more (SpanItems::min_len = 2).
+//
+// A batch with too few tiles for the GPU (decode of a shape the decode kernel does not take)
+// splits the key range: block z of n_splits takes a contiguous range of key tiles and writes its
+// (m, l, O) to scratch; a merge kernel combines the splits, O = Σ_z 2^(m_z − m*) O_z /
+// Σ_z 2^(m_z − m*) l_z. A split whose range is past a row's keys leaves (−inf, 0, 0), which the
+// merge weighs as 0.
 //
 // Thread layout of the 64 × 32 score tile and the 64 × Dh output: thread (ty, tx) = (tid / 16,
 // tid % 16) owns rows ty + 16 r (r < 4), keys tx + 16 c (c < 2) and output dims tx + 16 c; a
@@ -26,6 +31,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cuda/attention_decode.h"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/span_kernels.cuh"
 
@@ -285,9 +291,9 @@ int sm_count() {
 }
 
 template <typename T, int DH>
-void run(AttnArgs<T> a, const BatchView& batch, Scratch& scratch, cudaStream_t stream) {
+void run(AttnArgs<T> a, const BatchView& batch, int min_len, Scratch& scratch, cudaStream_t stream) {
   int64_t n_items = 0;
-  const SpanItems items = plan_items(batch, a.tokens, 1, &n_items);
+  const SpanItems items = plan_items(batch, a.tokens, min_len, &n_items);
   if (n_items == 0) return;
   int max_keys = 0;
   for (const SeqSpan& s : batch.spans) max_keys = std::max(max_keys, int(s.pos + s.len));
@@ -352,6 +358,12 @@ void attention(const AttentionParams& p, const BatchView& batch, Scratch& scratc
                   "attention: span beyond its block table");
   if (batch.spans.empty()) return;
 
+  // The decode kernel takes the one-token spans (and appends their k, v); the rest stay here.
+  const bool decode = decode_attention_supported(p) &&
+                      std::any_of(batch.spans.begin(), batch.spans.end(), [](const SeqSpan& s) { return s.len == 1; });
+  const int min_len = decode ? 2 : 1;
+  if (decode) decode_attention(p, batch, scratch, stream);
+
   dispatch_float(p.q.dtype, "attention", [&](auto tag) {
     using T = decltype(tag);
     AttnArgs<T> a{};
@@ -383,17 +395,17 @@ void attention(const AttentionParams& p, const BatchView& batch, Scratch& scratc
     a.scale_log2 = p.scale * kLog2e;
 
     int64_t n_append = 0;
-    const SpanItems append_items = plan_items(batch, kAppendTokens, 1, &n_append);
+    const SpanItems append_items = plan_items(batch, kAppendTokens, min_len, &n_append);
     if (n_append > 0) {
       append_kv_kernel<T><<<unsigned(n_append), kThreads, 0, stream>>>(a, append_items);
       STATELM_CUDA_LAUNCHED("attention append, k ", p.k.describe(), " cache ", p.k_cache.describe());
     }
     if (dh <= 32)
-      run<T, 32>(a, batch, scratch, stream);
+      run<T, 32>(a, batch, min_len, scratch, stream);
     else if (dh <= 64)
-      run<T, 64>(a, batch, scratch, stream);
+      run<T, 64>(a, batch, min_len, scratch, stream);
     else
-      run<T, 128>(a, batch, scratch, stream);
+      run<T, 128>(a, batch, min_len, scratch, stream);
   });
 }
 
