@@ -32,6 +32,9 @@ struct BenchOptions {
   bool roofline = true, json = false;
   std::string sweep;  // "" or "context"
   std::vector<int64_t> sweep_contexts = {1024, 8192, 32768, 131072, 262144, 1048576};
+  int64_t sweep_max_prefill = 1 << 20;
+  double sweep_prefill_seconds = 0;
+  std::string json_file;  // the sweep's JSON, rewritten after every context
   uint64_t seed = 0;
   EngineFlags engine;
 };
@@ -58,17 +61,31 @@ nlohmann::json result_json(const BenchResult& b, const Roofline& r) {
   return j;
 }
 
-nlohmann::json sweep_json(const SweepResult& s) {
+nlohmann::json sweep_json(const SweepResult& s, const SweepOptions& so) {
   nlohmann::json j = {{"architecture", s.architecture}, {"parameters", s.parameters},
                       {"weight_bytes", s.weight_bytes}, {"memory_budget", s.memory_budget},
-                      {"activation_bytes", s.activation_bytes}, {"points", nlohmann::json::array()}};
+                      {"activation_bytes", s.activation_bytes}, {"load_seconds", s.load_seconds},
+                      {"prefill_chunk", so.prefill_chunk}, {"max_prefill", so.max_prefill},
+                      {"max_prefill_seconds", so.max_prefill_seconds}, {"decode_batch", 1},
+                      {"decode_steps", so.decode_steps}, {"repeats", so.repeats},
+                      {"prefill_method", "one sequence of random token ids from an empty state, in chunks of "
+                                         "prefill_chunk tokens; the median of prefill_repeats timed runs"},
+                      {"decode_method", "one sequence fast-forwarded to the context (KV blocks reserved, contents "
+                                        "zero; no prefill), decode_steps steps timed, the median of repeats"},
+                      {"max_batch_method", "the memory planner: sequences of this context whose state + KV fit "
+                                           "beside the weights and one step's activations"},
+                      {"points", nlohmann::json::array()}};
   for (const SweepPoint& p : s.points) {
     nlohmann::json q = {{"context", p.context}, {"state_bytes", p.state_bytes}, {"kv_bytes", p.kv_bytes},
                         {"bytes_per_sequence", p.state_bytes + p.kv_bytes}, {"max_batch", p.max_batch}};
     if (p.prefill_measured) {
       q["prefill_seconds"] = p.prefill.seconds;
       q["prefill_tokens_per_second"] = p.prefill.tokens_per_s();
+      q["prefill_repeats"] = p.prefill_repeats;
     }
+    if (p.prefill_estimate > 0) q["prefill_estimate_seconds"] = p.prefill_estimate;
+    if (!p.prefill_skipped.empty()) q["prefill_skipped"] = p.prefill_skipped;
+    if (!p.error.empty()) q["error"] = p.error;
     if (p.decode_measured) q["decode_ms_per_step"] = p.decode.ms_per_step();
     j["points"].push_back(q);
   }
@@ -81,17 +98,36 @@ int run_context_sweep(const BenchOptions& o, Backend& backend, const RunnerOptio
   const size_t available = device_free > 0 ? device_free : system_memory().available_bytes;
   SweepOptions so;
   so.prefill_chunk = o.chunk;
+  so.max_prefill = o.sweep_max_prefill;
+  so.max_prefill_seconds = o.sweep_prefill_seconds;
   so.decode_steps = o.decode_steps;
   so.repeats = o.repeats;
   so.seed = o.seed;
-  const SweepResult s = sweep_context(o.model, backend, ro, o.sweep_contexts, available, so);
-  if (o.json) {
-    nlohmann::json j = sweep_json(s);
+  auto as_json = [&](const SweepResult& s, bool complete) {
+    nlohmann::json j = sweep_json(s, so);
     j["model"] = o.model;
     j["device"] = o.engine.device;
+    j["compute_dtype"] = dtype_name(backend.compute_dtype());  // weights, activations, KV cache
     j["state_dtype"] = o.engine.state_dtype;
+    j["random_weights"] = o.random_weights;
     j["available_bytes"] = available;
-    std::printf("%s\n", j.dump(1).c_str());
+    j["complete"] = complete;
+    return j;
+  };
+  auto write_file = [&](const nlohmann::json& j) {
+    const std::string tmp = o.json_file + ".tmp";
+    std::FILE* f = std::fopen(tmp.c_str(), "w");
+    if (!f) fail(ErrorKind::Io, "--json-file: cannot write ", tmp);
+    const std::string text = j.dump(1) + "\n";
+    const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    if (std::fclose(f) != 0 || !ok) fail(ErrorKind::Io, "--json-file: cannot write ", tmp);
+    std::filesystem::rename(tmp, o.json_file);
+  };
+  if (!o.json_file.empty()) so.on_progress = [&](const SweepResult& s) { write_file(as_json(s, false)); };
+  const SweepResult s = sweep_context(o.model, backend, ro, o.sweep_contexts, available, so);
+  if (!o.json_file.empty()) write_file(as_json(s, true));
+  if (o.json) {
+    std::printf("%s\n", as_json(s, true).dump(1).c_str());
     return 0;
   }
   std::printf("model %s (%s, %.2fB parameters, %.2f GB of weights) on %s; %.2f GB free before loading, %.2f GB for "
@@ -108,6 +144,11 @@ int run_context_sweep(const BenchOptions& o, Backend& backend, const RunnerOptio
     else std::printf("%14s ", p.max_batch < 1 ? "does not fit" : "-");
     std::printf("%12.2f %12.2f %10lld\n", double(p.state_bytes) / 1e6, double(p.kv_bytes) / 1e6, (long long)p.max_batch);
   }
+  for (const SweepPoint& p : s.points) {
+    if (!p.prefill_skipped.empty()) std::printf("context %lld: prefill skipped, %s\n", (long long)p.context, p.prefill_skipped.c_str());
+    if (!p.error.empty()) std::printf("context %lld: %s\n", (long long)p.context, p.error.c_str());
+  }
+  std::printf("decode: one sequence fast-forwarded to the context (KV blocks reserved, contents zero; no prefill)\n");
   return 0;
 }
 
@@ -198,6 +239,13 @@ void add_bench_command(CLI::App& app, Action& action) {
   cmd->add_option("--sweep", o->sweep, "context: one sequence at each of --sweep-contexts (prefill, decode, memory, max batch)")
       ->check(CLI::IsMember({"context"}));
   cmd->add_option("--sweep-contexts", o->sweep_contexts, "Context lengths of the sweep")->delimiter(',');
+  cmd->add_option("--sweep-max-prefill", o->sweep_max_prefill,
+                  "Sweep: longest prefill measured; longer contexts get decode and memory figures only")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--sweep-prefill-seconds", o->sweep_prefill_seconds,
+                  "Sweep: skip a prefill estimated (from the shorter ones, a L + b L^2) to take longer than this")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--json-file", o->json_file, "Sweep: also write the JSON to this file, after every context");
   add_engine_flags(cmd, o->engine);
   cmd->callback([o, &action] { action = [o] { return run_bench(*o); }; });
 }

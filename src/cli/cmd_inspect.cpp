@@ -36,6 +36,7 @@ struct InspectOptions {
   std::string kv_dtype;  // the same as --dtype (the KV cache is in the compute dtype)
   EngineFlags engine;
   bool measure = false, random_weights = false, json = false;
+  bool fast_forward = false;  // --measure: skip all but each sequence's last prefill chunk
 };
 
 std::string human_bytes(double b) {
@@ -147,10 +148,14 @@ struct Measured {
   int64_t peak = 0;    // the most in use while prefilling and decoding
   double seconds = 0;
   bool random_weights = false;
+  bool fast_forward = false;
 };
 
 // Builds a runner for the plan's B sequences of L tokens, prefills each in chunks (L - 1
-// tokens) and decodes one step of all of them (the L-th token).
+// tokens) and decodes one step of all of them (the L-th token). With --fast-forward each
+// sequence jumps to its last chunk (KV blocks reserved, contents zero) and prefills only that:
+// its activations are the largest (it attends to the most keys), the memory is the same, and a
+// Transformer's 128K-token prefill, O(L^2), is not waited for.
 Measured measure(const InspectOptions& o, Target& t, const MemoryPlanOptions& plan, bool has_weights) {
   Backend& backend = *t.backend;
   RunnerOptions ro = runner_options(o.engine);
@@ -161,6 +166,7 @@ Measured measure(const InspectOptions& o, Target& t, const MemoryPlanOptions& pl
   ro.random_weights = o.random_weights || !has_weights;
   Measured m;
   m.random_weights = ro.random_weights;
+  m.fast_forward = o.fast_forward;
   reset_host_buffer_peak();  // the CUDA allocator's peak counts from the start of this process
   const Usage before = usage(backend);
   const auto t0 = std::chrono::steady_clock::now();
@@ -177,7 +183,13 @@ Measured measure(const InspectOptions& o, Target& t, const MemoryPlanOptions& pl
   for (int64_t b = 0; b < plan.batch; ++b) seqs.push_back(runner.open());
   for (Sequence& s : seqs) {
     Sequence* one[] = {&s};
-    for (int64_t done = 0; done < plan.context - 1;) {
+    int64_t done = 0;
+    if (o.fast_forward) {
+      done = std::max<int64_t>(0, plan.context - 1 - plan.step_tokens);
+      if (!runner.reserve(s, done)) fail(ErrorKind::OutOfMemory, "inspect --measure: no KV blocks for ", done, " tokens");
+      s.n_tokens = done;
+    }
+    while (done < plan.context - 1) {
       const std::vector<int32_t> chunk = draw(std::min(plan.step_tokens, plan.context - 1 - done));
       runner.step_device(one, std::span(&chunk, 1));
       done += int64_t(chunk.size());
@@ -233,6 +245,7 @@ int run_inspect(InspectOptions o) {
   if (o.chunk <= 0) fail(ErrorKind::InvalidArgument, "--chunk: must be positive");
   for (int64_t c : contexts)
     if (c <= 0) fail(ErrorKind::InvalidArgument, "--context: must be positive");
+  if (o.fast_forward && !o.measure) fail(ErrorKind::InvalidArgument, "--fast-forward: only with --measure");
   if (o.measure && contexts.size() != 1) fail(ErrorKind::InvalidArgument, "--measure: give one --context");
   if (o.measure && contexts[0] < 2) fail(ErrorKind::InvalidArgument, "--measure: --context must be at least 2");
   if (o.measure && o.batch > INT32_MAX) fail(ErrorKind::InvalidArgument, "--batch: too many sequences to run");
@@ -318,7 +331,8 @@ int run_inspect(InspectOptions o) {
     if (measured)
       j["measured"] = {{"loaded", measured->loaded},         {"peak", measured->peak},
                        {"planned_loaded", first.weights + first.caches()}, {"planned_peak", first.total()},
-                       {"seconds", measured->seconds},        {"random_weights", measured->random_weights}};
+                       {"seconds", measured->seconds},        {"random_weights", measured->random_weights},
+                       {"fast_forward", measured->fast_forward}};
     std::printf("%s\n", j.dump(1).c_str());
     return 0;
   }
@@ -371,9 +385,10 @@ int run_inspect(InspectOptions o) {
               target.available >= 0 ? str_cat(" (", target.where, ")").c_str() : target.where.c_str());
   if (measured) {
     const int64_t planned_loaded = first.weights + first.caches();
-    std::printf("\nmeasured (%s weights, %.1f s: %lld x %lld tokens in chunks of %lld, then one decode step)\n",
+    std::printf("\nmeasured (%s weights, %.1f s: %lld x %lld tokens in chunks of %lld%s, then one decode step)\n",
                 measured->random_weights ? "random" : "checkpoint", measured->seconds, (long long)o.batch,
-                (long long)contexts[0], (long long)o.chunk);
+                (long long)contexts[0], (long long)o.chunk,
+                measured->fast_forward ? ", fast-forwarded to the last chunk (KV contents zero)" : "");
     std::printf("  loaded (weights + state + KV)  planned %12s  measured %12s  %s\n",
                 human_bytes(double(planned_loaded)).c_str(), human_bytes(double(measured->loaded)).c_str(),
                 percent(measured->loaded, planned_loaded).c_str());
@@ -399,6 +414,9 @@ void add_inspect_command(CLI::App& app, Action& action) {
   cmd->add_flag("--measure", opts->measure,
                 "Run the plan (B sequences of L tokens, then a decode step) and print planned vs measured memory");
   cmd->add_flag("--random-weights", opts->random_weights, "With --measure: random weights even when the folder has some");
+  cmd->add_flag("--fast-forward", opts->fast_forward,
+                "With --measure: prefill only each sequence's last chunk, the ones before skipped (KV reserved, "
+                "contents zero): the same memory without an O(L^2) attention prefill");
   cmd->add_flag("--json", opts->json, "Print JSON");
   cmd->callback([opts, &action] { action = [opts] { return run_inspect(*opts); }; });
 }

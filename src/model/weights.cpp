@@ -211,26 +211,46 @@ float random_value(WeightRole role, float fan_in, uint64_t key, uint64_t i) {
 }  // namespace
 
 ModelWeights random_weights(const ModelSpec& spec, Backend& backend, uint64_t seed) {
+  return random_weights(spec, backend, seed, RandomTiling{});
+}
+
+ModelWeights random_weights(const ModelSpec& spec, Backend& backend, uint64_t seed, const RandomTiling& tiling) {
   ModelWeights w;
   WeightPlacer placer(spec, backend, w);
   std::vector<float> host;
   const size_t workers = std::max(1u, std::thread::hardware_concurrency());
+  const bool tile_large = parameter_count(spec) > tiling.above_parameters;
+  const size_t tile = std::max<size_t>(1, tiling.tile);
   uint64_t index = 0;
   for (const TensorSpec& t : expected_tensors(spec)) {
     size_t n = 1;
     for (int64_t d : t.shape) n *= size_t(d);
-    host.resize(n);
+    const Tensor dst = placer.destination(t);
+    const bool tiled = tile_large && n >= 2 * tile && dst.is_contiguous();
+    const size_t drawn = tiled ? tile : n;
+    host.resize(drawn);
     const uint64_t key = splitmix64(seed * 0x100000001b3ull + index++);
     const float fan_in = float(t.shape.back());
-    const size_t per = (n + workers - 1) / workers;
+    const size_t per = (drawn + workers - 1) / workers;
     std::vector<std::thread> pool;
-    for (size_t k = 0; k < workers && k * per < n; ++k)
+    for (size_t k = 0; k < workers && k * per < drawn; ++k)
       pool.emplace_back([&, k] {
-        for (size_t i = k * per; i < std::min(n, (k + 1) * per); ++i) host[i] = random_value(t.role, fan_in, key, i);
+        for (size_t i = k * per; i < std::min(drawn, (k + 1) * per); ++i) host[i] = random_value(t.role, fan_in, key, i);
       });
     for (auto& th : pool) th.join();
     transform(t.role, host);
-    backend.upload(placer.destination(t), host.data());
+    if (!tiled) {
+      backend.upload(dst, host.data());
+      continue;
+    }
+    // element i = element i mod tile: the window, then doubling copies of what is filled.
+    const Tensor flat = Tensor::contiguous(dst.data, dst.dtype, {int64_t(n)}, dst.device);
+    backend.upload(flat.rows(0, int64_t(tile)), host.data());
+    for (size_t done = tile; done < n;) {
+      const size_t k = std::min(done, n - done);
+      backend.copy(flat.rows(int64_t(done), int64_t(k)), flat.rows(0, int64_t(k)));
+      done += k;
+    }
   }
   finish(spec, w);
   return w;

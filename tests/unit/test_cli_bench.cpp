@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/context_sweep.h"
 #include "unit/test_support.h"
 
 namespace statelm {
@@ -72,6 +73,45 @@ TEST(CliBench, ContextSweepShowsMemoryGrowthAndLimits) {
   const auto& m = ssm["points"];
   EXPECT_EQ(m[0]["bytes_per_sequence"], m[2]["bytes_per_sequence"]) << "a Mamba state does not grow";
   EXPECT_EQ(m[0]["kv_bytes"], 0);
+}
+
+// Prefills too long for the sweep's time are skipped (and say why) while their context still
+// gets its decode and memory figures; --json-file holds the result after every context.
+TEST(CliBench, ContextSweepSkipsLongPrefillsButStillDecodes) {
+  test::TempDir tmp;
+  const auto file = tmp / "sweep.json";
+  auto r = test::run_statelm("bench " + test::fixture("models/llama-tiny").string() +
+                             " --sweep context --sweep-contexts 16,64,4096,100000 --sweep-max-prefill 50000 "
+                             "--sweep-prefill-seconds 0.000001 --decode-steps 2 --repeats 1 --chunk 32 --json --json-file " +
+                             file.string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(nlohmann::json::parse(test::read_file(file)), j);
+  EXPECT_TRUE(j["complete"].get<bool>());
+  EXPECT_NE(j["decode_method"].get<std::string>().find("fast-forwarded"), std::string::npos);
+  const auto& p = j["points"];
+  ASSERT_EQ(p.size(), 4u);
+  EXPECT_TRUE(p[0].contains("prefill_seconds")) << "nothing to estimate from: the first prefill runs";
+  for (int i = 1; i < 4; ++i) {
+    EXPECT_FALSE(p[i].contains("prefill_seconds")) << i;
+    EXPECT_GT(p[i]["decode_ms_per_step"].get<double>(), 0) << i;
+  }
+  EXPECT_NE(p[1]["prefill_skipped"].get<std::string>().find("estimated"), std::string::npos) << p[1];
+  EXPECT_GT(p[2]["prefill_estimate_seconds"].get<double>(), p[1]["prefill_estimate_seconds"].get<double>());
+  EXPECT_NE(p[3]["prefill_skipped"].get<std::string>().find("longest prefill"), std::string::npos) << p[3];
+}
+
+// The estimate behind --sweep-prefill-seconds: a L + b L^2 through the last two prefills.
+TEST(ContextSweep, PrefillEstimateFollowsLinearAndQuadraticGrowth) {
+  using M = std::vector<std::pair<int64_t, double>>;
+  EXPECT_EQ(estimate_prefill_seconds(M{}, 1000), 0.0);
+  EXPECT_DOUBLE_EQ(estimate_prefill_seconds(M{{1000, 2.0}}, 4000), 8.0);
+  EXPECT_NEAR(estimate_prefill_seconds(M{{1000, 1.0}, {2000, 2.0}}, 8000), 8.0, 1e-9) << "linear";
+  // t = 1e-3 L + 1e-6 L^2
+  auto t = [](double L) { return 1e-3 * L + 1e-6 * L * L; };
+  EXPECT_NEAR(estimate_prefill_seconds(M{{500, t(500)}, {1000, t(1000)}, {4000, t(4000)}}, 64000), t(64000), 1e-6);
+  // A per-token cost that falls (launch overheads at short lengths): linear from the last point.
+  EXPECT_NEAR(estimate_prefill_seconds(M{{1000, 1.0}, {2000, 1.5}}, 4000), 3.0, 1e-9);
 }
 
 TEST(CliBench, MissingWeightsWithoutRandomIsAnError) {

@@ -95,6 +95,23 @@ TEST(CliInspect, MeasureAgreesWithThePlan) {
   }
 }
 
+// --fast-forward: only each sequence's last chunk is prefilled (the rest jumped over, KV reserved);
+// the memory is the same as a full prefill's, which is what the plan is checked against.
+TEST(CliInspect, MeasureFastForwardAgreesWithThePlan) {
+  for (const char* model : {"jamba-tiny", "llama-tiny"}) {
+    auto j = inspect_json(test::fixture(std::string("models/") + model).string() +
+                          " --context 1000 --batch 2 --chunk 64 --measure --fast-forward");
+    const auto& m = j["measured"];
+    EXPECT_TRUE(m["fast_forward"].get<bool>()) << model;
+    EXPECT_EQ(m["loaded"], m["planned_loaded"]) << model;
+    const double planned = m["planned_peak"].get<double>(), peak = m["peak"].get<double>();
+    EXPECT_NEAR(peak, planned, 0.05 * planned) << model;
+  }
+  expect_one_line_error(test::run_statelm("inspect " + test::fixture("models/llama-tiny").string() +
+                                          " --context 100 --fast-forward"),
+                        "--fast-forward: only with --measure");
+}
+
 TEST(CliInspect, PlanOfALargeConfigOnTheGpu) {
   // The real Jamba-v0.1 config: 52B parameters, 12B active; bf16 weights of ~103 GB; the KV
   // cache of 4 attention layers at 256K tokens is 4 GiB (the paper's "4 GB").
