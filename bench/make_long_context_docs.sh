@@ -39,7 +39,7 @@ text = open(readme).read()
 block = f"{begin}\n{section}{end}\n"
 if begin in text and end in text:
     head, rest = text.split(begin, 1)
-    text = head + block + rest.split(end, 1)[1].lstrip("\n")
+    text = head + block + "\n" + rest.split(end, 1)[1].lstrip("\n")
 else:
     anchor = "## Engine design in one paragraph"
     assert anchor in text, f"README.md has no '{anchor}' to put the section before"

@@ -83,6 +83,7 @@ SweepResult sweep_context(const std::string& model, Backend& backend, RunnerOpti
     o.max_sequences = 1;
     o.max_context = p->context + 2 + options.decode_steps * std::max(1, options.repeats);
     o.kv_blocks = 0;  // one sequence of max_context
+    o.step_tokens = options.prefill_chunk;
     o.cache_memory_bytes = 0;
     o.cache_memory_fraction = 0;
     const auto t0 = std::chrono::steady_clock::now();
