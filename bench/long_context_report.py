@@ -118,12 +118,16 @@ def headline(sweeps, out, heading=True):
     if m:
         ds = [p for p in m["points"] if "decode_ms_per_step" in p]
         if len(ds) >= 2:
-            a, b = ds[0], ds[-1]
+            # The goal is set at 1M tokens; the longest context measured when 1M is not.
+            a = ds[0]
+            b = next((p for p in ds if p["context"] == 1 << 20), ds[-1])
             change = 100 * (b["decode_ms_per_step"] / a["decode_ms_per_step"] - 1)
+            longer = [p for p in ds if p["context"] > b["context"]]
+            extra = "".join(f"; {p['decode_ms_per_step']:.3f} ms/step at {ctx(p['context'])}" for p in longer)
             lines.append(
                 f"- **Mamba-2 2.7B decode, {ctx(b['context'])} vs {ctx(a['context'])} context:** "
-                f"{b['decode_ms_per_step']:.3f} vs {a['decode_ms_per_step']:.3f} ms/step ({change:+.1f}%); "
-                f"goal within 5%: {'met' if abs(change) <= 5 else 'missed'}.")
+                f"{b['decode_ms_per_step']:.3f} vs {a['decode_ms_per_step']:.3f} ms/step ({change:+.1f}%){extra}; "
+                f"goal within 5% at 1M: {'met' if abs(change) <= 5 else 'missed'}.")
         p = point(m, 1 << 20)
         if p and "prefill_seconds" in p:
             lines.append(

@@ -64,8 +64,10 @@ for i, spec in enumerate(specs):
     dtypes.add(j.get("compute_dtype", "bfloat16" if j.get("device") == "cuda" else "float32"))
     data = f"{tmp}/{i}.tsv"
     any_nofit = False
+    points = j["points"]
+    last_fit = max((k for k, p in enumerate(points) if p["max_batch"] >= 1), default=-1)
     with open(data, "w") as f:
-        for p in j["points"]:
+        for k, p in enumerate(points):
             fits = p["max_batch"] >= 1
             any_nofit |= not fits
             b = p["bytes_per_sequence"]
@@ -74,14 +76,17 @@ for i, spec in enumerate(specs):
             batch_hi = max(batch_hi, p["max_batch"])
             contexts.add(p["context"])
             ms = p.get("decode_ms_per_step")
+            # columns: context, decode ms, bytes (fits), bytes (does not fit), max batch, bytes
+            # from the last context that fits on (the dashed line into the hollow points)
             cols = [p["context"], "?" if ms is None else ms, b if fits else "?", "?" if fits else b,
-                    p["max_batch"] if fits else "?"]
+                    p["max_batch"] if fits else "?", b if k >= last_fit >= 0 else "?"]
             print(*cols, sep="\t", file=f)
     c = COLORS[i % len(COLORS)]
     style = f"with linespoints lw 2.5 pt 7 ps 1.4 lc rgb '{c}'"
     decode.append(f"'{data}' using 1:2 {style} title \"{label}\"")
     memory.append(f"'{data}' using 1:3 {style} title \"{label}\"")
     if any_nofit:
+        memory.append(f"'{data}' using 1:6 with lines dt 2 lw 2 lc rgb '{c}' notitle")
         memory.append(f"'{data}' using 1:4 with points pt 6 ps 1.6 lw 2 lc rgb '{c}' notitle")
     batch.append(f"'{data}' using 1:5 {style} title \"{label}\"")
 
