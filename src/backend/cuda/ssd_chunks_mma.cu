@@ -73,75 +73,6 @@ __device__ __forceinline__ void stage_rows(bf16* dst, const bf16* src, int64_t s
   stage_rows<false>(dst, src, stride, rows, cols, vec16, [](int) { return 1.0f; });
 }
 
-// ---- asynchronous staging -----------------------------------------------------------------
-// The output-stage and chunk-state kernels are bound by the latency of their operand loads (ncu:
-// ~65% of warp stalls wait on global loads when a slab is loaded, synchronised, then multiplied),
-// so they stage the next slab with cp.async while the tensor cores work on this one (two shared
-// buffers). A row scale cannot be applied in flight: the thread rescales its own packs in shared
-// memory once they have landed (rescale_own), before the barrier that publishes the slab.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(mma::smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-// stage_rows, but with vec16 the packs are cp.async'd (rows ≥ rows and packs ≥ cols zero-filled;
-// vec16 implies whole packs: every row length and stride is a multiple of 8) and left unscaled
-// for rescale_own; otherwise synchronous, scale applied.
-// The element-wise fallback, out of line: inlined into the pipelined loops it would hold its
-// registers across the whole loop (ptxas: 255 registers and spills with it inline).
-template <bool kScaled, typename Scale>
-__device__ __noinline__ void stage_rows_slow(bf16* dst, const bf16* src, int64_t stride, int rows, int cols,
-                                             Scale scale) {
-  stage_rows<kScaled>(dst, src, stride, rows, cols, false, scale);
-}
-
-template <bool kScaled, typename Scale>
-__device__ __forceinline__ void stage_async(bf16* dst, const bf16* src, int64_t stride, int rows, int cols, bool vec16,
-                                            Scale scale) {
-  if (!vec16) return stage_rows_slow<kScaled>(dst, src, stride, rows, cols, scale);
-#pragma unroll
-  for (int q = 0; q < kTileEdge * kTileEdge / 8 / kTileThreads; ++q) {
-    const int e = int(threadIdx.x) + kTileThreads * q;
-    const int r = e / 8, c = (e % 8) * 8;
-    const bool in = r < rows && c < cols;
-    cp_async16(dst + r * kLdTile + c, in ? src + int64_t(r) * stride + c : src, in);
-  }
-}
-
-__device__ __forceinline__ void stage_async(bf16* dst, const bf16* src, int64_t stride, int rows, int cols,
-                                            bool vec16) {
-  stage_async<false>(dst, src, stride, rows, cols, vec16, [](int) { return 1.0f; });
-}
-
-// f(row, col, pack) for each of this thread's packs of a staged tile (the packs it cp.async'd).
-// kUnroll = false for a heavy f (one pack's work at a time keeps the registers down).
-template <bool kUnroll = true, typename F>
-__device__ __forceinline__ void for_own_packs(bf16* tile, F&& f) {
-#pragma unroll(kUnroll ? 4 : 1)
-  for (int q = 0; q < kTileEdge * kTileEdge / 8 / kTileThreads; ++q) {
-    const int e = int(threadIdx.x) + kTileThreads * q;
-    const int r = e / 8, c = (e % 8) * 8;
-    f(r, c, *reinterpret_cast<uint4*>(tile + r * kLdTile + c));
-  }
-}
-
-// After cp_async_wait_all: rows of this thread's packs times scale(row) (async path only).
-template <typename Scale>
-__device__ __forceinline__ void rescale_own(bf16* tile, bool vec16, Scale scale) {
-  if (!vec16) return;
-  for_own_packs(tile, [&](int r, int, uint4& v) {
-    const float sc = scale(r);
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&v);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 f = __bfloat1622float2(h[k]);
-      h[k] = __floats2bfloat162_rn(f.x * sc, f.y * sc);
-    }
-  });
-}
-
 // The lower-triangle tile (ti, tj), tj ≤ ti, numbered row by row: 0 → (0,0), 1 → (1,0), 2 → (1,1)...
 __device__ __forceinline__ void lower_tile(int index, int& ti, int& tj) {
   ti = 0;
@@ -184,7 +115,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
 
 // ---- stage 3: the chunk's own state S_loc[p, n] = Σ_j w_j x_j[p] B_j[n] ---------------------
 __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16> a, SpanItems items) {
-  __shared__ __align__(16) Operands s[2];
+  __shared__ __align__(16) Operands s;
   const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
   const Chunk ch = chunk_of(items, chunk);
   const int n_tiles_n = (a.N + kTileEdge - 1) / kTileEdge;
@@ -192,27 +123,15 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
   const float* w = a.w + (int64_t(chunk) * a.H + h) * a.Q;
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
   const bf16* Bg = a.B + ch.t0 * a.Bs0 + int64_t(g) * a.Bs1 + n0;
-  auto issue = [&](int slab) {  // slab of keys j0 .. j0 + 63 into buffer slab % 2
-    const int j0 = slab * kTileEdge;
-    Operands& o = s[slab & 1];
-    stage_async<true>(o.a, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16,
-                      [&](int r) { return w[j0 + r]; });
-    stage_async(o.b, Bg + int64_t(j0) * a.Bs0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
-    cp_async_commit();
-  };
   mma::Acc acc;
   mma::zero(acc);
-  const int slabs = (ch.L + kTileEdge - 1) / kTileEdge;
-  issue(0);
-#pragma unroll 1
-  for (int slab = 0; slab < slabs; ++slab) {
-    const int j0 = slab * kTileEdge;
-    Operands& o = s[slab & 1];
-    cp_async_wait_all();
-    rescale_own(o.a, a.x_vec16, [&](int r) { return j0 + r < ch.L ? w[j0 + r] : 0.0f; });
-    __syncthreads();  // the slab is in; every thread is done with the other buffer's last slab
-    if (slab + 1 < slabs) issue(slab + 1);
-    mma::slab_mma<false, false>(o.a, o.b, acc);
+  for (int j0 = 0; j0 < ch.L; j0 += kTileEdge) {
+    __syncthreads();
+    stage_rows<true>(s.a, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16,
+                     [&](int r) { return w[j0 + r]; });
+    stage_rows(s.b, Bg + int64_t(j0) * a.Bs0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
+    __syncthreads();
+    mma::slab_mma<false, false>(s.a, s.b, acc);
   }
   float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
   const mma::TileCoord tc;
@@ -237,8 +156,8 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
 // u_i = 2^(cs2_i − r) once at the end. Only the diagonal slab (keys inside the row tile, where a strongly
 // decaying head could overflow such factors) builds M[i][j] = CB[i][j] 2^(cs2_i − cs2_j) dt_j
 // element by element.
-__global__ void __launch_bounds__(kTileThreads, 5) chunk_scan_kernel(SsdArgs<bf16> a, SpanItems items) {
-  __shared__ __align__(16) Operands s[2];
+__global__ void __launch_bounds__(kTileThreads) chunk_scan_kernel(SsdArgs<bf16> a, SpanItems items) {
+  __shared__ __align__(16) Operands s;
   const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
   const Chunk ch = chunk_of(items, chunk);
   const int n_tiles_p = (a.P + kTileEdge - 1) / kTileEdge;
@@ -248,81 +167,73 @@ __global__ void __launch_bounds__(kTileThreads, 5) chunk_scan_kernel(SsdArgs<bf1
   const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
   const float *cs2 = a.cs2 + hb, *dt = a.dtc + hb;  // read through L1: a row's 8 threads share them
   const float ref = i0 > 0 ? floorf(cs2[i0 - 1]) : 0.0f;
-  const float s_scale = exp2f(ref);
   const bf16* Ci = a.C + (ch.t0 + i0) * a.Cs0 + int64_t(g) * a.Cs1;
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
   const bf16* s_in = a.st_in16 + ((int64_t(chunk) * a.H + h) * a.P + p0) * a.N;
   const bf16* cb = a.cb16 + ((int64_t(chunk) * a.G + g) * a.Q + i0) * a.Q;  // row i0
-  const bool s_vec16 = a.N % 8 == 0, cb_vec16 = a.Q % 8 == 0;
+  const bool cb_vec16 = a.Q % 8 == 0;
 
-  // Slabs, in order: n_state over N (acc = C · (2^r S_in)ᵀ), i0 / 64 over the keys before the
-  // tile (acc += CB · (v ∘ X)), then the diagonal one (acc scaled by u first, then += M · X).
-  const int n_state = (a.N + kTileEdge - 1) / kTileEdge, n_before = i0 / kTileEdge;
-  const int slabs = n_state + n_before + 1;
-  auto v_of = [&](int j) { return exp2f(ref - cs2[j]) * dt[j]; };
-  auto issue = [&](int slab) {
-    Operands& o = s[slab & 1];
-    if (slab < n_state) {
-      const int n0 = slab * kTileEdge;
-      stage_async(o.a, Ci + n0, a.Cs0, rows, a.N - n0, a.C_vec16);
-      stage_async<true>(o.b, s_in + n0, a.N, a.P - p0, a.N - n0, s_vec16, [&](int) { return s_scale; });
-    } else if (slab < n_state + n_before) {
-      const int j0 = (slab - n_state) * kTileEdge;
-      stage_async(o.a, cb + j0, a.Q, rows, kTileEdge, cb_vec16);
-      stage_async<true>(o.b, xh + int64_t(j0) * a.xs0, a.xs0, kTileEdge, a.P - p0, a.x_vec16,
-                        [&](int r) { return v_of(j0 + r); });
-    } else {  // the diagonal: CB's tile raw (turned into M in place once it lands), X unscaled
-      stage_async(o.a, cb + i0, a.Q, rows, rows, cb_vec16);
-      stage_async(o.b, xh + int64_t(i0) * a.xs0, a.xs0, rows, a.P - p0, a.x_vec16);
-    }
-    cp_async_commit();
-  };
-  // M[r][c] = CB[r][c] 2^(cs2_i − cs2_j) dt_j for keys j = i0 + c ≤ i = i0 + r, else 0.
-  auto to_m = [&](int r, int c, uint4& v) {
-    __nv_bfloat16* m = reinterpret_cast<__nv_bfloat16*>(&v);
-    const float ci = r < rows ? cs2[i0 + r] : 0.0f;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int j = i0 + c + k;
-      m[k] = __float2bfloat16_rn(r < rows && c + k <= r ? __bfloat162float(m[k]) * exp2f(ci - cs2[j]) * dt[j] : 0.0f);
-    }
-  };
-
+  // acc = C · (2^r S_in)ᵀ. S_in rows are 16-byte aligned when N % 8 == 0.
   mma::Acc acc;
   mma::zero(acc);
-  const mma::TileCoord tc;
-  issue(0);
-#pragma unroll 1
-  for (int slab = 0; slab < slabs; ++slab) {
-    Operands& o = s[slab & 1];
-    cp_async_wait_all();
-    if (slab < n_state) {
-      rescale_own(o.b, s_vec16, [&](int) { return s_scale; });
-    } else if (slab < n_state + n_before) {
-      const int j0 = (slab - n_state) * kTileEdge;
-      rescale_own(o.b, a.x_vec16, [&](int r) { return v_of(j0 + r); });
-    } else {  // this thread's packs of the raw CB tile (async or not, the same packs) become M
-      for_own_packs<false>(o.a, to_m);
-    }
-    __syncthreads();  // the slab is in; every thread is done with the other buffer's last slab
-    if (slab + 1 < slabs) issue(slab + 1);
-    if (slab < n_state) {
-      mma::slab_mma<true, true>(o.a, o.b, acc);
-    } else {
-      if (slab == n_state + n_before) {  // before the diagonal: scale by u_i = 2^(cs2_i − r)
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int i = tc.row(mi, 2 * half);
-            const float u = i < rows ? exp2f(cs2[i0 + i] - ref) : 0.0f;
-#pragma unroll
-            for (int ni = 0; ni < 4; ++ni) acc[mi][ni][2 * half] *= u, acc[mi][ni][2 * half + 1] *= u;
-          }
-      }
-      mma::slab_mma<true, false>(o.a, o.b, acc);
-    }
+  const float s_scale = exp2f(ref);
+  for (int n0 = 0; n0 < a.N; n0 += kTileEdge) {
+    __syncthreads();
+    stage_rows(s.a, Ci + n0, a.Cs0, rows, a.N - n0, a.C_vec16);
+    stage_rows<true>(s.b, s_in + n0, a.N, a.P - p0, a.N - n0, a.N % 8 == 0, [&](int) { return s_scale; });
+    __syncthreads();
+    mma::slab_mma<true, true>(s.a, s.b, acc);
   }
+  // acc += CB[tile rows, j] · (v ∘ X)[j] over the keys before the row tile (full slabs).
+  for (int j0 = 0; j0 < i0; j0 += kTileEdge) {
+    __syncthreads();
+    stage_rows(s.a, cb + j0, a.Q, rows, kTileEdge, cb_vec16);
+    stage_rows<true>(s.b, xh + int64_t(j0) * a.xs0, a.xs0, kTileEdge, a.P - p0, a.x_vec16,
+                     [&](int r) { return exp2f(ref - cs2[j0 + r]) * dt[j0 + r]; });
+    __syncthreads();
+    mma::slab_mma<true, false>(s.a, s.b, acc);
+  }
+  const mma::TileCoord tc;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int i = tc.row(mi, 2 * half);
+      const float u = i < rows ? exp2f(cs2[i0 + i] - ref) : 0.0f;
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) acc[mi][ni][2 * half] *= u, acc[mi][ni][2 * half + 1] *= u;
+    }
+
+  // The diagonal slab: M built element by element (8 consecutive j per thread), keys j ≤ i.
+  __syncthreads();
+#pragma unroll
+  for (int q = 0; q < kTileEdge * kTileEdge / 8 / kTileThreads; ++q) {
+    const int e = int(threadIdx.x) + kTileThreads * q;
+    const int r = e / 8, c = (e % 8) * 8;
+    __align__(16) bf16 m[8];
+    if (r < rows && c <= r) {  // some of the 8 keys are on or below the diagonal
+      const bf16* row = cb + int64_t(r) * a.Q + i0 + c;
+      if (cb_vec16 && c + 8 <= rows) {
+        *reinterpret_cast<uint4*>(m) = *reinterpret_cast<const uint4*>(row);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) m[k] = c + k < rows ? row[k] : __float2bfloat16_rn(0.0f);
+      }
+      const float ci = cs2[i0 + r];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int j = i0 + c + k;
+        m[k] = __float2bfloat16_rn(c + k <= r ? __bfloat162float(m[k]) * exp2f(ci - cs2[j]) * dt[j] : 0.0f);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) m[k] = __float2bfloat16_rn(0.0f);
+    }
+    *reinterpret_cast<uint4*>(s.a + r * kLdTile + c) = *reinterpret_cast<const uint4*>(m);
+  }
+  stage_rows(s.b, xh + int64_t(i0) * a.xs0, a.xs0, rows, a.P - p0, a.x_vec16);
+  __syncthreads();
+  mma::slab_mma<true, false>(s.a, s.b, acc);
 
   const float dskip = a.D.get(h, 0.0f);
   bf16* yh = a.out + (ch.t0 + i0) * a.os0 + int64_t(h) * a.os1 + p0;
