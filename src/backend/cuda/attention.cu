@@ -6,7 +6,12 @@
 //   2. query t of span s (position pos + t), head h, reads KV head g = h / (Hq / Hkv):
 //        out = Σ_{j ≤ pos + t} softmax_j(q · k_j · scale) v_j
 //
-// Step 2 is a FlashAttention-style kernel (fp32 CUDA cores, fp32 accumulators): a block takes
+// Step 2, for bf16 with head_dim 64 or 128, is attention_prefill.cu's FlashAttention-2 kernel on
+// tensor cores; everything else (fp32, other head dims) runs the SIMT kernel of this file. Both
+// take the same work items and key splits (attention_tile.cuh), so the planning and the merge
+// below serve both.
+//
+// The SIMT kernel is FlashAttention-style (fp32 CUDA cores, fp32 accumulators): a block takes
 // a tile of 64 query rows that share one KV head — kTokens = 64 / group tokens × the group's
 // heads, so each K/V tile read from the cache serves every query head of the group — and walks
 // the keys in tiles of 32 from the paged cache, keeping per row the running max m, the running
@@ -31,7 +36,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include <type_traits>
+
 #include "backend/cuda/attention_decode.h"
+#include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/span_kernels.cuh"
 
@@ -39,31 +47,16 @@ namespace statelm::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kRows = 64;  // query rows (token, head) per block
-constexpr int kKeys = 32;  // keys per tile
-constexpr float kLog2e = 1.4426950408889634f;
+using attn::AttnArgs;
+using attn::kLog2e;
+using attn::kRows;
 
-template <typename T>
-struct AttnArgs {
-  const T *q, *k, *v;
-  T *k_cache, *v_cache;
-  T* out;
-  int64_t qs0, qs1, ks0, ks1, vs0, vs1, os0, os1;
-  int64_t cs0, cs1, cs2;  // cache strides (block, row, head); k and v caches share them
-  const int32_t* block_tables;
-  int max_blocks, block_size;
-  int hq, hkv, group, dh, tokens;  // tokens: query tokens per tile (kRows / group)
-  float scale_log2;                // scale · log2 e
-  int tiles_per_split;             // key tiles per split (n_splits = gridDim.z)
-  float* o_part;                   // [item][hkv][split][kRows][dh] when split
-  float* ml_part;                  // [item][hkv][split][kRows][2]
-};
+constexpr int kThreads = 256;
+constexpr int kKeys = 32;  // keys per tile of the SIMT kernel
 
 template <typename T>
 __device__ __forceinline__ const T* cache_row(const T* cache, const AttnArgs<T>& a, int span, int pos, int g) {
-  const int32_t blk = a.block_tables[int64_t(span) * a.max_blocks + pos / a.block_size];
-  return cache + int64_t(blk) * a.cs0 + int64_t(pos % a.block_size) * a.cs1 + int64_t(g) * a.cs2;
+  return cache + attn::cache_offset(a, span, pos, g);
 }
 
 // ---- 1. append the span's k, v to the cache -------------------------------------------------
@@ -229,7 +222,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttnArgs<T> a, Span
     const int row = ty + 16 * r;
     if (row >= rows) continue;
     if (split_mode) {
-      const int64_t base = ((int64_t(blockIdx.x) * a.hkv + g) * gridDim.z + split) * kRows + row;
+      const int64_t base = attn::split_row(int(blockIdx.x), a.hkv, g, int(gridDim.z), split, row);
 #pragma unroll
       for (int c = 0; c < kDc; ++c) {
         const int d = tx + 16 * c;
@@ -262,7 +255,7 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(AttnArgs<T> a, SpanItem
   const int rows = min(a.tokens, sp.len - t0) * a.group;
   for (int e = threadIdx.x; e < rows * a.dh; e += kThreads) {
     const int row = e / a.dh, d = e % a.dh;
-    const int64_t base0 = (int64_t(blockIdx.x) * a.hkv + g) * n_splits * kRows + row;
+    const int64_t base0 = attn::split_row(int(blockIdx.x), a.hkv, g, n_splits, 0, row);
     float m_max = -INFINITY;
     for (int z = 0; z < n_splits; ++z) m_max = fmaxf(m_max, a.ml_part[2 * (base0 + int64_t(z) * kRows)]);
     float l_sum = 0.0f, acc = 0.0f;
@@ -278,6 +271,13 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(AttnArgs<T> a, SpanItem
     const int h = g * a.group + row % a.group;
     a.out[tok * a.os0 + int64_t(h) * a.os1 + d] = from_f32<T>(acc / l_sum);
   }
+}
+
+template <typename T>
+void merge(const AttnArgs<T>& a, const SpanItems& items, int64_t n_items, int n_splits, cudaStream_t stream) {
+  if (n_splits <= 1) return;
+  merge_kernel<T><<<dim3(unsigned(n_items), unsigned(a.hkv)), kThreads, 0, stream>>>(a, items, n_splits);
+  STATELM_CUDA_LAUNCHED("attention merge");
 }
 
 int sm_count() {
@@ -298,14 +298,19 @@ void run(AttnArgs<T> a, const BatchView& batch, int min_len, Scratch& scratch, c
   int max_keys = 0;
   for (const SeqSpan& s : batch.spans) max_keys = std::max(max_keys, int(s.pos + s.len));
   max_keys = std::max(max_keys, batch.key_capacity);  // a graph's plan outlives this batch
-  const int key_tiles = (max_keys + kKeys - 1) / kKeys;
-  // Split the keys when the tiles alone leave the GPU short of blocks (decode), keeping at
-  // least 8 key tiles (256 keys) per split so that the merge stays cheap.
+  // bf16 at head_dim 64 or 128 runs on tensor cores (attention_prefill.cu), in key tiles of 64.
+  bool mma = false;
+  if constexpr (std::is_same_v<T, bf16>) mma = DH == a.dh && attn::prefill_mma_supported(a);
+  const int tile_keys = mma ? attn::kPrefillKeys : kKeys;
+  const int key_tiles = (max_keys + tile_keys - 1) / tile_keys;
+  // Split the keys when the tiles alone leave the GPU short of blocks (decode, or a short chunk
+  // late in a long prefill), keeping at least 256 keys per split so that the merge stays cheap.
+  const int min_split_tiles = 256 / tile_keys;
   const int64_t blocks = n_items * a.hkv;
   const int64_t want = 2 * int64_t(sm_count());
   int n_splits = 1;
-  if (blocks < want && key_tiles >= 16)
-    n_splits = int(std::min<int64_t>((want + blocks - 1) / blocks, key_tiles / 8));
+  if (blocks < want && key_tiles >= 2 * min_split_tiles)
+    n_splits = int(std::min<int64_t>((want + blocks - 1) / blocks, key_tiles / min_split_tiles));
   a.tiles_per_split = (key_tiles + n_splits - 1) / n_splits;
   n_splits = (key_tiles + a.tiles_per_split - 1) / a.tiles_per_split;
   if (n_splits > 1) {
@@ -313,6 +318,13 @@ void run(AttnArgs<T> a, const BatchView& batch, int min_len, Scratch& scratch, c
     const size_t o_floats = (rows * a.dh + 63) / 64 * 64;
     a.o_part = static_cast<float*>(scratch.get((o_floats + 2 * rows) * sizeof(float)));
     a.ml_part = a.o_part + o_floats;
+  }
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (mma) {
+      attn::prefill_mma(a, items, n_items, n_splits, stream);
+      merge(a, items, n_items, n_splits, stream);
+      return;
+    }
   }
   const size_t smem = sizeof(AttnSmem<DH>);
   static const bool configured = [&] {
@@ -323,10 +335,7 @@ void run(AttnArgs<T> a, const BatchView& batch, int min_len, Scratch& scratch, c
   attention_kernel<T, DH><<<dim3(unsigned(n_items), unsigned(a.hkv), unsigned(n_splits)), kThreads, smem, stream>>>(
       a, items);
   STATELM_CUDA_LAUNCHED("attention, head_dim ", a.dh, " splits ", n_splits);
-  if (n_splits > 1) {
-    merge_kernel<T><<<dim3(unsigned(n_items), unsigned(a.hkv)), kThreads, 0, stream>>>(a, items, n_splits);
-    STATELM_CUDA_LAUNCHED("attention merge");
-  }
+  merge(a, items, n_items, n_splits, stream);
 }
 
 }  // namespace

@@ -1,0 +1,318 @@
+// Causal GQA attention of prefill spans on bf16 tensor cores (mma.sync m16n8k16, fp32
+// accumulators): the FlashAttention-2 loop over attention.cu's work items (attention_tile.cuh),
+// for bf16 q/k/v/caches with head_dim 64 or 128. attention.cu appends the spans' k, v to the
+// paged cache first, plans the items and the key splits, and merges the splits; this file runs
+// the tiles.
+//
+// A block of 4 warps takes a tile of kRows = 64 query rows (token, head) that share KV head g
+// (tokens × the group's heads, head fastest); warp w owns rows 16w .. 16w + 15, and keeps their
+// Q as mma A fragments in registers for the whole walk (loaded once, unscaled bf16). The keys
+// 0 .. (last row's position) are walked in tiles of kPrefillKeys = 64, gathered row by row from
+// the paged cache (block table lookup per key) into shared memory with cp.async, two stages:
+// tile j + 1 is in flight while tile j is multiplied. Per tile and warp:
+//
+//   S = Q Kᵀ            16 × 64, K as the mma B operand through ldmatrix (non-trans) of K[key][dim]
+//   S ← S · scale·log2e, keys past a row's position → −inf (only on tiles that reach the
+//                       warp's first row: the diagonal)
+//   m' = max(m, rowmax S); α = 2^(m − m'); P = 2^(S − m'); l ← α l + rowsum P; O ← α O
+//   O += P V            P rounded to bf16 in registers (the accumulator layout of n-tiles 2k and
+//                       2k + 1 is the A fragment of keys 16k .. 16k + 15), V through ldmatrix.trans
+//
+// The row statistics: a thread holds rows lane / 4 and lane / 4 + 8 of its warp's 16, the four
+// lanes of a quad share them, so row maxima are two xor-shuffles; l stays a per-thread partial
+// sum until the end. At the end O / l is written as bf16 (or, with key splits, O, m, l to the
+// split-K scratch for attention.cu's merge).
+//
+// Shared memory: K and V tiles of 64 rows × (DH + 8) bf16 per stage (the 16-byte pad puts the 8
+// row addresses of an ldmatrix phase in distinct bank groups): 36 KiB for DH 64, 68 KiB for DH
+// 128. Keys past the tile's last row read as zeros (cp.async zero-fill), never as what the cache
+// holds there: a NaN would survive P = 0.
+#include <algorithm>
+
+#include "backend/cuda/attention_tile.cuh"
+#include "backend/cuda/mma.cuh"
+
+namespace statelm::cuda::attn {
+
+namespace {
+
+constexpr int kThreads = 128;  // 4 warps × 16 rows = kRows
+constexpr int kKeys = kPrefillKeys;
+static_assert(kThreads / 32 * 16 == kRows, "one m16 tile of rows per warp");
+
+template <int DH>
+struct PrefillSmem {
+  static constexpr int kLd = DH + 8;  // row pitch in bf16
+  bf16 k[2][kKeys][kLd];
+  bf16 v[2][kKeys][kLd];
+};
+
+// How q and out may be accessed: bf16 pairs as one 32-bit word when the pointer and both row
+// strides allow it, single elements otherwise (the op tests slice q from odd-width rows).
+struct Access {
+  bool q_pairs, out_pairs;
+};
+
+__device__ __forceinline__ uint32_t load_pair(const bf16* p, bool pairs) {
+  return pairs ? *reinterpret_cast<const uint32_t*>(p) : mma::pack_bf16x2(p[0], p[1]);
+}
+
+// Blocks per SM the registers are sized for: DH 128 holds O (64), Q (32) and S (32) fp32/bf16x2
+// registers per thread and fits 2 blocks without spills (3 spill); DH 64 fits 3.
+template <int DH>
+constexpr int kMinBlocks = DH == 128 ? 2 : 3;
+
+template <int DH>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<DH>)
+    prefill_kernel(AttnArgs<bf16> a, SpanItems items, int n_items, Access acc) {
+  using Smem = PrefillSmem<DH>;
+  constexpr int kDk = DH / 16;   // k16 steps of Q Kᵀ (over dims)
+  constexpr int kSn = kKeys / 8;  // n8 tiles of S (over keys)
+  constexpr int kOn = DH / 8;     // n8 tiles of O (over dims)
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Smem& s = *reinterpret_cast<Smem*>(smem_raw);
+
+  // Items in reverse: a span's later tiles see more keys, so the longest blocks start first.
+  const int g = int(blockIdx.x) % a.hkv;
+  const int item = n_items - 1 - int(blockIdx.x) / a.hkv;
+  const ItemRef it = find_item(items, item);
+  const SeqSpan sp = items.spans[it.span];
+  const int split = int(blockIdx.z);
+  const int t0 = it.piece * a.tokens;
+  const int n_tok = min(a.tokens, sp.len - t0);
+  const int rows = n_tok * a.group;
+  const int pos0 = sp.pos + t0;  // position of the tile's first token
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int mat = lane / 8, in_mat = lane % 8;  // ldmatrix: which 8 × 8 matrix this lane addresses
+  const int fr = lane / 4, fc = 2 * (lane % 4);  // fragment row and column of this lane
+  const int r0 = 16 * warp;
+
+  // Rows r0 + fr + 8h (h = 0, 1): position, or −1 past the tile (masks every key).
+  int qpos[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = r0 + fr + 8 * h;
+    qpos[h] = row < rows ? pos0 + row / a.group : -1;
+  }
+  // The warp's last row position (no key tile past it does anything) and its first one when
+  // all 16 rows exist (tiles wholly before it need no mask), −1 otherwise.
+  const int warp_last = r0 < rows ? pos0 + (min(r0 + 15, rows - 1)) / a.group : -1;
+  const int warp_first = r0 + 16 <= rows ? pos0 + r0 / a.group : -1;
+
+  // Q as A fragments: qf[kd] = rows (fr, fr + 8) × dims 16 kd + (fc, fc + 8); zero past the tile.
+  uint32_t qf[kDk][4];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = r0 + fr + 8 * h;
+    const bf16* qrow = nullptr;
+    if (row < rows) {
+      const int64_t tok = int64_t(sp.start) + t0 + row / a.group;
+      const int head = g * a.group + row % a.group;
+      qrow = a.q + tok * a.qs0 + int64_t(head) * a.qs1;
+    }
+#pragma unroll
+    for (int kd = 0; kd < kDk; ++kd)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) qf[kd][h + 2 * j] = qrow ? load_pair(qrow + 16 * kd + 8 * j + fc, acc.q_pairs) : 0u;
+  }
+
+  const int n_keys = pos0 + n_tok;  // keys the last row sees
+  const int tile_begin = split * a.tiles_per_split;
+  const int tile_end = min((n_keys + kKeys - 1) / kKeys, tile_begin + a.tiles_per_split);
+
+  // Gathers key tile kt into `stage`: thread moves 16-byte piece c of rows rr, rr + kPass, ...
+  // A warp covers kSub consecutive rr, so 16 distinct rows per tile; lane L < 16 looks up the
+  // cache offset of one of them (block table, division by the block size) and the lanes that
+  // copy that row read it by shuffle: one lookup per lane instead of one per row and thread.
+  auto load_tile = [&](int kt, int stage) {
+    constexpr int kPieces = DH / 8, kPass = kThreads / kPieces, kSub = 32 / kPieces;
+    static_assert(kSub * (kKeys / kPass) == 16, "16 rows per warp and tile");
+    const int c = int(threadIdx.x) % kPieces, rr = int(threadIdx.x) / kPieces;
+    const int key0 = kt * kKeys;
+    int64_t my_off = -1;  // −1: past the keys
+    {
+      const int r = warp * kSub + (lane % kSub) + kPass * ((lane % 16) / kSub);
+      if (key0 + r < n_keys) my_off = cache_offset(a, it.span, key0 + r, g);
+    }
+#pragma unroll
+    for (int i = 0; i < kKeys / kPass; ++i) {
+      const int r = rr + i * kPass;
+      const int64_t row_off = __shfl_sync(0xffffffffu, my_off, kSub * i + lane / kPieces);
+      const bool in = row_off >= 0;
+      const int64_t off = in ? row_off + 8 * c : 0;
+      mma::cp_async16(&s.k[stage][r][8 * c], a.k_cache + off, in);
+      mma::cp_async16(&s.v[stage][r][8 * c], a.v_cache + off, in);
+    }
+  };
+
+  float o[kOn][4];
+#pragma unroll
+  for (int n = 0; n < kOn; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+  if (tile_begin < tile_end) load_tile(tile_begin, 0);
+  mma::cp_async_commit();
+  for (int kt = tile_begin; kt < tile_end; ++kt) {
+    const int stage = (kt - tile_begin) & 1;
+    // The other stage was last read in the previous iteration, before its closing barrier.
+    if (kt + 1 < tile_end) load_tile(kt + 1, stage ^ 1);
+    mma::cp_async_commit();  // possibly empty: keeps one group per iteration
+    mma::cp_async_wait<1>();  // this tile's group has landed (for this thread's copies) ...
+    __syncthreads();          // ... and for everyone's
+    const int key0 = kt * kKeys;
+    if (key0 <= warp_last) {  // warp-uniform: a warp whose rows all precede the tile skips it
+      // S = Q Kᵀ.
+      float sc[kSn][4];
+#pragma unroll
+      for (int n = 0; n < kSn; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[n][e] = 0.0f;
+#pragma unroll
+      for (int kd = 0; kd < kDk; ++kd)
+#pragma unroll
+        for (int np = 0; np < kSn / 2; ++np) {  // keys 16 np .. 16 np + 15: two n8 tiles
+          uint32_t b[4];  // (keys 0-7, dims 0-7), (keys 0-7, dims 8-15), (keys 8-15, dims 0-7), (8-15, 8-15)
+          mma::ldmatrix_x4(b, &s.k[stage][16 * np + (mat / 2) * 8 + in_mat][16 * kd + (mat % 2) * 8]);
+          mma::mma_bf16(sc[2 * np], qf[kd], b[0], b[1]);
+          mma::mma_bf16(sc[2 * np + 1], qf[kd], b[2], b[3]);
+        }
+
+      // Scale to log2 units, mask, and the new row maxima.
+      const bool masked = key0 + kKeys - 1 > warp_first;
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < kSn; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float v = sc[n][e] * a.scale_log2;
+          if (masked && key0 + 8 * n + fc + (e & 1) > qpos[e >> 1]) v = -INFINITY;
+          sc[n][e] = v;
+          mx[e >> 1] = fmaxf(mx[e >> 1], v);
+        }
+      float m_use[2], alpha[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float m_new = fmaxf(m[h], mx[h]);
+        m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: P = 0, α = 0
+        alpha[h] = exp2f(m[h] - m_use[h]);
+        m[h] = m_new;
+        l[h] *= alpha[h];
+      }
+#pragma unroll
+      for (int n = 0; n < kSn; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float p = exp2f(sc[n][e] - m_use[e >> 1]);
+          sc[n][e] = p;
+          l[e >> 1] += p;
+        }
+#pragma unroll
+      for (int n = 0; n < kOn; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[n][e] *= alpha[e >> 1];
+
+      // O += P V, keys 16 kk .. 16 kk + 15 at a time.
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
+        uint32_t pa[4];
+        pa[0] = mma::pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);          // row fr,     keys fc
+        pa[1] = mma::pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);          // row fr + 8, keys fc
+        pa[2] = mma::pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);  // row fr,     keys fc + 8
+        pa[3] = mma::pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);  // row fr + 8, keys fc + 8
+#pragma unroll
+        for (int dp = 0; dp < DH / 16; ++dp) {  // dims 16 dp .. 16 dp + 15: two n8 tiles
+          uint32_t b[4];  // (keys 0-7, dims 0-7), (keys 8-15, dims 0-7), (keys 0-7, dims 8-15), (8-15, 8-15)
+          mma::ldmatrix_x4_trans(b, &s.v[stage][16 * kk + (mat % 2) * 8 + in_mat][16 * dp + (mat / 2) * 8]);
+          mma::mma_bf16(o[2 * dp], pa, b[0], b[1]);
+          mma::mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+  mma::cp_async_wait<0>();
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+  }
+
+  const bool split_mode = gridDim.z > 1;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = r0 + fr + 8 * h;
+    if (row >= rows) continue;
+    if (split_mode) {
+      const int64_t base = split_row(item, a.hkv, g, int(gridDim.z), split, row);
+      float* dst = a.o_part + base * a.dh;
+#pragma unroll
+      for (int n = 0; n < kOn; ++n)
+        *reinterpret_cast<float2*>(dst + 8 * n + fc) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
+      if (fc == 0) {
+        a.ml_part[2 * base] = m[h];
+        a.ml_part[2 * base + 1] = l[h];
+      }
+    } else {
+      const int64_t tok = int64_t(sp.start) + t0 + row / a.group;
+      const int head = g * a.group + row % a.group;
+      bf16* dst = a.out + tok * a.os0 + int64_t(head) * a.os1;
+      const float inv = 1.0f / l[h];  // l ≥ 1: the row's own key is always in range
+#pragma unroll
+      for (int n = 0; n < kOn; ++n) {
+        const float v0 = o[n][2 * h] * inv, v1 = o[n][2 * h + 1] * inv;
+        bf16* d = dst + 8 * n + fc;
+        if (acc.out_pairs) {
+          *reinterpret_cast<__nv_bfloat162*>(d) = __floats2bfloat162_rn(v0, v1);
+        } else {
+          d[0] = __float2bfloat16_rn(v0);
+          d[1] = __float2bfloat16_rn(v1);
+        }
+      }
+    }
+  }
+}
+
+bool pairs_ok(const void* p, int64_t s0, int64_t s1) {
+  return reinterpret_cast<uintptr_t>(p) % 4 == 0 && s0 % 2 == 0 && s1 % 2 == 0;
+}
+
+template <int DH>
+void launch(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, int n_splits, cudaStream_t stream) {
+  const size_t smem = sizeof(PrefillSmem<DH>);
+  static const bool configured = [&] {
+    return cudaFuncSetAttribute(prefill_kernel<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) ==
+               cudaSuccess &&
+           cudaFuncSetAttribute(prefill_kernel<DH>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                int(cudaSharedmemCarveoutMaxShared)) == cudaSuccess;
+  }();
+  STATELM_CHECK(configured, "attention prefill: cannot allow ", smem, " bytes of shared memory per block");
+  const int64_t blocks = n_items * a.hkv;
+  STATELM_CHECK(blocks < (int64_t(1) << 31), "attention prefill: ", n_items, " tiles × ", a.hkv,
+                " KV heads is too many blocks");
+  const Access acc{pairs_ok(a.q, a.qs0, a.qs1), pairs_ok(a.out, a.os0, a.os1)};
+  prefill_kernel<DH><<<dim3(unsigned(blocks), 1, unsigned(n_splits)), kThreads, smem, stream>>>(a, items, int(n_items),
+                                                                                              acc);
+  STATELM_CUDA_LAUNCHED("attention prefill (tensor cores), head_dim ", DH, " splits ", n_splits);
+}
+
+}  // namespace
+
+bool prefill_mma_supported(const AttnArgs<bf16>& a) {
+  const auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return (a.dh == 64 || a.dh == 128) && aligned16(a.k_cache) && aligned16(a.v_cache) && a.cs0 % 8 == 0 &&
+         a.cs1 % 8 == 0 && a.cs2 % 8 == 0;
+}
+
+void prefill_mma(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, int n_splits, cudaStream_t stream) {
+  if (a.dh == 64)
+    launch<64>(a, items, n_items, n_splits, stream);
+  else
+    launch<128>(a, items, n_items, n_splits, stream);
+}
+
+}  // namespace statelm::cuda::attn

@@ -1,0 +1,68 @@
+// What attention.cu's tile kernels share with the tensor-core prefill kernel
+// (attention_prefill.cu): the launch arguments, the work item of a block (a tile of kRows query
+// rows (token, head) of one span that share one KV head: tokens = kRows / group tokens × the
+// group's heads, head fastest), the paged-cache addressing, and the layout of the split-K
+// scratch that attention.cu's merge kernel reads.
+//
+// Split-K scratch: a block of item i, KV head g, split z writes, for each of its rows r, the
+// unnormalised output O and the running (m, l) of the online softmax (scores in log2 units, i.e.
+// already multiplied by scale · log2 e) at row ((i · hkv + g) · n_splits + z) · kRows + r of
+// o_part ([.][dh] floats) and ml_part ([.][2] floats). A row none of whose keys fall in the
+// split writes (−inf, 0, 0).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/cuda/span_kernels.cuh"
+
+namespace statelm::cuda::attn {
+
+constexpr int kRows = 64;  // query rows (token, head) per tile
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <typename T>
+struct AttnArgs {
+  const T *q, *k, *v;
+  T *k_cache, *v_cache;
+  T* out;
+  int64_t qs0, qs1, ks0, ks1, vs0, vs1, os0, os1;
+  int64_t cs0, cs1, cs2;  // cache strides (block, row, head); k and v caches share them
+  const int32_t* block_tables;
+  int max_blocks, block_size;
+  int hq, hkv, group, dh, tokens;  // tokens: query tokens per tile (kRows / group)
+  float scale_log2;                // scale · log2 e
+  int tiles_per_split;             // key tiles per split (n_splits = gridDim.z)
+  float* o_part;                   // split-K scratch (see the top of this file)
+  float* ml_part;
+};
+
+// Element offset of key `pos` of span `span`, KV head g, in either cache.
+template <typename T>
+__device__ __forceinline__ int64_t cache_offset(const AttnArgs<T>& a, int span, int pos, int g) {
+  const int32_t blk = a.block_tables[int64_t(span) * a.max_blocks + pos / a.block_size];
+  return int64_t(blk) * a.cs0 + int64_t(pos % a.block_size) * a.cs1 + int64_t(g) * a.cs2;
+}
+
+// Row index into o_part / ml_part (see the top of this file).
+__device__ __forceinline__ int64_t split_row(int item, int hkv, int g, int n_splits, int split, int row) {
+  return ((int64_t(item) * hkv + g) * n_splits + split) * kRows + row;
+}
+
+// ---- the tensor-core prefill kernel (attention_prefill.cu) ----------------------------------
+
+constexpr int kPrefillKeys = 64;  // keys per tile of the tensor-core kernel
+
+// Whether prefill_mma takes this call: bf16 with head_dim 64 or 128 and 16-byte aligned cache
+// rows (its K/V tiles are copied with cp.async in 16-byte pieces). Anything else stays on the
+// SIMT tile kernel.
+bool prefill_mma_supported(const AttnArgs<bf16>& a);
+
+// The tiles of `items` (n_items of them, every KV head each) over key tiles of kPrefillKeys,
+// split as a.tiles_per_split says into n_splits (> 1: writes the split-K scratch, the caller
+// merges). The span's own k, v must already be in the cache.
+void prefill_mma(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, int n_splits, cudaStream_t stream);
+
+}  // namespace statelm::cuda::attn
