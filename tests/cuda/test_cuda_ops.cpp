@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -675,19 +676,45 @@ TEST(CudaOps, PagedAttentionMixedDecode) {
   for (int32_t block : {16, 7}) compare_attention(rng, spans, block, {{8, 2, 128}, {6, 6, 64}, {4, 4, 9}});
 }
 
+// Sets an environment variable for the lifetime of the object (the previous value comes back).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_)
+      setenv(name_.c_str(), old_.c_str(), 1);
+    else
+      unsetenv(name_.c_str());
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_, old_;
+  bool had_ = false;
+};
+
 // Prefill spans on the tensor-core kernel (attention_prefill.cu: bf16, head_dim 64 and 128; the
-// fp32 half of each comparison runs the SIMT kernel): lengths 2..700 starting at 0 or continuing
-// a sequence at pos > 0 (earlier keys from the cache), partial 64-row tiles, GQA groups 1, 4 and
-// 8 (8 and 16 tokens per tile), block sizes 16 and 7 (tiles gather keys across blocks), plus
-// one-token spans beside them, and head_dim 80 and 32 which stay on the SIMT kernel.
+// fp32 half of each comparison runs the SIMT kernel), with tiles of 64 and of 128 query rows
+// (forced: on its own it picks 128 only for batches with many tiles): lengths 2..700 starting
+// at 0 or continuing a sequence at pos > 0 (earlier keys from the cache), partial tiles, GQA
+// groups 1, 4 and 8, block sizes 16 and 7 (tiles gather keys across blocks), one-token spans
+// beside them, and head_dim 80 which stays on the SIMT kernel.
 TEST(CudaOps, PagedAttentionPrefill) {
   REQUIRE_GPU();
   std::mt19937 rng(21);
   const std::vector<LenPos> seqs = {{700, 0}, {2, 0}, {129, 300}, {64, 64}, {1, 50}, {333, 1000}, {17, 5}, {65, 1}};
   const std::vector<AttnShape> shapes = {{8, 8, 64}, {8, 2, 128}, {16, 2, 64}, {8, 1, 128}, {32, 8, 128}, {8, 2, 80}};
-  for (int32_t block : {16, 7}) {
-    const auto spans = mixed_spans(rng, seqs, int32_t(seqs.size()));
-    compare_attention(rng, spans, block, shapes);
+  for (const char* rows : {"64", "128"}) {
+    SCOPED_TRACE(std::string("tile rows ") + rows);
+    const ScopedEnv env("STATELM_ATTN_PREFILL_ROWS", rows);
+    for (int32_t block : {16, 7}) {
+      const auto spans = mixed_spans(rng, seqs, int32_t(seqs.size()));
+      compare_attention(rng, spans, block, shapes);
+    }
   }
 }
 
@@ -698,8 +725,12 @@ TEST(CudaOps, PagedAttentionPrefillSplit) {
   std::mt19937 rng(22);
   const std::vector<LenPos> seqs = {{70, 4000}, {9, 2500}};
   const auto spans = mixed_spans(rng, seqs, int32_t(seqs.size()));
-  compare_attention(rng, spans, 16, {{8, 1, 128}, {4, 4, 64}});
-  compare_attention(rng, spans, 7, {{8, 2, 64}}, 1 << 14);
+  for (const char* rows : {"64", "128"}) {
+    SCOPED_TRACE(std::string("tile rows ") + rows);
+    const ScopedEnv env("STATELM_ATTN_PREFILL_ROWS", rows);
+    compare_attention(rng, spans, 16, {{8, 1, 128}, {4, 4, 64}});
+    compare_attention(rng, spans, 7, {{8, 2, 64}}, 1 << 14);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

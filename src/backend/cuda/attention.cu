@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttnArgs<T> a, Span
     const int row = ty + 16 * r;
     if (row >= rows) continue;
     if (split_mode) {
-      const int64_t base = attn::split_row(int(blockIdx.x), a.hkv, g, int(gridDim.z), split, row);
+      const int64_t base = attn::split_row(int(blockIdx.x), a.hkv, g, int(gridDim.z), split, row, kRows);
 #pragma unroll
       for (int c = 0; c < kDc; ++c) {
         const int d = tx + 16 * c;
@@ -255,12 +255,12 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(AttnArgs<T> a, SpanItem
   const int rows = min(a.tokens, sp.len - t0) * a.group;
   for (int e = threadIdx.x; e < rows * a.dh; e += kThreads) {
     const int row = e / a.dh, d = e % a.dh;
-    const int64_t base0 = attn::split_row(int(blockIdx.x), a.hkv, g, n_splits, 0, row);
+    const int64_t base0 = attn::split_row(int(blockIdx.x), a.hkv, g, n_splits, 0, row, a.tile_rows);
     float m_max = -INFINITY;
-    for (int z = 0; z < n_splits; ++z) m_max = fmaxf(m_max, a.ml_part[2 * (base0 + int64_t(z) * kRows)]);
+    for (int z = 0; z < n_splits; ++z) m_max = fmaxf(m_max, a.ml_part[2 * (base0 + int64_t(z) * a.tile_rows)]);
     float l_sum = 0.0f, acc = 0.0f;
     for (int z = 0; z < n_splits; ++z) {
-      const int64_t base = base0 + int64_t(z) * kRows;
+      const int64_t base = base0 + int64_t(z) * a.tile_rows;
       const float mz = a.ml_part[2 * base];
       if (mz == -INFINITY) continue;  // a split with no key for this row
       const float w = exp2f(mz - m_max);
@@ -292,15 +292,22 @@ int sm_count() {
 
 template <typename T, int DH>
 void run(AttnArgs<T> a, const BatchView& batch, int min_len, Scratch& scratch, cudaStream_t stream) {
+  // bf16 at head_dim 64 or 128 runs on tensor cores (attention_prefill.cu), in key tiles of 64
+  // and tiles of 64 or 128 query rows.
+  bool mma = false;
+  if constexpr (std::is_same_v<T, bf16>) mma = DH == a.dh && attn::prefill_mma_supported(a);
+  if (mma) {
+    int64_t tiles_128 = 0;
+    plan_items(batch, 128 / a.group, min_len, &tiles_128);
+    a.tile_rows = attn::prefill_tile_rows(tiles_128 * a.hkv, sm_count());
+    a.tokens = a.tile_rows / a.group;
+  }
   int64_t n_items = 0;
   const SpanItems items = plan_items(batch, a.tokens, min_len, &n_items);
   if (n_items == 0) return;
   int max_keys = 0;
   for (const SeqSpan& s : batch.spans) max_keys = std::max(max_keys, int(s.pos + s.len));
   max_keys = std::max(max_keys, batch.key_capacity);  // a graph's plan outlives this batch
-  // bf16 at head_dim 64 or 128 runs on tensor cores (attention_prefill.cu), in key tiles of 64.
-  bool mma = false;
-  if constexpr (std::is_same_v<T, bf16>) mma = DH == a.dh && attn::prefill_mma_supported(a);
   const int tile_keys = mma ? attn::kPrefillKeys : kKeys;
   const int key_tiles = (max_keys + tile_keys - 1) / tile_keys;
   // Split the keys when the tiles alone leave the GPU short of blocks (decode, or a short chunk
@@ -314,7 +321,7 @@ void run(AttnArgs<T> a, const BatchView& batch, int min_len, Scratch& scratch, c
   a.tiles_per_split = (key_tiles + n_splits - 1) / n_splits;
   n_splits = (key_tiles + a.tiles_per_split - 1) / a.tiles_per_split;
   if (n_splits > 1) {
-    const size_t rows = size_t(n_items) * a.hkv * n_splits * kRows;
+    const size_t rows = size_t(n_items) * a.hkv * n_splits * a.tile_rows;
     const size_t o_floats = (rows * a.dh + 63) / 64 * 64;
     a.o_part = static_cast<float*>(scratch.get((o_floats + 2 * rows) * sizeof(float)));
     a.ml_part = a.o_part + o_floats;
@@ -400,6 +407,7 @@ void attention(const AttentionParams& p, const BatchView& batch, Scratch& scratc
     a.hkv = int(hkv);
     a.group = int(hq / hkv);
     a.dh = int(dh);
+    a.tile_rows = kRows;
     a.tokens = kRows / a.group;
     a.scale_log2 = p.scale * kLog2e;
 

@@ -4,9 +4,12 @@
 // paged cache first, plans the items and the key splits, and merges the splits; this file runs
 // the tiles.
 //
-// A block of 4 warps takes a tile of kRows = 64 query rows (token, head) that share KV head g
-// (tokens × the group's heads, head fastest); warp w owns rows 16w .. 16w + 15, and keeps their
-// Q as mma A fragments in registers for the whole walk (loaded once, unscaled bf16). The keys
+// A block of 4 warps takes a tile of 64 or 128 query rows (token, head) that share KV head g
+// (tokens × the group's heads, head fastest; attention.cu picks the height, prefill_tile_rows);
+// warp w owns 16 · MT rows (MT = 1 or 2 m16 tiles). MT 1 keeps the warp's Q as mma A fragments
+// in registers for the whole walk; MT 2 (FlashAttention-2's shape: each K or V fragment read
+// from shared memory feeds two mma, half the shared-memory traffic per mma) keeps the Q tile
+// in shared memory and reads its fragments per k step. Q is unscaled bf16. The keys
 // 0 .. (last row's position) are walked in tiles of kPrefillKeys = 64, gathered row by row from
 // the paged cache (block table lookup per key) into shared memory with cp.async, two stages:
 // tile j + 1 is in flight while tile j is multiplied. Per tile and warp:
@@ -25,9 +28,12 @@
 //
 // Shared memory: K and V tiles of 64 rows × (DH + 8) bf16 per stage (the 16-byte pad puts the 8
 // row addresses of an ldmatrix phase in distinct bank groups): 36 KiB for DH 64, 68 KiB for DH
-// 128. Keys past the tile's last row read as zeros (cp.async zero-fill), never as what the cache
+// 128, plus the 128-row Q tile for MT 2 (18 / 34 KiB). Registers (ptxas, sm_90a, no spills):
+// MT 1 167 (DH 64) / 211 (DH 128), MT 2 241 / 255. Keys past the tile's last row read as zeros (cp.async zero-fill), never as what the cache
 // holds there: a NaN would survive P = 0.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/mma.cuh"
@@ -36,15 +42,17 @@ namespace statelm::cuda::attn {
 
 namespace {
 
-constexpr int kThreads = 128;  // 4 warps × 16 rows = kRows
+constexpr int kThreads = 128;  // 4 warps
+constexpr int kWarps = kThreads / 32;
 constexpr int kKeys = kPrefillKeys;
-static_assert(kThreads / 32 * 16 == kRows, "one m16 tile of rows per warp");
 
-template <int DH>
+// MT: m16 tiles of rows per warp (1: 64-row tiles, 2: 128-row tiles).
+template <int DH, int MT>
 struct PrefillSmem {
   static constexpr int kLd = DH + 8;  // row pitch in bf16
   bf16 k[2][kKeys][kLd];
   bf16 v[2][kKeys][kLd];
+  bf16 q[MT == 1 ? 1 : kWarps * 16 * MT][kLd];  // MT > 1: the Q tile (MT = 1 keeps Q in registers)
 };
 
 // How q and out may be accessed: bf16 pairs as one 32-bit word when the pointer and both row
@@ -57,18 +65,20 @@ __device__ __forceinline__ uint32_t load_pair(const bf16* p, bool pairs) {
   return pairs ? *reinterpret_cast<const uint32_t*>(p) : mma::pack_bf16x2(p[0], p[1]);
 }
 
-// Blocks per SM the registers are sized for: DH 128 holds O (64), Q (32) and S (32) fp32/bf16x2
-// registers per thread and fits 2 blocks without spills (3 spill); DH 64 fits 3.
-template <int DH>
-constexpr int kMinBlocks = DH == 128 ? 2 : 3;
+// Blocks per SM the registers are sized for. MT 1: O (DH / 2), Q (DH / 4) and S (32) registers
+// per thread; DH 128 fits 2 blocks without spills (3 spill), DH 64 fits 3. MT 2: O (DH), S (64),
+// Q read from shared memory per k step; 2 blocks.
+template <int DH, int MT>
+constexpr int kMinBlocks = MT == 1 && DH == 64 ? 3 : 2;
 
-template <int DH>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<DH>)
+template <int DH, int MT>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<DH, MT>)
     prefill_kernel(AttnArgs<bf16> a, SpanItems items, int n_items, Access acc) {
-  using Smem = PrefillSmem<DH>;
-  constexpr int kDk = DH / 16;   // k16 steps of Q Kᵀ (over dims)
+  using Smem = PrefillSmem<DH, MT>;
+  constexpr int kDk = DH / 16;    // k16 steps of Q Kᵀ (over dims)
   constexpr int kSn = kKeys / 8;  // n8 tiles of S (over keys)
   constexpr int kOn = DH / 8;     // n8 tiles of O (over dims)
+  constexpr int kWarpRows = 16 * MT;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem& s = *reinterpret_cast<Smem*>(smem_raw);
 
@@ -85,35 +95,48 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<DH>)
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int mat = lane / 8, in_mat = lane % 8;  // ldmatrix: which 8 × 8 matrix this lane addresses
   const int fr = lane / 4, fc = 2 * (lane % 4);  // fragment row and column of this lane
-  const int r0 = 16 * warp;
+  const int r0 = kWarpRows * warp;               // the warp's rows: r0 .. r0 + 16 MT − 1
 
-  // Rows r0 + fr + 8h (h = 0, 1): position, or −1 past the tile (masks every key).
-  int qpos[2];
+  // The query row of fragment row half h of m-tile mt, its token and head.
+  const auto row_of = [&](int mt, int h) { return r0 + 16 * mt + fr + 8 * h; };
+  const auto q_ptr = [&](int row) {
+    const int64_t tok = int64_t(sp.start) + t0 + row / a.group;
+    const int head = g * a.group + row % a.group;
+    return a.q + tok * a.qs0 + int64_t(head) * a.qs1;
+  };
+
+  // Position of each row this thread holds, or −1 past the tile (masks every key).
+  int qpos[MT][2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = r0 + fr + 8 * h;
-    qpos[h] = row < rows ? pos0 + row / a.group : -1;
-  }
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) qpos[mt][h] = row_of(mt, h) < rows ? pos0 + row_of(mt, h) / a.group : -1;
   // The warp's last row position (no key tile past it does anything) and its first one when
-  // all 16 rows exist (tiles wholly before it need no mask), −1 otherwise.
-  const int warp_last = r0 < rows ? pos0 + (min(r0 + 15, rows - 1)) / a.group : -1;
-  const int warp_first = r0 + 16 <= rows ? pos0 + r0 / a.group : -1;
+  // all its rows exist (tiles wholly before it need no mask), −1 otherwise.
+  const int warp_last = r0 < rows ? pos0 + (min(r0 + kWarpRows - 1, rows - 1)) / a.group : -1;
+  const int warp_first = r0 + kWarpRows <= rows ? pos0 + r0 / a.group : -1;
 
-  // Q as A fragments: qf[kd] = rows (fr, fr + 8) × dims 16 kd + (fc, fc + 8); zero past the tile.
-  uint32_t qf[kDk][4];
+  // Q as A fragments. MT 1: in registers, qf[kd] = rows (fr, fr + 8) × dims 16 kd + (fc, fc + 8).
+  // MT > 1: the tile in shared memory (written here, visible after the walk's first barrier),
+  // fragments loaded per k step. Zero past the tile.
+  uint32_t qf[MT == 1 ? kDk : 1][4];
+  if constexpr (MT == 1) {
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = r0 + fr + 8 * h;
-    const bf16* qrow = nullptr;
-    if (row < rows) {
-      const int64_t tok = int64_t(sp.start) + t0 + row / a.group;
-      const int head = g * a.group + row % a.group;
-      qrow = a.q + tok * a.qs0 + int64_t(head) * a.qs1;
+    for (int h = 0; h < 2; ++h) {
+      const int row = row_of(0, h);
+      const bf16* qrow = row < rows ? q_ptr(row) : nullptr;
+#pragma unroll
+      for (int kd = 0; kd < kDk; ++kd)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          qf[kd][h + 2 * j] = qrow ? load_pair(qrow + 16 * kd + 8 * j + fc, acc.q_pairs) : 0u;
     }
-#pragma unroll
-    for (int kd = 0; kd < kDk; ++kd)
-#pragma unroll
-      for (int j = 0; j < 2; ++j) qf[kd][h + 2 * j] = qrow ? load_pair(qrow + 16 * kd + 8 * j + fc, acc.q_pairs) : 0u;
+  } else {
+    constexpr int kPairs = DH / 2;
+    for (int e = int(threadIdx.x); e < kWarps * kWarpRows * kPairs; e += kThreads) {
+      const int row = e / kPairs, d = 2 * (e % kPairs);
+      *reinterpret_cast<uint32_t*>(&s.q[row][d]) = row < rows ? load_pair(q_ptr(row) + d, acc.q_pairs) : 0u;
+    }
   }
 
   const int n_keys = pos0 + n_tok;  // keys the last row sees
@@ -145,12 +168,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<DH>)
     }
   };
 
-  float o[kOn][4];
+  float o[MT][kOn][4];
+  float m[MT][2], l[MT][2];
 #pragma unroll
-  for (int n = 0; n < kOn; ++n)
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    for (int n = 0; n < kOn; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mt][n][e] = 0.0f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) m[mt][h] = -INFINITY, l[mt][h] = 0.0f;
+  }
 
   if (tile_begin < tile_end) load_tile(tile_begin, 0);
   mma::cp_async_commit();
@@ -164,71 +192,96 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<DH>)
     const int key0 = kt * kKeys;
     if (key0 <= warp_last) {  // warp-uniform: a warp whose rows all precede the tile skips it
       // S = Q Kᵀ.
-      float sc[kSn][4];
+      float sc[MT][kSn][4];
 #pragma unroll
-      for (int n = 0; n < kSn; ++n)
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) sc[n][e] = 0.0f;
+        for (int n = 0; n < kSn; ++n)
 #pragma unroll
-      for (int kd = 0; kd < kDk; ++kd)
+          for (int e = 0; e < 4; ++e) sc[mt][n][e] = 0.0f;
+#pragma unroll
+      for (int kd = 0; kd < kDk; ++kd) {
+        uint32_t qa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          if constexpr (MT == 1) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) qa[mt][e] = qf[kd][e];
+          } else {  // matrices (rows 0-7, dims 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15)
+            mma::ldmatrix_x4(qa[mt], &s.q[r0 + 16 * mt + lane % 16][16 * kd + (lane / 16) * 8]);
+          }
+        }
 #pragma unroll
         for (int np = 0; np < kSn / 2; ++np) {  // keys 16 np .. 16 np + 15: two n8 tiles
           uint32_t b[4];  // (keys 0-7, dims 0-7), (keys 0-7, dims 8-15), (keys 8-15, dims 0-7), (8-15, 8-15)
           mma::ldmatrix_x4(b, &s.k[stage][16 * np + (mat / 2) * 8 + in_mat][16 * kd + (mat % 2) * 8]);
-          mma::mma_bf16(sc[2 * np], qf[kd], b[0], b[1]);
-          mma::mma_bf16(sc[2 * np + 1], qf[kd], b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma::mma_bf16(sc[mt][2 * np], qa[mt], b[0], b[1]);
+            mma::mma_bf16(sc[mt][2 * np + 1], qa[mt], b[2], b[3]);
+          }
         }
-
-      // Scale to log2 units, mask, and the new row maxima.
-      const bool masked = key0 + kKeys - 1 > warp_first;
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < kSn; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float v = sc[n][e] * a.scale_log2;
-          if (masked && key0 + 8 * n + fc + (e & 1) > qpos[e >> 1]) v = -INFINITY;
-          sc[n][e] = v;
-          mx[e >> 1] = fmaxf(mx[e >> 1], v);
-        }
-      float m_use[2], alpha[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-        const float m_new = fmaxf(m[h], mx[h]);
-        m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: P = 0, α = 0
-        alpha[h] = exp2f(m[h] - m_use[h]);
-        m[h] = m_new;
-        l[h] *= alpha[h];
       }
+
+      // Scale to log2 units, mask, new row maxima; P = 2^(S − m'), l and O rescaled.
+      const bool masked = key0 + kKeys - 1 > warp_first;
 #pragma unroll
-      for (int n = 0; n < kSn; ++n)
+      for (int mt = 0; mt < MT; ++mt) {
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float p = exp2f(sc[n][e] - m_use[e >> 1]);
-          sc[n][e] = p;
-          l[e >> 1] += p;
+        for (int n = 0; n < kSn; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float v = sc[mt][n][e] * a.scale_log2;
+            if (masked && key0 + 8 * n + fc + (e & 1) > qpos[mt][e >> 1]) v = -INFINITY;
+            sc[mt][n][e] = v;
+            mx[e >> 1] = fmaxf(mx[e >> 1], v);
+          }
+        float m_use[2], alpha[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+          mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+          const float m_new = fmaxf(m[mt][h], mx[h]);
+          m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: P = 0, α = 0
+          alpha[h] = exp2f(m[mt][h] - m_use[h]);
+          m[mt][h] = m_new;
+          l[mt][h] *= alpha[h];
         }
 #pragma unroll
-      for (int n = 0; n < kOn; ++n)
+        for (int n = 0; n < kSn; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o[n][e] *= alpha[e >> 1];
+          for (int e = 0; e < 4; ++e) {
+            const float p = exp2f(sc[mt][n][e] - m_use[e >> 1]);
+            sc[mt][n][e] = p;
+            l[mt][e >> 1] += p;
+          }
+#pragma unroll
+        for (int n = 0; n < kOn; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[mt][n][e] *= alpha[e >> 1];
+      }
 
       // O += P V, keys 16 kk .. 16 kk + 15 at a time.
 #pragma unroll
       for (int kk = 0; kk < kKeys / 16; ++kk) {
-        uint32_t pa[4];
-        pa[0] = mma::pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);          // row fr,     keys fc
-        pa[1] = mma::pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);          // row fr + 8, keys fc
-        pa[2] = mma::pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);  // row fr,     keys fc + 8
-        pa[3] = mma::pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);  // row fr + 8, keys fc + 8
+        uint32_t pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          pa[mt][0] = mma::pack_bf16x2(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);          // row fr,     keys fc
+          pa[mt][1] = mma::pack_bf16x2(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);          // row fr + 8, keys fc
+          pa[mt][2] = mma::pack_bf16x2(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);  // row fr,     keys fc + 8
+          pa[mt][3] = mma::pack_bf16x2(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);  // row fr + 8, keys fc + 8
+        }
 #pragma unroll
         for (int dp = 0; dp < DH / 16; ++dp) {  // dims 16 dp .. 16 dp + 15: two n8 tiles
           uint32_t b[4];  // (keys 0-7, dims 0-7), (keys 8-15, dims 0-7), (keys 0-7, dims 8-15), (8-15, 8-15)
           mma::ldmatrix_x4_trans(b, &s.v[stage][16 * kk + (mat % 2) * 8 + in_mat][16 * dp + (mat / 2) * 8]);
-          mma::mma_bf16(o[2 * dp], pa, b[0], b[1]);
-          mma::mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma::mma_bf16(o[mt][2 * dp], pa[mt], b[0], b[1]);
+            mma::mma_bf16(o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
+          }
         }
       }
     }
@@ -236,58 +289,57 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<DH>)
   }
   mma::cp_async_wait<0>();
 
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
-    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
-  }
-
   const bool split_mode = gridDim.z > 1;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = r0 + fr + 8 * h;
-    if (row >= rows) continue;
-    if (split_mode) {
-      const int64_t base = split_row(item, a.hkv, g, int(gridDim.z), split, row);
-      float* dst = a.o_part + base * a.dh;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int n = 0; n < kOn; ++n)
-        *reinterpret_cast<float2*>(dst + 8 * n + fc) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
-      if (fc == 0) {
-        a.ml_part[2 * base] = m[h];
-        a.ml_part[2 * base + 1] = l[h];
-      }
-    } else {
-      const int64_t tok = int64_t(sp.start) + t0 + row / a.group;
-      const int head = g * a.group + row % a.group;
-      bf16* dst = a.out + tok * a.os0 + int64_t(head) * a.os1;
-      const float inv = 1.0f / l[h];  // l ≥ 1: the row's own key is always in range
+    for (int h = 0; h < 2; ++h) {
+      float lsum = l[mt][h];
+      lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+      lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+      const int row = row_of(mt, h);
+      if (row >= rows) continue;
+      if (split_mode) {
+        const int64_t base = split_row(item, a.hkv, g, int(gridDim.z), split, row, a.tile_rows);
+        float* dst = a.o_part + base * a.dh;
 #pragma unroll
-      for (int n = 0; n < kOn; ++n) {
-        const float v0 = o[n][2 * h] * inv, v1 = o[n][2 * h + 1] * inv;
-        bf16* d = dst + 8 * n + fc;
-        if (acc.out_pairs) {
-          *reinterpret_cast<__nv_bfloat162*>(d) = __floats2bfloat162_rn(v0, v1);
-        } else {
-          d[0] = __float2bfloat16_rn(v0);
-          d[1] = __float2bfloat16_rn(v1);
+        for (int n = 0; n < kOn; ++n)
+          *reinterpret_cast<float2*>(dst + 8 * n + fc) = make_float2(o[mt][n][2 * h], o[mt][n][2 * h + 1]);
+        if (fc == 0) {
+          a.ml_part[2 * base] = m[mt][h];
+          a.ml_part[2 * base + 1] = lsum;
+        }
+      } else {
+        const int64_t tok = int64_t(sp.start) + t0 + row / a.group;
+        const int head = g * a.group + row % a.group;
+        bf16* dst = a.out + tok * a.os0 + int64_t(head) * a.os1;
+        const float inv = 1.0f / lsum;  // l ≥ 1: the row's own key is always in range
+#pragma unroll
+        for (int n = 0; n < kOn; ++n) {
+          const float v0 = o[mt][n][2 * h] * inv, v1 = o[mt][n][2 * h + 1] * inv;
+          bf16* d = dst + 8 * n + fc;
+          if (acc.out_pairs) {
+            *reinterpret_cast<__nv_bfloat162*>(d) = __floats2bfloat162_rn(v0, v1);
+          } else {
+            d[0] = __float2bfloat16_rn(v0);
+            d[1] = __float2bfloat16_rn(v1);
+          }
         }
       }
     }
-  }
 }
 
 bool pairs_ok(const void* p, int64_t s0, int64_t s1) {
   return reinterpret_cast<uintptr_t>(p) % 4 == 0 && s0 % 2 == 0 && s1 % 2 == 0;
 }
 
-template <int DH>
+template <int DH, int MT>
 void launch(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, int n_splits, cudaStream_t stream) {
-  const size_t smem = sizeof(PrefillSmem<DH>);
+  const size_t smem = sizeof(PrefillSmem<DH, MT>);
   static const bool configured = [&] {
-    return cudaFuncSetAttribute(prefill_kernel<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) ==
+    return cudaFuncSetAttribute(prefill_kernel<DH, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) ==
                cudaSuccess &&
-           cudaFuncSetAttribute(prefill_kernel<DH>, cudaFuncAttributePreferredSharedMemoryCarveout,
+           cudaFuncSetAttribute(prefill_kernel<DH, MT>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                 int(cudaSharedmemCarveoutMaxShared)) == cudaSuccess;
   }();
   STATELM_CHECK(configured, "attention prefill: cannot allow ", smem, " bytes of shared memory per block");
@@ -295,9 +347,10 @@ void launch(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, in
   STATELM_CHECK(blocks < (int64_t(1) << 31), "attention prefill: ", n_items, " tiles × ", a.hkv,
                 " KV heads is too many blocks");
   const Access acc{pairs_ok(a.q, a.qs0, a.qs1), pairs_ok(a.out, a.os0, a.os1)};
-  prefill_kernel<DH><<<dim3(unsigned(blocks), 1, unsigned(n_splits)), kThreads, smem, stream>>>(a, items, int(n_items),
-                                                                                              acc);
-  STATELM_CUDA_LAUNCHED("attention prefill (tensor cores), head_dim ", DH, " splits ", n_splits);
+  prefill_kernel<DH, MT><<<dim3(unsigned(blocks), 1, unsigned(n_splits)), kThreads, smem, stream>>>(
+      a, items, int(n_items), acc);
+  STATELM_CUDA_LAUNCHED("attention prefill (tensor cores), head_dim ", DH, " rows ", a.tile_rows, " splits ",
+                        n_splits);
 }
 
 }  // namespace
@@ -308,11 +361,22 @@ bool prefill_mma_supported(const AttnArgs<bf16>& a) {
          a.cs1 % 8 == 0 && a.cs2 % 8 == 0;
 }
 
+int prefill_tile_rows(int64_t tiles_128, int sm_count) {
+  if (const char* e = std::getenv("STATELM_ATTN_PREFILL_ROWS")) {
+    if (std::strcmp(e, "64") == 0) return 64;
+    if (std::strcmp(e, "128") == 0) return 128;
+  }
+  return tiles_128 >= 2 * int64_t(sm_count) ? 128 : 64;
+}
+
 void prefill_mma(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, int n_splits, cudaStream_t stream) {
+  STATELM_CHECK(a.tile_rows == kWarps * 16 || a.tile_rows == kWarps * 32, "attention prefill: ", a.tile_rows,
+                " rows per tile");
+  const bool wide = a.tile_rows == kWarps * 32;
   if (a.dh == 64)
-    launch<64>(a, items, n_items, n_splits, stream);
+    wide ? launch<64, 2>(a, items, n_items, n_splits, stream) : launch<64, 1>(a, items, n_items, n_splits, stream);
   else
-    launch<128>(a, items, n_items, n_splits, stream);
+    wide ? launch<128, 2>(a, items, n_items, n_splits, stream) : launch<128, 1>(a, items, n_items, n_splits, stream);
 }
 
 }  // namespace statelm::cuda::attn

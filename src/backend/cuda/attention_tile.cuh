@@ -6,7 +6,7 @@
 //
 // Split-K scratch: a block of item i, KV head g, split z writes, for each of its rows r, the
 // unnormalised output O and the running (m, l) of the online softmax (scores in log2 units, i.e.
-// already multiplied by scale · log2 e) at row ((i · hkv + g) · n_splits + z) · kRows + r of
+// already multiplied by scale · log2 e) at row ((i · hkv + g) · n_splits + z) · tile_rows + r of
 // o_part ([.][dh] floats) and ml_part ([.][2] floats). A row none of whose keys fall in the
 // split writes (−inf, 0, 0).
 #pragma once
@@ -20,7 +20,7 @@
 
 namespace statelm::cuda::attn {
 
-constexpr int kRows = 64;  // query rows (token, head) per tile
+constexpr int kRows = 64;  // query rows (token, head) per tile of the SIMT kernel
 constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T>
@@ -32,7 +32,9 @@ struct AttnArgs {
   int64_t cs0, cs1, cs2;  // cache strides (block, row, head); k and v caches share them
   const int32_t* block_tables;
   int max_blocks, block_size;
-  int hq, hkv, group, dh, tokens;  // tokens: query tokens per tile (kRows / group)
+  int hq, hkv, group, dh;
+  int tile_rows;                   // query rows per tile: kRows, or 64 / 128 on tensor cores
+  int tokens;                      // query tokens per tile: tile_rows / group
   float scale_log2;                // scale · log2 e
   int tiles_per_split;             // key tiles per split (n_splits = gridDim.z)
   float* o_part;                   // split-K scratch (see the top of this file)
@@ -47,8 +49,9 @@ __device__ __forceinline__ int64_t cache_offset(const AttnArgs<T>& a, int span, 
 }
 
 // Row index into o_part / ml_part (see the top of this file).
-__device__ __forceinline__ int64_t split_row(int item, int hkv, int g, int n_splits, int split, int row) {
-  return ((int64_t(item) * hkv + g) * n_splits + split) * kRows + row;
+__device__ __forceinline__ int64_t split_row(int item, int hkv, int g, int n_splits, int split, int row,
+                                             int tile_rows) {
+  return ((int64_t(item) * hkv + g) * n_splits + split) * tile_rows + row;
 }
 
 // ---- the tensor-core prefill kernel (attention_prefill.cu) ----------------------------------
@@ -60,9 +63,16 @@ constexpr int kPrefillKeys = 64;  // keys per tile of the tensor-core kernel
 // SIMT tile kernel.
 bool prefill_mma_supported(const AttnArgs<bf16>& a);
 
-// The tiles of `items` (n_items of them, every KV head each) over key tiles of kPrefillKeys,
-// split as a.tiles_per_split says into n_splits (> 1: writes the split-K scratch, the caller
-// merges). The span's own k, v must already be in the cache.
+// Tile rows of the tensor-core kernel: 128 (each warp 32 rows, FlashAttention-2's shape: half
+// the shared-memory reads per mma) when the batch has enough such tiles to fill the GPU
+// (`tiles_128` of them, over all KV heads, vs `sm_count`), else 64 (twice the blocks, less
+// causal waste on short spans). STATELM_ATTN_PREFILL_ROWS=64 or 128 in the environment forces
+// one (tests and benchmarks).
+int prefill_tile_rows(int64_t tiles_128, int sm_count);
+
+// The tiles of `items` (n_items of them, every KV head each; a.tile_rows rows each) over key
+// tiles of kPrefillKeys, split as a.tiles_per_split says into n_splits (> 1: writes the split-K
+// scratch, the caller merges). The span's own k, v must already be in the cache.
 void prefill_mma(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, int n_splits, cudaStream_t stream);
 
 }  // namespace statelm::cuda::attn
