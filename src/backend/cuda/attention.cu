@@ -280,16 +280,6 @@ void merge(const AttnArgs<T>& a, const SpanItems& items, int64_t n_items, int n_
   STATELM_CUDA_LAUNCHED("attention merge");
 }
 
-int sm_count() {
-  static const int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      n = 132;
-    return n;
-  }();
-  return count;
-}
-
 template <typename T, int DH>
 void run(AttnArgs<T> a, const BatchView& batch, int min_len, Scratch& scratch, cudaStream_t stream) {
   // bf16 at head_dim 64 or 128 runs on tensor cores (attention_prefill.cu), in key tiles of 64

@@ -431,16 +431,6 @@ __global__ void __launch_bounds__(kThreads) decode_merge_kernel(DecodeArgs<T> a)
   }
 }
 
-int sm_count() {
-  static const int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      n = 132;
-    return n;
-  }();
-  return count;
-}
-
 template <typename T, int DH, int GMAX>
 void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaStream_t stream) {
   using C = DecodeTile<T, DH, GMAX>;

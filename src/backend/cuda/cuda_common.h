@@ -81,6 +81,18 @@ inline bool aligned_for(const void* p, int64_t row_stride_elems, size_t elem_siz
 
 inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
 
+// Multiprocessors of the current device, asked once (launchers size split-K and piece counts
+// by it); 132, the H100/H200 count, if the query fails.
+inline int sm_count() {
+  static const int count = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      n = 132;
+    return n;
+  }();
+  return count;
+}
+
 }  // namespace statelm::cuda
 
 namespace statelm::cuda {

@@ -195,16 +195,6 @@ __global__ void __launch_bounds__(256) carry_kernel(Param A, int64_t As, const S
   hbuf[(int64_t(first + n_pieces - 1) * Di + d) * N + n] = h;
 }
 
-int sm_count() {
-  static const int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      n = 132;
-    return n;
-  }();
-  return count;
-}
-
 template <typename T, typename S, int NL, int NS>
 void run(const SelectiveScanParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream) {
   const char* op = "selective_scan";
