@@ -1,7 +1,7 @@
 // Causal GQA attention of prefill spans on bf16 tensor cores (mma.sync m16n8k16, fp32
 // accumulators): the FlashAttention-2 loop over attention.cu's work items (attention_tile.cuh),
-// for bf16 q/k/v/caches with head_dim 64 or 128. attention.cu appends the spans' k, v to the
-// paged cache first, plans the items and the key splits, and merges the splits; this file runs
+// for bf16 q/k/v/caches with head_dim a multiple of 16 up to 128 (64 and 128 native, others
+// padded to them). attention.cu appends the spans' k, v to the paged cache first, plans the items and the key splits, and merges the splits; this file runs
 // the tiles.
 //
 // A block of 4 warps takes a tile of 64 or 128 query rows (token, head) that share KV head g
@@ -129,13 +129,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<DH, MT>)
       for (int kd = 0; kd < kDk; ++kd)
 #pragma unroll
         for (int j = 0; j < 2; ++j)
-          qf[kd][h + 2 * j] = qrow ? load_pair(qrow + 16 * kd + 8 * j + fc, acc.q_pairs) : 0u;
+          qf[kd][h + 2 * j] = qrow && 16 * kd + 8 * j < a.dh ? load_pair(qrow + 16 * kd + 8 * j + fc, acc.q_pairs) : 0u;
     }
   } else {
     constexpr int kPairs = DH / 2;
     for (int e = int(threadIdx.x); e < kWarps * kWarpRows * kPairs; e += kThreads) {
       const int row = e / kPairs, d = 2 * (e % kPairs);
-      *reinterpret_cast<uint32_t*>(&s.q[row][d]) = row < rows ? load_pair(q_ptr(row) + d, acc.q_pairs) : 0u;
+      *reinterpret_cast<uint32_t*>(&s.q[row][d]) = row < rows && d < a.dh ? load_pair(q_ptr(row) + d, acc.q_pairs) : 0u;
     }
   }
 
@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<DH, MT>)
     for (int i = 0; i < kKeys / kPass; ++i) {
       const int r = rr + i * kPass;
       const int64_t row_off = __shfl_sync(0xffffffffu, my_off, kSub * i + lane / kPieces);
-      const bool in = row_off >= 0;
+      const bool in = row_off >= 0 && 8 * c < a.dh;  // dims past head_dim (padded up to DH): zeros
       const int64_t off = in ? row_off + 8 * c : 0;
       mma::cp_async16(&s.k[stage][r][8 * c], a.k_cache + off, in);
       mma::cp_async16(&s.v[stage][r][8 * c], a.v_cache + off, in);
@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<DH, MT>)
         float* dst = a.o_part + base * a.dh;
 #pragma unroll
         for (int n = 0; n < kOn; ++n)
-          *reinterpret_cast<float2*>(dst + 8 * n + fc) = make_float2(o[mt][n][2 * h], o[mt][n][2 * h + 1]);
+          if (8 * n < a.dh) *reinterpret_cast<float2*>(dst + 8 * n + fc) = make_float2(o[mt][n][2 * h], o[mt][n][2 * h + 1]);
         if (fc == 0) {
           a.ml_part[2 * base] = m[mt][h];
           a.ml_part[2 * base + 1] = lsum;
@@ -316,6 +316,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<DH, MT>)
         const float inv = 1.0f / lsum;  // l ≥ 1: the row's own key is always in range
 #pragma unroll
         for (int n = 0; n < kOn; ++n) {
+          if (8 * n >= a.dh) break;  // padded dims
           const float v0 = o[mt][n][2 * h] * inv, v1 = o[mt][n][2 * h + 1] * inv;
           bf16* d = dst + 8 * n + fc;
           if (acc.out_pairs) {
@@ -357,7 +358,7 @@ void launch(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, in
 
 bool prefill_mma_supported(const AttnArgs<bf16>& a) {
   const auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return (a.dh == 64 || a.dh == 128) && aligned16(a.k_cache) && aligned16(a.v_cache) && a.cs0 % 8 == 0 &&
+  return a.dh % 16 == 0 && a.dh <= 128 && aligned16(a.k_cache) && aligned16(a.v_cache) && a.cs0 % 8 == 0 &&
          a.cs1 % 8 == 0 && a.cs2 % 8 == 0;
 }
 
@@ -373,7 +374,9 @@ void prefill_mma(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_item
   STATELM_CHECK(a.tile_rows == kWarps * 16 || a.tile_rows == kWarps * 32, "attention prefill: ", a.tile_rows,
                 " rows per tile");
   const bool wide = a.tile_rows == kWarps * 32;
-  if (a.dh == 64)
+  // Other head_dims (multiples of 16: 80 for the 2.5B Llama shape, 96, 112) run padded to the
+  // next instantiation: dims past head_dim are staged as zeros and never written out.
+  if (a.dh <= 64)
     wide ? launch<64, 2>(a, items, n_items, n_splits, stream) : launch<64, 1>(a, items, n_items, n_splits, stream);
   else
     wide ? launch<128, 2>(a, items, n_items, n_splits, stream) : launch<128, 1>(a, items, n_items, n_splits, stream);

@@ -58,7 +58,7 @@ __device__ __forceinline__ int64_t split_row(int item, int hkv, int g, int n_spl
 
 constexpr int kPrefillKeys = 64;  // keys per tile of the tensor-core kernel
 
-// Whether prefill_mma takes this call: bf16 with head_dim 64 or 128 and 16-byte aligned cache
+// Whether prefill_mma takes this call: bf16 with head_dim a multiple of 16 up to 128 and 16-byte aligned cache
 // rows (its K/V tiles are copied with cp.async in 16-byte pieces). Anything else stays on the
 // SIMT tile kernel.
 bool prefill_mma_supported(const AttnArgs<bf16>& a);
