@@ -1,6 +1,5 @@
 // Kernel-bench cases of the SSM families: Mamba-2 SSD (chunked prefill scan and decode state
-// update), the Mamba-1 selective scan, the causal conv1d, and Mamba-2's conv step + state update
-// as one op (conv_ssd: what a decode step runs), at the shapes of
+// update), the Mamba-1 selective scan, and the causal conv1d, at the shapes of
 // ../shared/bench/peer_bench.py (its shape strings, so rows can be matched with the peer's).
 //
 // Each case states the bytes the op must move and the FLOPs it must do beside its shape;
@@ -266,54 +265,6 @@ Case conv1d_decode(int64_t B) {
   return c;
 }
 
-// --- conv1d step + SSD decode as one op (Backend::conv_ssd: one kernel on CUDA) ----------------
-
-Case conv_ssd_decode(int64_t B, DType state_dtype) {
-  const std::string sd(dtype_name(state_dtype));
-  Case c{"conv_ssd_decode", "Mamba-2 conv step + state update, one op", str_cat("b=", B, " h80 p64 n128 c5376 k4"),
-         {{"b", B}}, "state " + sd + ", conv state float32"};
-  const double esz = double(dtype_size(state_dtype));
-  // The SSM state and the conv windows read and written once; xBC read and written, dt read and
-  // y written (bf16); conv weight + bias read. x, B, C are not read back (they stay on chip):
-  //   2 b H P N esz + 8 b C (K − 1) + 2 b (2 C + H + H P) + 4 C (K + 1)
-  c.bytes = 2.0 * B * kH * kP * kN * esz + 8.0 * B * kConvDim * (kK - 1) + 2.0 * B * (2 * kConvDim + kH + kDi) +
-            4.0 * kConvDim * (kK + 1);
-  c.flops = 5.0 * B * kH * kP * kN + 2.0 * B * kConvDim * kK;
-  c.run = [B, state_dtype, esz](Bench& b) {
-    const int nbuf = rotation_count(double(B) * (kH * kP * kN * esz + 4.0 * kConvDim * (kK - 1)));
-    DevTensor zxbcdt = b.uniform(kBf16, {B, kInProj}, -1.0f, 1.0f);
-    DevTensor xbc = b.zeros(kBf16, {B, kConvDim});
-    DevTensor y = b.zeros(kBf16, {B, kDi});
-    DevTensor w = b.uniform(kF32, {kConvDim, kK}, -0.5f, 0.5f), bias = b.uniform(kF32, {kConvDim}, -0.5f, 0.5f);
-    DevTensor windows = b.uniform(kF32, {nbuf * B, kConvDim, kK - 1}, -1.0f, 1.0f);
-    DevTensor states = b.uniform(state_dtype, {nbuf * B, kH, kP, kN}, -1.0f, 1.0f);
-    HeadParams hp = head_params(b, kH);
-    Batch batch = decode_batch(B, 100);
-    b.prepare(batch);
-    Conv1dParams conv{zxbcdt.t.cols(kDi, kConvDim), w.t, bias.t, Tensor{}, xbc.t, true};
-    SsdParams p;
-    p.x = xbc.t.cols(0, kDi).unflatten_last(kH, kP);
-    p.B = xbc.t.cols(kDi, kG * kN).unflatten_last(kG, kN);
-    p.C = xbc.t.cols(kDi + kG * kN, kG * kN).unflatten_last(kG, kN);
-    p.dt = zxbcdt.t.cols(kDi + kConvDim, kH);
-    p.dt_bias = hp.dt_bias.t;
-    p.A = hp.A.t;
-    p.D = hp.D.t;
-    p.out = y.t.unflatten_last(kH, kP);
-    p.chunk_size = kChunk;
-    Measured m = b.time_graphed(
-        [&](int i) {
-          conv.state = windows.t.rows((i % nbuf) * B, B);
-          p.state = states.t.rows((i % nbuf) * B, B);
-          b.backend().conv_ssd(conv, p, batch.view);
-        },
-        batch, "conv_ssd decode");
-    m.note = join_note(m.note, str_cat(nbuf, " state copies rotated"));
-    return m;
-  };
-  return c;
-}
-
 }  // namespace
 
 std::vector<Case> ssm_cases() {
@@ -325,8 +276,6 @@ std::vector<Case> ssm_cases() {
   for (int64_t B : {1, 16, 128}) cs.push_back(mamba1_decode(B));
   for (int64_t L : {4096, 16384, 65536}) cs.push_back(conv1d_prefill(L));
   for (int64_t B : {1, 16, 128}) cs.push_back(conv1d_decode(B));
-  for (DType sd : {DType::F32, DType::BF16})
-    for (int64_t B : {1, 16, 128}) cs.push_back(conv_ssd_decode(B, sd));
   return cs;
 }
 

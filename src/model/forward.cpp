@@ -65,7 +65,7 @@ void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCac
   Tensor zxbcdt = scratch(kMixer, {T, m.in_proj_dim()});  // [T, Di | Di + 2GN | H] = z | xBC | dt
   backend_.matmul(x, w.in_proj, w.in_proj_bias, zxbcdt);
   Tensor xbc = scratch(kMixer + 1, {T, conv_dim});  // conv + SiLU of xBC
-  const Conv1dParams conv{zxbcdt.cols(Di, conv_dim), w.conv, w.conv_bias, c.conv, xbc, true};
+  backend_.conv1d({zxbcdt.cols(Di, conv_dim), w.conv, w.conv_bias, c.conv, xbc, true}, b);
   SsdParams p;
   p.x = xbc.cols(0, Di).unflatten_last(H, m.head_dim);                // [T, H, P]
   p.B = xbc.cols(Di, GN).unflatten_last(m.n_groups, m.d_state);       // [T, G, N]
@@ -81,9 +81,9 @@ void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCac
   p.dt_max = m.dt_max;
   p.dt_limited = m.dt_limited;
   p.chunk_size = m.chunk_size;
-  backend_.conv_ssd(conv, p, b);  // conv1d then SSD on its output (one kernel for a CUDA decode step)
   dump(layer, "mamba2_xbc", xbc);  // the SSD's inputs: reference recurrences replay them
   dump(layer, "mamba2_dt", p.dt);
+  backend_.ssd(p, b);
   dump(layer, "mamba2_ssd", y);
   Tensor gated = scratch(kMixer + 3, {T, Di});
   backend_.gated_rms_norm(y, zxbcdt.cols(0, Di), w.norm, m.norm_group_size, m.norm_eps, gated);

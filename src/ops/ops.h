@@ -200,15 +200,6 @@ class Backend {
   virtual void conv1d(const Conv1dParams& p, const BatchView& batch) = 0;
   virtual void selective_scan(const SelectiveScanParams& p, const BatchView& batch) = 0;
   virtual void ssd(const SsdParams& p, const BatchView& batch) = 0;
-  // Mamba-2's mixer core: conv1d(conv), then ssd(ssd) on its output, as one op so that a backend
-  // can fuse the two (CUDA runs a decode step's conv window and SSM state in one kernel). ssd.x,
-  // ssd.B and ssd.C are views of conv.out in the xBC layout: columns [0, H·P), [H·P, H·P + G·N)
-  // and [H·P + G·N, H·P + 2·G·N). Afterwards conv.out, ssd.out and both states hold exactly what
-  // the two ops would have left.
-  virtual void conv_ssd(const Conv1dParams& conv, const SsdParams& ssd, const BatchView& batch) {
-    conv1d(conv, batch);
-    this->ssd(ssd, batch);
-  }
   virtual void rope(const RopeParams& p, const BatchView& batch) = 0;
   virtual void attention(const AttentionParams& p, const BatchView& batch) = 0;
   virtual void moe(const MoeParams& p) = 0;

@@ -396,58 +396,6 @@ TEST(SsmSsd, SplitEqualsWholeAndNoCrossTalk) {
   check_no_cross_talk(pair, 40);
 }
 
-// Backend::conv_ssd's default (what the CPU backend runs) is conv1d, then ssd on the conv's
-// output, to the bit: on mixed spans and on a decode batch (the CUDA backend fuses those).
-TEST(SsmConvSsd, DefaultIsConv1dThenSsd) {
-  std::mt19937 rng(51);
-  const int64_t H = 6, P = 5, G = 2, N = 7, K = 4, C = H * P + 2 * G * N;
-  const int32_t n_slots = 10;
-  for (const std::vector<int32_t>& lens : {kMixedLens, std::vector<int32_t>(5, 1)}) {
-    const auto spans = mixed_spans(rng, lens, n_slots);
-    const int64_t T = total_tokens(lens);
-    const Wide in(rng, T, C + H);  // xBC | dt, as in_proj lays them out
-    std::vector<float> w = random_vector(rng, size_t(C * K), -0.7f, 0.7f);
-    std::vector<float> bias = random_vector(rng, size_t(C), -0.5f, 0.5f);
-    std::vector<float> dt_bias = random_vector(rng, size_t(H), -3.0f, 0.5f);
-    std::vector<float> A = random_vector(rng, size_t(H), -1.0f, 1.5f);
-    for (float& a : A) a = -std::exp(a);
-    std::vector<float> D = random_vector(rng, size_t(H), -1.0f, 1.0f);
-    const std::vector<float> conv0 = random_vector(rng, size_t(n_slots * C * (K - 1)), -1.0f, 1.0f),
-                             ssm0 = random_vector(rng, size_t(n_slots * H * P * N), -1.0f, 1.0f);
-    auto run = [&](bool one_op) {
-      std::vector<float> conv_state = conv0, ssm_state = ssm0, xbc(size_t(T * C)), y(size_t(T * H * P));
-      CpuBackend cpu;
-      Conv1dParams cp{in.cols(0, C), Tensor::contiguous(w.data(), DType::F32, {C, K}),
-                      Tensor::contiguous(bias.data(), DType::F32, {C}),
-                      Tensor::contiguous(conv_state.data(), DType::F32, {n_slots, C, K - 1}),
-                      Tensor::contiguous(xbc.data(), DType::F32, {T, C}), true};
-      SsdParams sp;
-      sp.x = cp.out.cols(0, H * P).unflatten_last(H, P);
-      sp.B = cp.out.cols(H * P, G * N).unflatten_last(G, N);
-      sp.C = cp.out.cols(H * P + G * N, G * N).unflatten_last(G, N);
-      sp.dt = in.cols(C, H);
-      sp.dt_bias = Tensor::contiguous(dt_bias.data(), DType::F32, {H});
-      sp.A = Tensor::contiguous(A.data(), DType::F32, {H});
-      sp.D = Tensor::contiguous(D.data(), DType::F32, {H});
-      sp.state = Tensor::contiguous(ssm_state.data(), DType::F32, {n_slots, H, P, N});
-      sp.out = Tensor::contiguous(y.data(), DType::F32, {T, H, P});
-      sp.chunk_size = 16;
-      const BatchView bv{T, spans};
-      if (one_op) {
-        cpu.conv_ssd(cp, sp, bv);
-      } else {
-        cpu.conv1d(cp, bv);
-        cpu.ssd(sp, bv);
-      }
-      return std::vector<std::vector<float>>{xbc, y, conv_state, ssm_state};
-    };
-    const auto fused = run(true), split = run(false);
-    const char* what[] = {"conv out", "ssd out", "conv state", "ssm state"};
-    for (size_t i = 0; i < fused.size(); ++i)
-      EXPECT_EQ(fused[i], split[i]) << what[i] << ", " << lens.size() << " spans";
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 
 TEST(SsmOps, RejectInconsistentArguments) {

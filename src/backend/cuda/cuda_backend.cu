@@ -1,7 +1,6 @@
 // CudaBackend: memory, transfers, argument checks, and the dispatch of every op to its kernel
 // family's launcher on the backend's one stream. The math lives in the family files (norm.cu,
-// elementwise.cu, gemm.cu, moe.cu; conv1d.cu, selective_scan.cu, ssd.cu, mamba2_decode.cu, rope.cu,
-// attention.cu).
+// elementwise.cu, gemm.cu, moe.cu; conv1d.cu, selective_scan.cu, ssd.cu, rope.cu, attention.cu).
 //
 // A failed check is a bug of the caller (the forward or a test), so it is an Internal error whose
 // message names the op, the tensor and its shape, as the CPU backend's checks do.
@@ -190,36 +189,6 @@ void check_spans(const BatchView& b, int64_t n_tokens, int64_t n_slots, const ch
                   ranges[i - 1].second, ")");
 }
 
-void check_conv1d(const Conv1dParams& p, const BatchView& batch) {
-  const int64_t T = p.x.shape[0], C = p.x.shape[1], K = p.weight.shape[1];
-  check_view(p.x, {T, C}, "conv1d", "x");
-  check_float(p.x, "conv1d", "x");
-  check_act(p.out, p.x.dtype, {T, C}, "conv1d", "out");
-  check_param(p.weight, {C, K}, "conv1d", "weight", true);
-  if (p.bias.defined()) check_param(p.bias, {C}, "conv1d", "bias", true);
-  check_param(p.state, {p.state.shape[0], C, K - 1}, "conv1d", "state", true);
-  check_spans(batch, T, p.state.shape[0], "conv1d");
-}
-
-void check_ssd(const SsdParams& p, const BatchView& batch) {
-  const int64_t T = p.x.shape[0], H = p.x.shape[1], P = p.x.shape[2], G = p.B.shape[1], N = p.B.shape[2];
-  const char* op = "ssd";
-  check_view(p.x, {T, H, P}, op, "x");
-  check_float(p.x, op, "x");
-  const DType a = p.x.dtype;
-  check_act(p.dt, a, {T, H}, op, "dt");
-  check_act(p.B, a, {T, G, N}, op, "B");
-  check_act(p.C, a, {T, G, N}, op, "C");
-  check_act(p.out, a, {T, H, P}, op, "out");
-  check_param(p.dt_bias, {H}, op, "dt_bias", true);
-  check_param(p.A, {H}, op, "A", true);
-  check_param(p.D, {H}, op, "D", true);
-  check_param(p.state, {p.state.shape[0], H, P, N}, op, "state", true);
-  STATELM_CHECK(G > 0 && H % G == 0, op, ": ", H, " heads in ", G, " groups");
-  STATELM_CHECK(p.chunk_size > 0, op, ": chunk size ", p.chunk_size);
-  check_spans(batch, T, p.state.shape[0], op);
-}
-
 #define STATELM_CUDA_FAMILY_MISSING(family)                                                                  \
   fail(ErrorKind::Unsupported, #family ": this build has no CUDA kernels for it yet (src/backend/cuda/" #family \
        ".cu is not part of the build)")
@@ -235,7 +204,6 @@ struct CudaBackend::Impl {
   std::unique_ptr<Arena> arena;
   std::unique_ptr<cuda::GraphRecorder> graphs;
   uint64_t allocations = 0;  // allocate() calls: with the arena's replacements, the memory epoch
-  Buffer conv_ssd_counters;       // conv_ssd's per (slot, group) counters, zero between launches
   int32_t* moe_counts = nullptr;  // pinned
   size_t moe_counts_capacity = 0;
   // What the last prepare_batch uploaded, to recognise a prepared BatchView.
@@ -268,7 +236,6 @@ CudaBackend::~CudaBackend() {
   impl_->batch_staging.reset();
   impl_->ids_staging.reset();
   impl_->arena.reset();
-  impl_->conv_ssd_counters = Buffer{};
   if (impl_->moe_counts) cudaFreeHost(impl_->moe_counts);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
 }
@@ -503,8 +470,14 @@ void CudaBackend::moe(const MoeParams& p) {
 // SSM and attention ops: checks here, kernels behind the launchers of cuda_kernels.h.
 
 void CudaBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
-  const int64_t T = p.x.shape[0];
-  check_conv1d(p, batch);
+  const int64_t T = p.x.shape[0], C = p.x.shape[1], K = p.weight.shape[1];
+  check_view(p.x, {T, C}, "conv1d", "x");
+  check_float(p.x, "conv1d", "x");
+  check_act(p.out, p.x.dtype, {T, C}, "conv1d", "out");
+  check_param(p.weight, {C, K}, "conv1d", "weight", true);
+  if (p.bias.defined()) check_param(p.bias, {C}, "conv1d", "bias", true);
+  check_param(p.state, {p.state.shape[0], C, K - 1}, "conv1d", "state", true);
+  check_spans(batch, T, p.state.shape[0], "conv1d");
   if (T == 0) return;
   BatchView tmp;
   [[maybe_unused]] const BatchView& b = prepared(batch, tmp);
@@ -543,8 +516,22 @@ void CudaBackend::selective_scan(const SelectiveScanParams& p, const BatchView& 
 }
 
 void CudaBackend::ssd(const SsdParams& p, const BatchView& batch) {
-  const int64_t T = p.x.shape[0];
-  check_ssd(p, batch);
+  const int64_t T = p.x.shape[0], H = p.x.shape[1], P = p.x.shape[2], G = p.B.shape[1], N = p.B.shape[2];
+  const char* op = "ssd";
+  check_view(p.x, {T, H, P}, op, "x");
+  check_float(p.x, op, "x");
+  const DType a = p.x.dtype;
+  check_act(p.dt, a, {T, H}, op, "dt");
+  check_act(p.B, a, {T, G, N}, op, "B");
+  check_act(p.C, a, {T, G, N}, op, "C");
+  check_act(p.out, a, {T, H, P}, op, "out");
+  check_param(p.dt_bias, {H}, op, "dt_bias", true);
+  check_param(p.A, {H}, op, "A", true);
+  check_param(p.D, {H}, op, "D", true);
+  check_param(p.state, {p.state.shape[0], H, P, N}, op, "state", true);
+  STATELM_CHECK(G > 0 && H % G == 0, op, ": ", H, " heads in ", G, " groups");
+  STATELM_CHECK(p.chunk_size > 0, op, ": chunk size ", p.chunk_size);
+  check_spans(batch, T, p.state.shape[0], op);
   if (T == 0) return;
   BatchView tmp;
   [[maybe_unused]] const BatchView& b = prepared(batch, tmp);
@@ -553,28 +540,6 @@ void CudaBackend::ssd(const SsdParams& p, const BatchView& batch) {
 #else
   impl_->arena->reset();
   cuda::ssd(p, b, *impl_->arena, impl_->stream);
-#endif
-}
-
-// A decode batch over xBC views runs as one kernel (mamba2_decode.cu), anything else as the two
-// ops. The kernel's counters (n_slots · G, zeroed) are allocated here when they do not fit, which
-// moves the memory epoch; never while recording a graph, which gets the two ops instead.
-void CudaBackend::conv_ssd(const Conv1dParams& conv, const SsdParams& p, const BatchView& batch) {
-#if defined(STATELM_CUDA_MISSING_CONV1D) || defined(STATELM_CUDA_MISSING_SSD)
-  Backend::conv_ssd(conv, p, batch);
-#else
-  check_conv1d(conv, batch);
-  check_ssd(p, batch);
-  const size_t counters = size_t(std::max<int64_t>(p.state.shape[0], 0)) * size_t(std::max<int64_t>(p.B.shape[1], 1));
-  const bool fits = impl_->conv_ssd_counters.bytes() >= counters * sizeof(unsigned);
-  if (p.x.shape[0] == 0 || !cuda::conv_ssd_fusable(conv, p, batch) || (!fits && impl_->graphs->recording())) {
-    Backend::conv_ssd(conv, p, batch);
-    return;
-  }
-  if (!fits) impl_->conv_ssd_counters = allocate(counters * sizeof(unsigned));
-  BatchView tmp;
-  const BatchView& b = prepared(batch, tmp);
-  cuda::conv_ssd_decode(conv, p, b, static_cast<unsigned*>(impl_->conv_ssd_counters.data()), impl_->stream);
 #endif
 }
 

@@ -67,7 +67,6 @@ class CudaBackend final : public Backend {
   void conv1d(const Conv1dParams& p, const BatchView& batch) override;
   void selective_scan(const SelectiveScanParams& p, const BatchView& batch) override;
   void ssd(const SsdParams& p, const BatchView& batch) override;
-  void conv_ssd(const Conv1dParams& conv, const SsdParams& ssd, const BatchView& batch) override;
   void rope(const RopeParams& p, const BatchView& batch) override;
   void attention(const AttentionParams& p, const BatchView& batch) override;
   void moe(const MoeParams& p) override;

@@ -1,6 +1,6 @@
 // Launchers of the CUDA kernel families, one .cu each (conv1d.cu, selective_scan.cu, ssd.cu,
-// mamba2_decode.cu, attention.cu, rope.cu). CudaBackend (cuda_backend.h) checks shapes and
-// dtypes, then calls these on its stream; they never synchronise with the host.
+// attention.cu, rope.cu). CudaBackend (cuda_backend.h) checks shapes and dtypes, then calls
+// these on its stream; they never synchronise with the host.
 //
 // Tensors are device views: activations (x, B, C, dt, q, k, v, out) are F32 or BF16, all of one
 // dtype per call; small per-channel parameters (conv weight/bias, A, D, dt_bias) are F32 or
@@ -29,13 +29,6 @@ class Scratch {
 void conv1d(const Conv1dParams& p, const BatchView& batch, cudaStream_t stream);
 void selective_scan(const SelectiveScanParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream);
 void ssd(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream);
-// Backend::conv_ssd as one kernel (mamba2_decode.cu): a Mamba-2 decode step's conv1d and SSD.
-// Applies when every span is one token long and ssd.x, B, C are the xBC views of conv.out
-// (conv_ssd_fusable); otherwise the caller runs conv1d then ssd. `counters`: n_slots · G zeroed
-// unsigned ints of the caller's, which each launch leaves zeroed (the file comment says why).
-bool conv_ssd_fusable(const Conv1dParams& conv, const SsdParams& ssd, const BatchView& batch);
-void conv_ssd_decode(const Conv1dParams& conv, const SsdParams& ssd, const BatchView& batch, unsigned* counters,
-                     cudaStream_t stream);
 void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream);
 void attention(const AttentionParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream);
 

@@ -142,6 +142,32 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdArgs<T> a, S
 // access). B, C, x and dt are tiny and come through L1.
 constexpr int kDecodeWarps = 4, kRowsPerWarp = 4, kDecodeRows = kDecodeWarps * kRowsPerWarp;
 
+template <typename S>
+__device__ __forceinline__ void load4(const S* p, float (&v)[4]) {
+  if constexpr (sizeof(S) == 4) {
+    const float4 f = *reinterpret_cast<const float4*>(p);
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+  } else {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  }
+}
+
+template <typename S>
+__device__ __forceinline__ void store4(S* p, const float (&v)[4]) {
+  if constexpr (sizeof(S) == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  } else {
+    const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
+    uint2 u;
+    u.x = *reinterpret_cast<const uint32_t*>(&a);
+    u.y = *reinterpret_cast<const uint32_t*>(&b);
+    *reinterpret_cast<uint2*>(p) = u;
+  }
+}
+
 template <typename T, typename S, bool kVec4>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a, S* state, int64_t ss0, int64_t ss1,
                                                                    int64_t ss2, const SeqSpan* spans) {

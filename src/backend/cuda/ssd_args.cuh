@@ -1,7 +1,6 @@
 // What the Mamba-2 SSD kernels share (ssd.cu: the launcher, cumsum, state passing and decode;
 // ssd_chunks_f32.cu and ssd_chunks_mma.cu: the chunk products on fp32 CUDA cores and on bf16
-// tensor cores; mamba2_decode.cu: the decode step fused with the conv): the argument block, dt,
-// 4-element state accesses, and a chunk's place in the flat batch. The algorithm is
+// tensor cores): the argument block, dt, and a chunk's place in the flat batch. The algorithm is
 // described at the top of ssd.cu.
 #pragma once
 
@@ -48,34 +47,6 @@ __device__ __forceinline__ float dt_of(const SsdArgs<T>& a, int64_t t, int h) {
   float v = softplus(to_f32(a.dt[t * a.dts + h]) + a.dt_bias.get(h, 0.0f));
   if (a.dt_limited) v = fminf(fmaxf(v, a.dt_min), a.dt_max);
   return v;
-}
-
-// Four consecutive state elements (fp32 or bf16) as one 16- or 8-byte access, widened to fp32;
-// the pointer is aligned to 4 elements (the decode kernels check it on the host).
-template <typename S>
-__device__ __forceinline__ void load4(const S* p, float (&v)[4]) {
-  if constexpr (sizeof(S) == 4) {
-    const float4 f = *reinterpret_cast<const float4*>(p);
-    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-  } else {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
-    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
-    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
-    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
-  }
-}
-
-template <typename S>
-__device__ __forceinline__ void store4(S* p, const float (&v)[4]) {
-  if constexpr (sizeof(S) == 4) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  } else {
-    const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
-    uint2 u;
-    u.x = *reinterpret_cast<const uint32_t*>(&a);
-    u.y = *reinterpret_cast<const uint32_t*>(&b);
-    *reinterpret_cast<uint2*>(p) = u;
-  }
 }
 
 // A chunk's place: tokens [t0, t0 + L) of the flat batch, of span `span`.
