@@ -1,8 +1,8 @@
 // Causal GQA attention of prefill spans on bf16 tensor cores (mma.sync m16n8k16, fp32
 // accumulators): the FlashAttention-2 loop over attention.cu's work items (attention_tile.cuh),
 // for bf16 q/k/v/caches with head_dim a multiple of 16 up to 128 (64 and 128 native, others
-// padded to them). attention.cu appends the spans' k, v to the paged cache first, plans the items and the key splits, and merges the splits; this file runs
-// the tiles.
+// padded to them). attention.cu appends the spans' k, v to the paged cache first, plans the
+// items and the key splits, and merges the splits; this file runs the tiles.
 //
 // A block of 4 warps takes a tile of 64 or 128 query rows (token, head) that share KV head g
 // (tokens × the group's heads, head fastest; attention.cu picks the height, prefill_tile_rows);
