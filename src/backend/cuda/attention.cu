@@ -285,7 +285,7 @@ void run(AttnArgs<T> a, const BatchView& batch, int min_len, Scratch& scratch, c
   // bf16 at head_dim 16..128 (multiples of 16) runs on tensor cores (attention_prefill.cu), in key tiles of 64
   // and tiles of 64 or 128 query rows.
   bool mma = false;
-  if constexpr (std::is_same_v<T, bf16>) mma = DH == a.dh && attn::prefill_mma_supported(a);
+  if constexpr (std::is_same_v<T, bf16>) mma = attn::prefill_mma_supported(a);  // any DH instantiation: the kernel pads a.dh itself
   if (mma) {
     int64_t tiles_128 = 0;
     plan_items(batch, 128 / a.group, min_len, &tiles_128);
