@@ -36,14 +36,12 @@
 #include <thread>
 
 #include "backend/cpu/cpu_backend.h"
+#include "bench_backend.h"
 #include "core/error.h"
 #include "runtime/scheduler.h"
 #include "runtime/session_store.h"
 #include "server/http_server.h"
 #include "tokenizer/tokenizer.h"
-#ifdef STATELM_WITH_CUDA
-#include "backend/cuda/cuda_backend.h"
-#endif
 
 namespace statelm {
 namespace {
@@ -88,13 +86,7 @@ int64_t resident_bytes() {
   return resident * int64_t(sysconf(_SC_PAGESIZE));
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device) {
-  if (device == "cpu") return std::make_unique<CpuBackend>();
-#ifdef STATELM_WITH_CUDA
-  if (device == "cuda") return std::make_unique<CudaBackend>();
-#endif
-  fail(ErrorKind::InvalidArgument, "--device ", device, ": not available in this build");
-}
+using bench::make_backend;
 
 // statelm's buffers in use: the CUDA allocator's, or the host buffers' on the CPU.
 int64_t buffers_in_use(Backend& backend) {

@@ -38,11 +38,9 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "bench_backend.h"
 #include "core/error.h"
 #include "runtime/model_runner.h"
-#ifdef STATELM_WITH_CUDA
-#include "backend/cuda/cuda_backend.h"
-#endif
 
 namespace statelm {
 namespace {
@@ -234,13 +232,7 @@ double state_error(Run& r) {
   return worst;
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device) {
-  if (device == "cpu") return std::make_unique<CpuBackend>();
-#ifdef STATELM_WITH_CUDA
-  if (device == "cuda") return std::make_unique<CudaBackend>();
-#endif
-  fail(ErrorKind::InvalidArgument, "--device ", device, ": not available in this build");
-}
+using bench::make_backend;
 
 void write_json(const std::string& path, const nlohmann::json& j) {
   const std::string tmp = path + ".tmp";
