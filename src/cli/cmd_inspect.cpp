@@ -186,8 +186,8 @@ Measured measure(const InspectOptions& o, Target& t, const MemoryPlanOptions& pl
     int64_t done = 0;
     if (o.fast_forward) {
       done = std::max<int64_t>(0, plan.context - 1 - plan.step_tokens);
-      if (!runner.reserve(s, done)) fail(ErrorKind::OutOfMemory, "inspect --measure: no KV blocks for ", done, " tokens");
-      s.n_tokens = done;
+      if (!runner.fast_forward(s, done))
+        fail(ErrorKind::OutOfMemory, "inspect --measure: no KV blocks for ", done, " tokens");
     }
     while (done < plan.context - 1) {
       const std::vector<int32_t> chunk = draw(std::min(plan.step_tokens, plan.context - 1 - done));

@@ -210,10 +210,6 @@ float random_value(WeightRole role, float fan_in, uint64_t key, uint64_t i) {
 
 }  // namespace
 
-ModelWeights random_weights(const ModelSpec& spec, Backend& backend, uint64_t seed) {
-  return random_weights(spec, backend, seed, RandomTiling{});
-}
-
 ModelWeights random_weights(const ModelSpec& spec, Backend& backend, uint64_t seed, const RandomTiling& tiling) {
   ModelWeights w;
   WeightPlacer placer(spec, backend, w);

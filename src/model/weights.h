@@ -65,12 +65,6 @@ DType weight_dtype(WeightRole role, DType compute);
 // Loads every tensor of `spec` from the checkpoint (already validated by open_model_files).
 ModelWeights load_weights(const ModelSpec& spec, const Checkpoint& checkpoint, Backend& backend);
 
-// Random weights of the right shapes (benchmarks of real model sizes without a checkpoint):
-// matrices with the N(0, 1/fan_in) init's variance (uniform), norms near 1, A_log and dt_bias in
-// their usual init ranges. Counter-based and multi-threaded; above 8B parameters each large
-// matrix repeats one window of draws (RandomTiling): a 52B shape fills in seconds.
-ModelWeights random_weights(const ModelSpec& spec, Backend& backend, uint64_t seed);
-
 // When and how random_weights repeats a window: a model of more than `above_parameters` fills
 // each matrix of at least 2 * `tile` elements with its first `tile` draws over and over, copied
 // on the backend (element i = element i mod tile). 52e9 values generated on the host, converted
@@ -80,6 +74,11 @@ struct RandomTiling {
   int64_t above_parameters = 8'000'000'000;
   size_t tile = size_t(1) << 22;
 };
-ModelWeights random_weights(const ModelSpec& spec, Backend& backend, uint64_t seed, const RandomTiling& tiling);
+
+// Random weights of the right shapes (benchmarks of real model sizes without a checkpoint):
+// matrices with the N(0, 1/fan_in) init's variance (uniform), norms near 1, A_log and dt_bias in
+// their usual init ranges. Counter-based and multi-threaded; above 8B parameters each large
+// matrix repeats one window of draws (RandomTiling): a 52B shape fills in seconds.
+ModelWeights random_weights(const ModelSpec& spec, Backend& backend, uint64_t seed, const RandomTiling& tiling = {});
 
 }  // namespace statelm

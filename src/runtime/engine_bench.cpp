@@ -152,7 +152,7 @@ BenchResult bench_decode(ModelRunner& runner, int64_t batch, int64_t context, in
       fail(ErrorKind::OutOfMemory, "bench: only ", i, " of ", batch, " sequences of ", horizon,
            " tokens fit in the state slots / KV blocks");
     }
-    seq->n_tokens = context;  // fast-forward (see the header)
+    STATELM_CHECK(runner.fast_forward(*seq, context), "bench: fast-forward within the sequence's own blocks");
     seqs.push_back(std::move(*seq));
   }
   std::vector<Sequence*> ptrs;

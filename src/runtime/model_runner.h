@@ -86,6 +86,16 @@ class ModelRunner {
   std::optional<Sequence> try_open(int64_t tokens);
   // Grows seq's KV blocks to hold `tokens` tokens; false (and no change) when too few are free.
   bool reserve(Sequence& seq, int64_t tokens) { return kv_->reserve(seq.blocks, tokens); }
+  // Benchmarks and memory measurements only: puts a fresh sequence at position `tokens` without
+  // running them. Its KV blocks are reserved (their contents left as they are) and its state
+  // stays zero: a step's cost depends on how many keys it reads, not on their values, so
+  // decode at a long context is timed without the O(L^2) prefill first. False (and no change)
+  // when too few blocks are free.
+  bool fast_forward(Sequence& seq, int64_t tokens) {
+    if (!reserve(seq, tokens)) return false;
+    seq.n_tokens = tokens;
+    return true;
+  }
   // Whether a sequence of `tokens` tokens could ever run here (memory and context limits).
   bool fits(int64_t tokens) const;
   // The same as an error naming `what` (e.g. "prompt (9 tokens) + max_tokens (100)"):
