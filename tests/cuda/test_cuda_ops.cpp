@@ -89,6 +89,8 @@ enum class Kind {
   Param,   // per-channel parameter: fp32, contiguous
   State,   // recurrent state: fp32, contiguous
   Cache,   // KV cache: compute dtype (as KvCache keeps it), contiguous
+  Scratch, // an op's scratch activation (compute dtype, sliced): a fused kernel may leave it
+           // untouched where the CPU's composed ops write it, so it is not compared
 };
 
 struct Arg {
@@ -103,7 +105,10 @@ struct Arg {
     for (size_t i = 1; i < shape.size(); ++i) n *= shape[i];
     return n;
   }
-  bool sliced() const { return kind == Kind::Act || kind == Kind::ActF32; }
+  bool sliced() const { return kind == Kind::Act || kind == Kind::ActF32 || kind == Kind::Scratch; }
+  bool compute_dtype() const {
+    return kind == Kind::Act || kind == Kind::Weight || kind == Kind::Cache || kind == Kind::Scratch;
+  }
 };
 
 using OpFn = std::function<void(Backend&, const std::vector<Tensor>&, BatchView&)>;
@@ -119,6 +124,17 @@ class OpCase {
     a.row_len = a.inner() + 5;
     a.data = random(size_t(a.rows() * a.row_len), lo, hi);
     return push(std::move(a));
+  }
+  // The same with rows that start on 16 bytes in either dtype, as the decode kernels' fast paths
+  // need: columns [8, 8 + inner) of rows of a multiple of 8 elements, at least 8 slack after.
+  int aligned_act(const std::string& n, std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f,
+                  Kind k = Kind::Act) {
+    const int i = act(n, std::move(shape), lo, hi, k);
+    Arg& a = args_[size_t(i)];
+    a.col0 = 8;
+    a.row_len = (a.inner() + 16 + 7) / 8 * 8;
+    a.data = random(size_t(a.rows() * a.row_len), lo, hi);
+    return i;
   }
   int dense(const std::string& n, Kind k, std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
     Arg a{n, k, std::move(shape)};
@@ -138,7 +154,7 @@ class OpCase {
     std::vector<Buffer> storage;
     std::vector<Tensor> ts;
     for (const Arg& a : args_) {
-      const bool compute = a.kind == Kind::Act || a.kind == Kind::Weight || a.kind == Kind::Cache;
+      const bool compute = a.compute_dtype();
       const DType t = compute ? dtype : DType::F32;
       Tensor full = Tensor::contiguous(nullptr, t, {a.rows(), a.row_len}, b.device());
       storage.push_back(b.allocate(full.nbytes()));
@@ -168,7 +184,7 @@ class OpCase {
     std::vector<std::vector<float>> out;
     for (size_t i = 0; i < args_.size(); ++i) {
       const Arg& a = args_[i];
-      const DType t = (a.kind == Kind::Act || a.kind == Kind::Weight || a.kind == Kind::Cache) ? dtype : DType::F32;
+      const DType t = a.compute_dtype() ? dtype : DType::F32;
       Tensor full = Tensor::contiguous(storage[i].data(), t, {a.rows(), a.row_len}, b.device());
       out.emplace_back(size_t(a.rows() * a.row_len));
       b.download(full, out.back().data());
@@ -189,6 +205,7 @@ class OpCase {
     const double tol = bf16 ? kBf16Tol : kF32Tol;
     for (size_t i = 0; i < args_.size(); ++i) {
       const Arg& a = args_[i];
+      if (a.kind == Kind::Scratch) continue;
       std::vector<float> w_in, g_in, w_slack, g_slack;
       for (int64_t r = 0; r < a.rows(); ++r)
         for (int64_t c = 0; c < a.row_len; ++c) {
@@ -377,13 +394,62 @@ TEST(CudaOps, MatmulDecodeSizes) {
             OpCase c("matmul decode T=" + std::to_string(T) + " K=" + std::to_string(K) + " N=" + std::to_string(N) +
                          (bias ? " bias" : "") + (f32_out ? " fp32 out" : ""),
                      6);
-            const int x = c.act("x", {T, K + 8});  // x = columns [8, 8 + K): still 16-byte aligned
+            const int x = c.aligned_act("x", {T, K + 8});  // x = columns [8, 8 + K): still 16-byte aligned
             const int w = c.dense("weight", Kind::Weight, {N, K});
             const int bi = c.dense("bias", Kind::Param, {N});
             const int out = c.act("out", {T, N}, -1.0f, 1.0f, f32_out ? Kind::ActF32 : Kind::Act);
             const int64_t k = K;
             OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
               b.matmul(t[x].cols(8, k), t[w], bias ? t[bi] : Tensor{}, t[out]);
+            };
+            return std::make_pair(std::move(c), fn);
+          });
+        }
+}
+
+// Backend::linear: every input transform, with and without the residual add, at decode sizes
+// (the fused weight-streaming kernel, T ≤ 8, and the composed path at T = 9) and at a prefill
+// size (norm kernel, then cuBLASLt adding into out with β = 1). The gated norm with one group is
+// fused, with three groups composed; the LM head's case is RmsNorm into fp32 logits.
+TEST(CudaOps, Linear) {
+  REQUIRE_GPU();
+  const char* names[] = {"plain", "rms_norm", "gated_rms_norm", "swiglu"};
+  for (int64_t T : {1, 2, 5, 8, 9, 65})
+    for (LinearInput input : {LinearInput::Plain, LinearInput::RmsNorm, LinearInput::GatedRmsNorm, LinearInput::SwiGlu})
+      for (bool accumulate : {false, true})
+        for (int64_t groups : {1, 3}) {
+          if (groups == 3 && input != LinearInput::GatedRmsNorm) continue;
+          const bool f32_out = !accumulate && (input == LinearInput::Plain || input == LinearInput::RmsNorm) && T % 2;
+          const int64_t K = 264, N = 131, x_cols = input == LinearInput::SwiGlu ? 2 * K : K;
+          const bool bias = (T + int64_t(input)) % 2 == 0;
+          compare_both([&] {
+            OpCase c(std::string("linear ") + names[int(input)] + " T=" + std::to_string(T) +
+                         (accumulate ? " accumulate" : "") + (groups > 1 ? " 3 groups" : "") + (bias ? " bias" : "") +
+                         (f32_out ? " fp32 out" : ""),
+                     8);
+            const int x = c.aligned_act("x", {T, x_cols + 8}, -2.0f, 2.0f);  // x = columns [8, 8 + x_cols)
+            const int gate = c.aligned_act("gate", {T, K}, -2.0f, 2.0f);
+            const int w = c.dense("weight", Kind::Weight, {N, K});
+            const int bi = c.dense("bias", Kind::Param, {N});
+            const int g = c.dense("norm weight", Kind::Param, {K}, 0.5f, 1.5f);
+            const int out = c.act("out", {T, N}, -1.0f, 1.0f, f32_out ? Kind::ActF32 : Kind::Act);
+            const int in_scratch = c.act("in scratch", {T, K}, -1.0f, 1.0f, Kind::Scratch);
+            const int out_scratch = c.act("out scratch", {T, N}, -1.0f, 1.0f, Kind::Scratch);
+            OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+              LinearParams p;
+              p.x = t[x].cols(8, x_cols);
+              p.input = input;
+              p.gate = t[gate];
+              p.norm_weight = t[g];
+              p.norm_eps = 1e-5f;
+              p.norm_group = K / groups;
+              p.w = t[w];
+              if (bias) p.bias = t[bi];
+              p.out = t[out];
+              p.accumulate = accumulate;
+              p.in_scratch = t[in_scratch];
+              p.out_scratch = t[out_scratch];
+              b.linear(p);
             };
             return std::make_pair(std::move(c), fn);
           });

@@ -44,6 +44,10 @@ void add_bias(const Tensor& out, const Tensor& bias, cudaStream_t stream);
 // the shapes or alignments do not allow it.
 constexpr int kSkinnyMaxTokens = 8;
 bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream);
+// Backend::linear (ops.h) in the same kernel, its input transform and residual add folded in:
+// any LinearInput into out of x's dtype, Plain or RmsNorm into fp32 out (the LM head); the
+// gated norm only with one group (norm_group = K). False (nothing launched) otherwise.
+bool skinny_linear(const LinearParams& p, cudaStream_t stream);
 
 // out[T, N] = x[T, K] w[N, K]^T (+ bias) through cuBLASLt: bf16 x bf16 on the tensor cores with
 // fp32 accumulation and bf16 or fp32 out, or fp32 x fp32 in full fp32 (no TF32: the fp32 path
@@ -57,6 +61,10 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
 
   void run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op = "matmul");
+  // out += x[T, K] w[N, K]^T (+ bias), out in x's dtype: false (nothing launched) when cuBLASLt
+  // offers no algorithm for the shape (the caller then composes a product and an add).
+  bool run_accumulate(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
+                      const char* op = "linear");
 
  private:
   struct Plan;
@@ -70,6 +78,7 @@ class Gemm {
     size_t operator()(const Key& k) const;
   };
   Plan* plan(const Key& key, const char* op);
+  bool launch(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op, bool accumulate);
 
   cudaStream_t stream_;
   cublasLtHandle_t handle_ = nullptr;
