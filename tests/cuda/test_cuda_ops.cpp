@@ -43,6 +43,7 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_allocator.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/device_info.h"
 #include "core/error.h"
 #include "runtime/model_runner.h"
@@ -742,25 +743,17 @@ TEST(CudaOps, PagedAttentionMixedDecode) {
   for (int32_t block : {16, 7}) compare_attention(rng, spans, block, {{8, 2, 128}, {6, 6, 64}, {4, 4, 9}});
 }
 
-// Sets an environment variable for the lifetime of the object (the previous value comes back).
-class ScopedEnv {
+// Forces the tile height of the tensor-core prefill kernel for the lifetime of the object (the
+// previous setting comes back).
+class ScopedPrefillRows {
  public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had_)
-      setenv(name_.c_str(), old_.c_str(), 1);
-    else
-      unsetenv(name_.c_str());
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  explicit ScopedPrefillRows(int rows) : old_(cuda::force_attention_prefill_rows(rows)) {}
+  ~ScopedPrefillRows() { cuda::force_attention_prefill_rows(old_); }
+  ScopedPrefillRows(const ScopedPrefillRows&) = delete;
+  ScopedPrefillRows& operator=(const ScopedPrefillRows&) = delete;
 
  private:
-  std::string name_, old_;
-  bool had_ = false;
+  int old_;
 };
 
 // Prefill spans on the tensor-core kernel (attention_prefill.cu: bf16, head_dim 64 and 128; the
@@ -774,9 +767,9 @@ TEST(CudaOps, PagedAttentionPrefill) {
   std::mt19937 rng(21);
   const std::vector<LenPos> seqs = {{700, 0}, {2, 0}, {129, 300}, {64, 64}, {1, 50}, {333, 1000}, {17, 5}, {65, 1}};
   const std::vector<AttnShape> shapes = {{8, 8, 64}, {8, 2, 128}, {16, 2, 64}, {8, 1, 128}, {32, 8, 128}, {8, 2, 80}};
-  for (const char* rows : {"64", "128"}) {
-    SCOPED_TRACE(std::string("tile rows ") + rows);
-    const ScopedEnv env("STATELM_ATTN_PREFILL_ROWS", rows);
+  for (int rows : {64, 128}) {
+    SCOPED_TRACE("tile rows " + std::to_string(rows));
+    const ScopedPrefillRows forced(rows);
     for (int32_t block : {16, 7}) {
       const auto spans = mixed_spans(rng, seqs, int32_t(seqs.size()));
       compare_attention(rng, spans, block, shapes);
@@ -791,9 +784,9 @@ TEST(CudaOps, PagedAttentionPrefillSplit) {
   std::mt19937 rng(22);
   const std::vector<LenPos> seqs = {{70, 4000}, {9, 2500}};
   const auto spans = mixed_spans(rng, seqs, int32_t(seqs.size()));
-  for (const char* rows : {"64", "128"}) {
-    SCOPED_TRACE(std::string("tile rows ") + rows);
-    const ScopedEnv env("STATELM_ATTN_PREFILL_ROWS", rows);
+  for (int rows : {64, 128}) {
+    SCOPED_TRACE("tile rows " + std::to_string(rows));
+    const ScopedPrefillRows forced(rows);
     compare_attention(rng, spans, 16, {{8, 1, 128}, {4, 4, 64}});
     compare_attention(rng, spans, 7, {{8, 2, 64}}, 1 << 14);
   }

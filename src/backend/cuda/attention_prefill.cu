@@ -32,10 +32,12 @@
 // MT 1 167 (DH 64) / 211 (DH 128), MT 2 241 / 255. Keys past the tile's last row read as zeros (cp.async zero-fill), never as what the cache
 // holds there: a NaN would survive P = 0.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
 #include "backend/cuda/attention_tile.cuh"
+#include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/mma.cuh"
 
 namespace statelm::cuda::attn {
@@ -354,6 +356,19 @@ void launch(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, in
                         n_splits);
 }
 
+// The forced tile height: 64 or 128, 0 for prefill_tile_rows' own choice. It starts as
+// STATELM_ATTN_PREFILL_ROWS says, read from the environment once (the first call), not at every
+// attention call; force_attention_prefill_rows changes it later (tests).
+std::atomic<int>& forced_tile_rows() {
+  static std::atomic<int> rows{[] {
+    const char* e = std::getenv("STATELM_ATTN_PREFILL_ROWS");
+    if (e && std::strcmp(e, "64") == 0) return 64;
+    if (e && std::strcmp(e, "128") == 0) return 128;
+    return 0;
+  }()};
+  return rows;
+}
+
 }  // namespace
 
 bool prefill_mma_supported(const AttnArgs<bf16>& a) {
@@ -363,10 +378,7 @@ bool prefill_mma_supported(const AttnArgs<bf16>& a) {
 }
 
 int prefill_tile_rows(int64_t tiles_128, int sm_count) {
-  if (const char* e = std::getenv("STATELM_ATTN_PREFILL_ROWS")) {
-    if (std::strcmp(e, "64") == 0) return 64;
-    if (std::strcmp(e, "128") == 0) return 128;
-  }
+  if (const int forced = forced_tile_rows().load(std::memory_order_relaxed)) return forced;
   return tiles_128 >= 2 * int64_t(sm_count) ? 128 : 64;
 }
 
@@ -383,3 +395,13 @@ void prefill_mma(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_item
 }
 
 }  // namespace statelm::cuda::attn
+
+namespace statelm::cuda {
+
+int force_attention_prefill_rows(int rows) {
+  STATELM_CHECK(rows == 0 || rows == 64 || rows == 128, "attention prefill: cannot force ", rows,
+                " rows per tile (64, 128, or 0 for the automatic choice)");
+  return attn::forced_tile_rows().exchange(rows);
+}
+
+}  // namespace statelm::cuda

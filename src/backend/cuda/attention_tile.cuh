@@ -67,7 +67,8 @@ bool prefill_mma_supported(const AttnArgs<bf16>& a);
 // the shared-memory reads per mma) when the batch has enough such tiles to fill the GPU
 // (`tiles_128` of them, over all KV heads, vs `sm_count`), else 64 (twice the blocks, less
 // causal waste on short spans). STATELM_ATTN_PREFILL_ROWS=64 or 128 in the environment forces
-// one (tests and benchmarks).
+// one (benchmarks; read once, at the first call), as does force_attention_prefill_rows
+// (cuda_kernels.h: tests).
 int prefill_tile_rows(int64_t tiles_128, int sm_count);
 
 // The tiles of `items` (n_items of them, every KV head each; a.tile_rows rows each) over key

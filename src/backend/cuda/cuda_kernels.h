@@ -32,4 +32,9 @@ void ssd(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
 void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream);
 void attention(const AttentionParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream);
 
+// Forces the tile height of bf16 prefill attention on tensor cores (attention_prefill.cu): 64 or
+// 128 query rows, 0 for the automatic choice. The setting starts as STATELM_ATTN_PREFILL_ROWS
+// says (read once); tests set it to cover both heights. Returns the previous setting.
+int force_attention_prefill_rows(int rows);
+
 }  // namespace statelm::cuda
