@@ -295,7 +295,7 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
   auto align = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
   const size_t per_head = size_t(n_chunks) * a.H * a.Q, states = size_t(n_chunks) * a.H * a.P * a.N;
   const size_t b_dtc = align(per_head * sizeof(float)), b_cs = align(per_head * sizeof(double));
-  const size_t b_cb = align(size_t(n_chunks) * a.G * a.Q * a.Q * (kMma ? sizeof(bf16) : sizeof(float)));
+  const size_t b_cb = align(size_t(n_chunks) * a.G * a.Q * a.Q * sizeof(T));
   const size_t b_st = align(states * sizeof(float)), b_st16 = kMma ? align(states * sizeof(bf16)) : 0;
   char* at = static_cast<char*>(scratch.get(3 * b_dtc + b_cs + b_cb + b_st + b_st16));
   auto take = [&at](size_t bytes) { return std::exchange(at, at + bytes); };
@@ -303,8 +303,7 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
   a.cs2 = reinterpret_cast<float*>(take(b_dtc));
   a.w = reinterpret_cast<float*>(take(b_dtc));
   a.cs = reinterpret_cast<double*>(take(b_cs));
-  a.cb = reinterpret_cast<float*>(at);
-  a.cb16 = reinterpret_cast<bf16*>(take(b_cb));
+  a.cb = reinterpret_cast<T*>(take(b_cb));
   a.st = reinterpret_cast<float*>(take(b_st));
   a.st_in16 = kMma ? reinterpret_cast<bf16*>(take(b_st16)) : nullptr;
   auto vec16 = [](const void* ptr, int64_t s0, int64_t s1) {

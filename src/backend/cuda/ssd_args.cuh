@@ -26,7 +26,7 @@ struct SsdArgs {
   // kernels then stage them with 16-byte loads.
   bool x_vec16, B_vec16, C_vec16;
   // Scratch of the chunked path, per chunk c: dtc[c][h][Q], cs[c][h][Q] (double), cs2 and w [c][h][Q],
-  // cb[c][g][Q][Q] (cb16 on the tensor-core path), st[c][h][P][N] (S_loc after stage 3; S_in after stage 4 on the fp32 path).
+  // cb[c][g][Q][Q], st[c][h][P][N] (S_loc after stage 3; S_in after stage 4 on the fp32 path).
   float* dtc;
   double* cs;
   // Per chunk and head, for the tensor-core path: cs in float and base-2 units (cs · log2 e: a
@@ -34,8 +34,9 @@ struct SsdArgs {
   // token j in the chunk's own state, w_j = e^{cs_{L−1} − cs_j} dt_j (from the double cs).
   float* cs2;
   float* w;
-  float* cb;    // fp32 path
-  bf16* cb16;   // tensor-core path: C Bᵀ is only ever an operand there
+  // C Bᵀ in the activation type: fp32 on the fp32 path (float activations), bf16 on the
+  // tensor-core path (bf16 activations), where it is only ever an operand.
+  T* cb;
   float* st;
   // Tensor-core path: stage 4 writes S_in here in bf16 (the operand stage 5 multiplies), and st
   // keeps S_loc. Null on the fp32 path.

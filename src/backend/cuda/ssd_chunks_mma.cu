@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
     __syncthreads();
     mma::slab_mma<true, true>(s.a, s.b, acc);
   }
-  bf16* cb = a.cb16 + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
+  bf16* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
   const mma::TileCoord tc;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_scan_kernel(SsdArgs<bf16> 
   const bf16* Ci = a.C + (ch.t0 + i0) * a.Cs0 + int64_t(g) * a.Cs1;
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
   const bf16* s_in = a.st_in16 + ((int64_t(chunk) * a.H + h) * a.P + p0) * a.N;
-  const bf16* cb = a.cb16 + ((int64_t(chunk) * a.G + g) * a.Q + i0) * a.Q;  // row i0
+  const bf16* cb = a.cb + ((int64_t(chunk) * a.G + g) * a.Q + i0) * a.Q;  // row i0
   const bool cb_vec16 = a.Q % 8 == 0;
 
   // acc = C · (2^r S_in)ᵀ. S_in rows are 16-byte aligned when N % 8 == 0.
