@@ -48,7 +48,6 @@ namespace statelm::cuda {
 namespace {
 
 using attn::AttnArgs;
-using attn::kLog2e;
 using attn::kRows;
 
 constexpr int kThreads = 256;
@@ -373,33 +372,9 @@ void attention(const AttentionParams& p, const BatchView& batch, Scratch& scratc
   dispatch_float(p.q.dtype, "attention", [&](auto tag) {
     using T = decltype(tag);
     AttnArgs<T> a{};
-    a.q = static_cast<const T*>(p.q.data);
-    a.k = static_cast<const T*>(p.k.data);
-    a.v = static_cast<const T*>(p.v.data);
-    a.k_cache = static_cast<T*>(p.k_cache.data);
-    a.v_cache = static_cast<T*>(p.v_cache.data);
-    a.out = static_cast<T*>(p.out.data);
-    a.qs0 = p.q.stride[0];
-    a.qs1 = p.q.stride[1];
-    a.ks0 = p.k.stride[0];
-    a.ks1 = p.k.stride[1];
-    a.vs0 = p.v.stride[0];
-    a.vs1 = p.v.stride[1];
-    a.os0 = p.out.stride[0];
-    a.os1 = p.out.stride[1];
-    a.cs0 = p.k_cache.stride[0];
-    a.cs1 = p.k_cache.stride[1];
-    a.cs2 = p.k_cache.stride[2];
-    a.block_tables = batch.device_block_tables;
-    a.max_blocks = batch.max_blocks_per_seq;
-    a.block_size = batch.block_size;
-    a.hq = int(hq);
-    a.hkv = int(hkv);
-    a.group = int(hq / hkv);
-    a.dh = int(dh);
+    attn::fill_paged_args(a, p, batch);
     a.tile_rows = kRows;
     a.tokens = kRows / a.group;
-    a.scale_log2 = p.scale * kLog2e;
 
     int64_t n_append = 0;
     const SpanItems append_items = plan_items(batch, kAppendTokens, min_len, &n_append);

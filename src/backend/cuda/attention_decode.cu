@@ -40,6 +40,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cuda/attention_args.cuh"
 #include "backend/cuda/attention_decode.h"
 #include "backend/cuda/cuda_common.h"
 
@@ -53,25 +54,15 @@ constexpr int kStages = 4;           // chunks in flight per warp (cp.async grou
 constexpr int kMinSplitKeys = 256;   // keys per split at least: the merge stays small
 constexpr int kMaxSplits = 256;
 constexpr int kMaxGroup = 8;
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr unsigned kFull = 0xffffffffu;
 
 template <typename T>
-struct DecodeArgs {
-  const T *q, *k, *v;
-  T *k_cache, *v_cache;
-  T* out;
-  int64_t qs0, qs1, ks0, ks1, vs0, vs1, os0, os1;
-  int64_t cs0, cs1, cs2;  // cache strides (block, row, head), shared by k and v
-  const SeqSpan* spans;
-  const int32_t* block_tables;
-  int max_blocks, block_size;
-  int hkv, group, dh;
-  float scale_log2;  // scale · log2 e
-  int n_splits;      // gridDim.z
-  int key_round;     // keys per block round: split lengths are multiples of it
-  float* o_part;     // [span][hkv][split][group][dh] unnormalised O of each split
-  float* ml_part;    // [span][hkv][split][group][2]  its (m, l)
+struct DecodeArgs : attn::PagedAttnArgs<T> {
+  const SeqSpan* spans;  // device copy
+  int n_splits;          // gridDim.z
+  int key_round;         // keys per block round: split lengths are multiples of it
+  float* o_part;         // [span][hkv][split][group][dh] unnormalised O of each split
+  float* ml_part;        // [span][hkv][split][group][2]  its (m, l)
 };
 
 // The lane layout and pipeline of one instantiation (see the file comment). DH: head_dim padded
@@ -507,31 +498,8 @@ void decode_attention(const AttentionParams& p, const BatchView& batch, Scratch&
   dispatch_float(p.q.dtype, "attention decode", [&](auto tag) {
     using T = decltype(tag);
     DecodeArgs<T> a{};
-    a.q = static_cast<const T*>(p.q.data);
-    a.k = static_cast<const T*>(p.k.data);
-    a.v = static_cast<const T*>(p.v.data);
-    a.k_cache = static_cast<T*>(p.k_cache.data);
-    a.v_cache = static_cast<T*>(p.v_cache.data);
-    a.out = static_cast<T*>(p.out.data);
-    a.qs0 = p.q.stride[0];
-    a.qs1 = p.q.stride[1];
-    a.ks0 = p.k.stride[0];
-    a.ks1 = p.k.stride[1];
-    a.vs0 = p.v.stride[0];
-    a.vs1 = p.v.stride[1];
-    a.os0 = p.out.stride[0];
-    a.os1 = p.out.stride[1];
-    a.cs0 = p.k_cache.stride[0];
-    a.cs1 = p.k_cache.stride[1];
-    a.cs2 = p.k_cache.stride[2];
+    attn::fill_paged_args(a, p, batch);
     a.spans = batch.device_spans;
-    a.block_tables = batch.device_block_tables;
-    a.max_blocks = batch.max_blocks_per_seq;
-    a.block_size = batch.block_size;
-    a.hkv = int(p.k.shape[1]);
-    a.group = int(p.q.shape[1] / p.k.shape[1]);
-    a.dh = int(p.q.shape[2]);
-    a.scale_log2 = p.scale * kLog2e;
     if (a.dh <= 64)
       launch_group<T, 64>(a, n_spans, max_keys, scratch, stream);
     else

@@ -1,8 +1,9 @@
 // What attention.cu's tile kernels share with the tensor-core prefill kernel
-// (attention_prefill.cu): the launch arguments, the work item of a block (a tile of kRows query
-// rows (token, head) of one span that share one KV head: tokens = kRows / group tokens × the
-// group's heads, head fastest), the paged-cache addressing, and the layout of the split-K
-// scratch that attention.cu's merge kernel reads.
+// (attention_prefill.cu): the launch arguments (attention_args.cuh's common ones and the tile
+// plan), the work item of a block (a tile of kRows query rows (token, head) of one span that
+// share one KV head: tokens = kRows / group tokens × the group's heads, head fastest), the
+// paged-cache addressing, and the layout of the split-K scratch that attention.cu's merge
+// kernel reads.
 //
 // Split-K scratch: a block of item i, KV head g, split z writes, for each of its rows r, the
 // unnormalised output O and the running (m, l) of the online softmax (scores in log2 units, i.e.
@@ -16,26 +17,17 @@
 
 #include <cstdint>
 
+#include "backend/cuda/attention_args.cuh"
 #include "backend/cuda/span_kernels.cuh"
 
 namespace statelm::cuda::attn {
 
 constexpr int kRows = 64;  // query rows (token, head) per tile of the SIMT kernel
-constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T>
-struct AttnArgs {
-  const T *q, *k, *v;
-  T *k_cache, *v_cache;
-  T* out;
-  int64_t qs0, qs1, ks0, ks1, vs0, vs1, os0, os1;
-  int64_t cs0, cs1, cs2;  // cache strides (block, row, head); k and v caches share them
-  const int32_t* block_tables;
-  int max_blocks, block_size;
-  int hq, hkv, group, dh;
+struct AttnArgs : PagedAttnArgs<T> {
   int tile_rows;                   // query rows per tile: kRows, or 64 / 128 on tensor cores
   int tokens;                      // query tokens per tile: tile_rows / group
-  float scale_log2;                // scale · log2 e
   int tiles_per_split;             // key tiles per split (n_splits = gridDim.z)
   float* o_part;                   // split-K scratch (see the top of this file)
   float* ml_part;
