@@ -12,7 +12,7 @@
 // distinct 16-byte bank groups: the fragment loads are conflict-free.
 //
 // Accumulator layout (per thread, acc[mi][ni][r]): row 32·wm + 16·mi + lane / 4 + 8·(r / 2),
-// column 32·wn + 8·ni + 2·(lane % 4) + r % 2 (TileCoord gives both).
+// column 32·wn + 8·ni + 2·(lane % 4) + r % 2 (TileCoord gives both; store_tile walks them).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -97,6 +97,20 @@ struct TileCoord {
   __device__ __forceinline__ int row(int mi, int r) const { return row0 + 16 * mi + 8 * (r / 2); }
   __device__ __forceinline__ int col(int ni, int r) const { return col0 + 8 * ni + (r % 2); }
 };
+
+// The epilogue of a tile product: store(row, col, value) for each accumulator element of this
+// thread, row and col its place in the 64 × 64 tile (TileCoord). store checks the bounds and
+// writes the element wherever and in whatever type the kernel keeps its result.
+template <typename Store>
+__device__ __forceinline__ void store_tile(const Acc& acc, Store&& store) {
+  const TileCoord tc;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) store(tc.row(mi, r), tc.col(ni, r), acc[mi][ni][r]);
+}
 
 // acc += A · B over one staged slab of 64 along k. kAKMajor: A is [m][k] (else [k][m]);
 // kBKMajor: B is [n][k] (else [k][n]). Both tiles have rows of kLdTile elements.

@@ -101,16 +101,10 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
     mma::slab_mma<true, true>(s.a, s.b, acc);
   }
   bf16* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
-  const mma::TileCoord tc;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = i0 + tc.row(mi, r), j = j0 + tc.col(ni, r);
-        if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = __float2bfloat16_rn(acc[mi][ni][r]);
-      }
+  mma::store_tile(acc, [&](int row, int col, float v) {
+    const int i = i0 + row, j = j0 + col;
+    if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = __float2bfloat16_rn(v);
+  });
 }
 
 // ---- stage 3: the chunk's own state S_loc[p, n] = Σ_j w_j x_j[p] B_j[n] ---------------------
@@ -134,16 +128,10 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
     mma::slab_mma<false, false>(s.a, s.b, acc);
   }
   float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
-  const mma::TileCoord tc;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int p = p0 + tc.row(mi, r), n = n0 + tc.col(ni, r);
-        if (p < a.P && n < a.N) st[int64_t(p) * a.N + n] = acc[mi][ni][r];
-      }
+  mma::store_tile(acc, [&](int row, int col, float v) {
+    const int p = p0 + row, n = n0 + col;
+    if (p < a.P && n < a.N) st[int64_t(p) * a.N + n] = v;
+  });
 }
 
 // ---- stage 5: outputs of a (chunk, head) tile of 64 rows × 64 channels --------------------
@@ -238,18 +226,12 @@ __global__ void __launch_bounds__(kTileThreads) chunk_scan_kernel(SsdArgs<bf16> 
   const float dskip = a.D.get(h, 0.0f);
   bf16* yh = a.out + (ch.t0 + i0) * a.os0 + int64_t(h) * a.os1 + p0;
   const bf16* xi = xh + int64_t(i0) * a.xs0;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = tc.row(mi, r), p = tc.col(ni, r);
-        if (i < rows && p0 + p < a.P) {
-          const float xv = __bfloat162float(xi[int64_t(i) * a.xs0 + p]);
-          yh[int64_t(i) * a.os0 + p] = __float2bfloat16_rn(fmaf(dskip, xv, acc[mi][ni][r]));
-        }
-      }
+  mma::store_tile(acc, [&](int i, int p, float v) {
+    if (i < rows && p0 + p < a.P) {
+      const float xv = __bfloat162float(xi[int64_t(i) * a.xs0 + p]);
+      yh[int64_t(i) * a.os0 + p] = __float2bfloat16_rn(fmaf(dskip, xv, v));
+    }
+  });
 }
 
 unsigned tiles(int n) { return unsigned((n + kTileEdge - 1) / kTileEdge); }
