@@ -4,6 +4,8 @@
 // Stages 2, 3 and 5 of ssd.cu's algorithm are tiled matrix products: 64 × 64 output tiles per
 // block of 256 threads, 4 × 4 outputs per thread, operands staged through shared memory in
 // slabs of 16 along the reduced dimension, fp32 accumulation.
+#include <type_traits>
+
 #include "backend/cuda/ssd_args.cuh"
 
 namespace statelm::cuda::ssd_detail {
@@ -54,6 +56,40 @@ __device__ __forceinline__ void fill_slab(float (*dst)[kLd], F&& f) {
   }
 }
 
+// What stage_slab multiplies a staged element by: nothing (the default), or scale(row) of the
+// source row.
+struct Unscaled {};
+
+// Stages one slab of a row-major source matrix: element (row, col) = src[row · stride + col]
+// for row < rows, col < cols (0 past them, partial chunks and tiles), times scale(row) when a
+// scale is given. src points at the slab's first element. kAlongK: the source's rows are the
+// tile's m and its columns the reduced index k (C[i][n] reduced over n); otherwise its rows are
+// k and its columns m (x[j][p] reduced over j). fill_slab keeps the reads coalesced either way.
+template <bool kAlongK, typename T, typename Scale = Unscaled>
+__device__ __forceinline__ void stage_slab(float (*dst)[kLd], const T* src, int64_t stride, int rows, int cols,
+                                           Scale scale = {}) {
+  fill_slab<kAlongK>(dst, [&](int k, int m) {
+    const int row = kAlongK ? m : k, col = kAlongK ? k : m;
+    if (row >= rows || col >= cols) return 0.0f;
+    const float v = to_f32(src[int64_t(row) * stride + col]);
+    if constexpr (std::is_same_v<Scale, Unscaled>)
+      return v;
+    else
+      return scale(row) * v;
+  });
+}
+
+// The epilogue of a tile product: store(row, col, value) for each of this thread's 16 outputs,
+// row and col its place in the 64 × 64 tile (ty + 16 r, tx + 16 c). store checks the bounds.
+template <typename Store>
+__device__ __forceinline__ void store_tile(const float (&acc)[4][4], Store&& store) {
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) store(ty + 16 * r, tx + 16 * c, acc[r][c]);
+}
+
 __device__ __forceinline__ void zero(float (&acc)[4][4]) {
 #pragma unroll
   for (int r = 0; r < 4; ++r)
@@ -77,26 +113,16 @@ __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdArgs<T> a, SpanIt
   zero(acc);
   for (int n0 = 0; n0 < a.N; n0 += kSlab) {
     __syncthreads();
-    fill_slab<true>(s.a, [&](int k, int m) {
-      const int i = i0 + m, n = n0 + k;
-      return i < ch.L && n < a.N ? to_f32(Cg[int64_t(i) * a.Cs0 + n]) : 0.0f;
-    });
-    fill_slab<true>(s.b, [&](int k, int m) {
-      const int j = j0 + m, n = n0 + k;
-      return j < ch.L && n < a.N ? to_f32(Bg[int64_t(j) * a.Bs0 + n]) : 0.0f;
-    });
+    stage_slab<true>(s.a, Cg + int64_t(i0) * a.Cs0 + n0, a.Cs0, ch.L - i0, a.N - n0);
+    stage_slab<true>(s.b, Bg + int64_t(j0) * a.Bs0 + n0, a.Bs0, ch.L - j0, a.N - n0);
     __syncthreads();
     slab_fma(s, acc);
   }
   float* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int i = i0 + ty + 16 * r, j = j0 + tx + 16 * c;
-      if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = acc[r][c];
-    }
+  store_tile(acc, [&](int row, int col, float v) {
+    const int i = i0 + row, j = j0 + col;
+    if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = v;
+  });
 }
 
 // ---- stage 3: the chunk's own state S_loc[p, n] = Σ_j w_j x_j[p] B_j[n] ---------------------
@@ -121,26 +147,16 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdArgs<T> a, Spa
       w[threadIdx.x] = j < ch.L ? expf(float(cs_last - a.cs[hb + j])) * a.dtc[hb + j] : 0.0f;
     }
     __syncthreads();
-    fill_slab<false>(s.a, [&](int k, int m) {
-      const int j = j0 + k, p = p0 + m;
-      return j < ch.L && p < a.P ? w[k] * to_f32(xh[int64_t(j) * a.xs0 + p]) : 0.0f;
-    });
-    fill_slab<false>(s.b, [&](int k, int m) {
-      const int j = j0 + k, n = n0 + m;
-      return j < ch.L && n < a.N ? to_f32(Bg[int64_t(j) * a.Bs0 + n]) : 0.0f;
-    });
+    stage_slab<false>(s.a, xh + int64_t(j0) * a.xs0 + p0, a.xs0, ch.L - j0, a.P - p0, [&](int k) { return w[k]; });
+    stage_slab<false>(s.b, Bg + int64_t(j0) * a.Bs0 + n0, a.Bs0, ch.L - j0, a.N - n0);
     __syncthreads();
     slab_fma(s, acc);
   }
   float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int p = p0 + ty + 16 * r, n = n0 + tx + 16 * c;
-      if (p < a.P && n < a.N) st[int64_t(p) * a.N + n] = acc[r][c];
-    }
+  store_tile(acc, [&](int row, int col, float v) {
+    const int p = p0 + row, n = n0 + col;
+    if (p < a.P && n < a.N) st[int64_t(p) * a.N + n] = v;
+  });
 }
 
 // ---- stage 5: outputs of a (chunk, head) tile of rows × channels --------------------------
@@ -161,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdArgs<T> a, Span
   const T* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1;
   const float* s_in = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
   const float* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  const int ty = threadIdx.x / 16;
   if (threadIdx.x < kTile) {
     const int i = i0 + threadIdx.x;
     cs_i[threadIdx.x] = i < ch.L ? a.cs[hb + i] : 0.0;
@@ -172,14 +188,8 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdArgs<T> a, Span
   zero(acc);
   for (int n0 = 0; n0 < a.N; n0 += kSlab) {
     __syncthreads();
-    fill_slab<true>(s.a, [&](int k, int m) {
-      const int i = i0 + m, n = n0 + k;
-      return i < ch.L && n < a.N ? to_f32(Cg[int64_t(i) * a.Cs0 + n]) : 0.0f;
-    });
-    fill_slab<true>(s.b, [&](int k, int m) {
-      const int p = p0 + m, n = n0 + k;
-      return p < a.P && n < a.N ? s_in[int64_t(p) * a.N + n] : 0.0f;
-    });
+    stage_slab<true>(s.a, Cg + int64_t(i0) * a.Cs0 + n0, a.Cs0, ch.L - i0, a.N - n0);
+    stage_slab<true>(s.b, s_in + int64_t(p0) * a.N + n0, a.N, a.P - p0, a.N - n0);
     __syncthreads();
     slab_fma(s, acc);
   }
@@ -205,26 +215,20 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdArgs<T> a, Span
       if (i >= ch.L || j > i) return 0.0f;
       return cb[int64_t(i) * a.Q + j] * expf(float(cs_i[m] - cs_j[k])) * dt_j[k];
     });
-    fill_slab<false>(s.b, [&](int k, int m) {
-      const int j = j0 + k, p = p0 + m;
-      return j < ch.L && p < a.P ? to_f32(xh[int64_t(j) * a.xs0 + p]) : 0.0f;
-    });
+    stage_slab<false>(s.b, xh + int64_t(j0) * a.xs0 + p0, a.xs0, ch.L - j0, a.P - p0);
     __syncthreads();
     slab_fma(s, acc);
   }
 
   const float dskip = a.D.get(h, 0.0f);
   T* yh = a.out + ch.t0 * a.os0 + int64_t(h) * a.os1;
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int i = i0 + ty + 16 * r, p = p0 + tx + 16 * c;
-      if (i < ch.L && p < a.P) {
-        const float xv = to_f32(xh[int64_t(i) * a.xs0 + p]);
-        yh[int64_t(i) * a.os0 + p] = from_f32<T>(fmaf(dskip, xv, acc[r][c]));
-      }
+  store_tile(acc, [&](int row, int col, float v) {
+    const int i = i0 + row, p = p0 + col;
+    if (i < ch.L && p < a.P) {
+      const float xv = to_f32(xh[int64_t(i) * a.xs0 + p]);
+      yh[int64_t(i) * a.os0 + p] = from_f32<T>(fmaf(dskip, xv, v));
     }
+  });
 }
 
 }  // namespace
