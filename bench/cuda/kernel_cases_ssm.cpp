@@ -53,6 +53,13 @@ double ssd_chunked_flops(int64_t L) {
   return f;
 }
 
+// One prefill span of L tokens from position 0, in slot 0.
+Batch prefill_batch(int64_t L) {
+  Batch batch;
+  batch.spans = {{0, int32_t(L), 0, 0}};
+  return batch;
+}
+
 // b decode spans of one token each, sequence i in slot i, continuing a state of `pos` tokens.
 Batch decode_batch(int64_t b, int32_t pos) {
   Batch batch;
@@ -60,7 +67,47 @@ Batch decode_batch(int64_t b, int32_t pos) {
   return batch;
 }
 
+// A decode case's timing over `nbuf` copies of the recurrent state (rotation_count): call i
+// points `state` at copy i % nbuf (the b slots' rows of `states`) and runs `op`, so that
+// repeated calls read the state from HBM and not from L2.
+template <typename Op>
+Measured time_rotated_states(Bench& b, Batch& batch, const DevTensor& states, int nbuf, int64_t B, Tensor& state,
+                             Op&& op, const char* what) {
+  Measured m = b.time_graphed(
+      [&](int i) {
+        state = states.t.rows((i % nbuf) * B, B);
+        op();
+      },
+      batch, what);
+  m.note = join_note(m.note, str_cat(nbuf, " state copies rotated"));
+  return m;
+}
+
 // --- Mamba-2 SSD -------------------------------------------------------------------------------
+
+// The SSD's inputs over T tokens: x, B and C as column slices of the conv output, dt, y, and the
+// per-head parameters; the state is the case's own.
+struct SsdInputs {
+  DevTensor xbc, dt, y;
+  HeadParams hp;
+};
+SsdInputs ssd_inputs(Bench& b, int64_t T) {
+  return {b.uniform(kBf16, {T, kConvDim}, -1.0f, 1.0f),  // conv output [T, x | B | C]
+          b.uniform(kBf16, {T, kH}, -1.0f, 1.0f), b.zeros(kBf16, {T, kDi}), head_params(b, kH)};
+}
+SsdParams ssd_params(const SsdInputs& in) {
+  SsdParams p;
+  p.x = in.xbc.t.cols(0, kDi).unflatten_last(kH, kP);
+  p.B = in.xbc.t.cols(kDi, kG * kN).unflatten_last(kG, kN);
+  p.C = in.xbc.t.cols(kDi + kG * kN, kG * kN).unflatten_last(kG, kN);
+  p.dt = in.dt.t;
+  p.dt_bias = in.hp.dt_bias.t;
+  p.A = in.hp.A.t;
+  p.D = in.hp.D.t;
+  p.out = in.y.t.unflatten_last(kH, kP);
+  p.chunk_size = kChunk;
+  return p;
+}
 
 Case ssd_prefill(int64_t L) {
   Case c{"ssd_prefill", "SSD chunk scan (1 layer)", str_cat("b1 L=", L, " h80 p64 n128 cs256"), {{"b", 1}, {"L", L}}};
@@ -69,25 +116,12 @@ Case ssd_prefill(int64_t L) {
   c.bytes = 2.0 * L * (2 * kH * kP + kH + 2 * kG * kN) + 4.0 * kH * kP * kN;
   c.flops = ssd_chunked_flops(L);
   c.run = [L](Bench& b) {
-    DevTensor xbc = b.uniform(kBf16, {L, kConvDim}, -1.0f, 1.0f);  // conv output [L, x | B | C]
-    DevTensor dt = b.uniform(kBf16, {L, kH}, -1.0f, 1.0f);
-    DevTensor y = b.zeros(kBf16, {L, kDi});
+    SsdInputs in = ssd_inputs(b, L);
     DevTensor state = b.zeros(kF32, {1, kH, kP, kN});
-    HeadParams hp = head_params(b, kH);
-    Batch batch;
-    batch.spans = {{0, int32_t(L), 0, 0}};
+    Batch batch = prefill_batch(L);
     b.prepare(batch);
-    SsdParams p;
-    p.x = xbc.t.cols(0, kDi).unflatten_last(kH, kP);
-    p.B = xbc.t.cols(kDi, kG * kN).unflatten_last(kG, kN);
-    p.C = xbc.t.cols(kDi + kG * kN, kG * kN).unflatten_last(kG, kN);
-    p.dt = dt.t;
-    p.dt_bias = hp.dt_bias.t;
-    p.A = hp.A.t;
-    p.D = hp.D.t;
+    SsdParams p = ssd_params(in);
     p.state = state.t;
-    p.out = y.t.unflatten_last(kH, kP);
-    p.chunk_size = kChunk;
     Measured m;
     m.timing = b.time([&](int) { b.backend().ssd(p, batch.view); }, "ssd prefill");
     return m;
@@ -106,31 +140,13 @@ Case ssd_decode(int64_t B, DType state_dtype) {
   c.flops = 5.0 * B * kH * kP * kN;
   c.run = [B, state_dtype, esz](Bench& b) {
     const int nbuf = rotation_count(double(B) * kH * kP * kN * esz);
-    DevTensor xbc = b.uniform(kBf16, {B, kConvDim}, -1.0f, 1.0f);
-    DevTensor dt = b.uniform(kBf16, {B, kH}, -1.0f, 1.0f);
-    DevTensor y = b.zeros(kBf16, {B, kDi});
+    SsdInputs in = ssd_inputs(b, B);
     DevTensor states = b.uniform(state_dtype, {nbuf * B, kH, kP, kN}, -1.0f, 1.0f);
-    HeadParams hp = head_params(b, kH);
     Batch batch = decode_batch(B, 100);
     b.prepare(batch);
-    SsdParams p;
-    p.x = xbc.t.cols(0, kDi).unflatten_last(kH, kP);
-    p.B = xbc.t.cols(kDi, kG * kN).unflatten_last(kG, kN);
-    p.C = xbc.t.cols(kDi + kG * kN, kG * kN).unflatten_last(kG, kN);
-    p.dt = dt.t;
-    p.dt_bias = hp.dt_bias.t;
-    p.A = hp.A.t;
-    p.D = hp.D.t;
-    p.out = y.t.unflatten_last(kH, kP);
-    p.chunk_size = kChunk;
-    Measured m = b.time_graphed(
-        [&](int i) {
-          p.state = states.t.rows((i % nbuf) * B, B);
-          b.backend().ssd(p, batch.view);
-        },
-        batch, "ssd decode");
-    m.note = join_note(m.note, str_cat(nbuf, " state copies rotated"));
-    return m;
+    SsdParams p = ssd_params(in);
+    return time_rotated_states(b, batch, states, nbuf, B, p.state, [&] { b.backend().ssd(p, batch.view); },
+                               "ssd decode");
   };
   return c;
 }
@@ -175,8 +191,7 @@ Case mamba1_prefill(int64_t L) {
   c.run = [L](Bench& b) {
     Mamba1Inputs in = mamba1_inputs(b, L);
     DevTensor state = b.zeros(kF32, {1, kM1Di, kM1N});
-    Batch batch;
-    batch.spans = {{0, int32_t(L), 0, 0}};
+    Batch batch = prefill_batch(L);
     b.prepare(batch);
     SelectiveScanParams p = mamba1_params(in);
     p.state = state.t;
@@ -201,19 +216,26 @@ Case mamba1_decode(int64_t B) {
     Batch batch = decode_batch(B, 100);
     b.prepare(batch);
     SelectiveScanParams p = mamba1_params(in);
-    Measured m = b.time_graphed(
-        [&](int i) {
-          p.state = states.t.rows((i % nbuf) * B, B);
-          b.backend().selective_scan(p, batch.view);
-        },
-        batch, "selective_scan decode");
-    m.note = join_note(m.note, str_cat(nbuf, " state copies rotated"));
-    return m;
+    return time_rotated_states(b, batch, states, nbuf, B, p.state,
+                               [&] { b.backend().selective_scan(p, batch.view); }, "selective_scan decode");
   };
   return c;
 }
 
 // --- conv1d (the mamba2-2.7b xBC conv: 5376 channels, width 4, SiLU) -----------------------------
+
+// The conv's input as a slice of in_proj's output over T tokens, its output, weight and bias;
+// the state is the case's own.
+struct ConvInputs {
+  DevTensor zxbcdt, out, w, bias;
+};
+ConvInputs conv_inputs(Bench& b, int64_t T) {
+  return {b.uniform(kBf16, {T, kInProj}, -1.0f, 1.0f), b.zeros(kBf16, {T, kConvDim}),
+          b.uniform(kF32, {kConvDim, kK}, -0.5f, 0.5f), b.uniform(kF32, {kConvDim}, -0.5f, 0.5f)};
+}
+Conv1dParams conv_params(const ConvInputs& in, const Tensor& state) {
+  return {in.zxbcdt.t.cols(kDi, kConvDim), in.w.t, in.bias.t, state, in.out.t, true};
+}
 
 Case conv1d_prefill(int64_t L) {
   Case c{"conv1d_prefill", "conv1d prefill (mamba2-2.7b xBC)", str_cat("b1 L=", L, " c5376 k4"), {{"b", 1}, {"L", L}}};
@@ -222,14 +244,11 @@ Case conv1d_prefill(int64_t L) {
   c.bytes = 4.0 * L * kConvDim + 4.0 * kConvDim * (kK + 1) + 4.0 * kConvDim * (kK - 1);
   c.flops = 2.0 * L * kConvDim * kK;  // one multiply-add per tap
   c.run = [L](Bench& b) {
-    DevTensor zxbcdt = b.uniform(kBf16, {L, kInProj}, -1.0f, 1.0f);
-    DevTensor out = b.zeros(kBf16, {L, kConvDim});
-    DevTensor w = b.uniform(kF32, {kConvDim, kK}, -0.5f, 0.5f), bias = b.uniform(kF32, {kConvDim}, -0.5f, 0.5f);
+    ConvInputs in = conv_inputs(b, L);
     DevTensor state = b.zeros(kF32, {1, kConvDim, kK - 1});
-    Batch batch;
-    batch.spans = {{0, int32_t(L), 0, 0}};
+    Batch batch = prefill_batch(L);
     b.prepare(batch);
-    Conv1dParams p{zxbcdt.t.cols(kDi, kConvDim), w.t, bias.t, state.t, out.t, true};
+    Conv1dParams p = conv_params(in, state.t);
     Measured m;
     m.timing = b.time([&](int) { b.backend().conv1d(p, batch.view); }, "conv1d prefill");
     return m;
@@ -246,21 +265,13 @@ Case conv1d_decode(int64_t B) {
   c.flops = 2.0 * B * kConvDim * kK;
   c.run = [B](Bench& b) {
     const int nbuf = rotation_count(4.0 * B * kConvDim * (kK - 1));
-    DevTensor zxbcdt = b.uniform(kBf16, {B, kInProj}, -1.0f, 1.0f);
-    DevTensor out = b.zeros(kBf16, {B, kConvDim});
-    DevTensor w = b.uniform(kF32, {kConvDim, kK}, -0.5f, 0.5f), bias = b.uniform(kF32, {kConvDim}, -0.5f, 0.5f);
+    ConvInputs in = conv_inputs(b, B);
     DevTensor states = b.uniform(kF32, {nbuf * B, kConvDim, kK - 1}, -1.0f, 1.0f);
     Batch batch = decode_batch(B, 100);
     b.prepare(batch);
-    Conv1dParams p{zxbcdt.t.cols(kDi, kConvDim), w.t, bias.t, Tensor{}, out.t, true};
-    Measured m = b.time_graphed(
-        [&](int i) {
-          p.state = states.t.rows((i % nbuf) * B, B);
-          b.backend().conv1d(p, batch.view);
-        },
-        batch, "conv1d decode");
-    m.note = join_note(m.note, str_cat(nbuf, " state copies rotated"));
-    return m;
+    Conv1dParams p = conv_params(in, Tensor{});
+    return time_rotated_states(b, batch, states, nbuf, B, p.state, [&] { b.backend().conv1d(p, batch.view); },
+                               "conv1d decode");
   };
   return c;
 }
