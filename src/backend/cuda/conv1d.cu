@@ -15,8 +15,9 @@
 // State: since kTokens ≥ K−1, only a span's first item reaches back into the old state, so that
 // item alone reads it and, after its outputs, writes the new state: one thread reads and then
 // writes the state row of its channel, and no other block touches it (no race). The state is
-// widened to fp32 once and rounded once per span (bf16 state), as the CPU does; out must not
-// overlap x (items read rows other items write).
+// widened to fp32 once and rounded once per span (bf16 or f16 state), as the CPU does; out must
+// not overlap x (items read rows other items write). The runtime keeps conv windows in fp32
+// (state_cache.h); the narrow types are there because the op takes what the CPU op takes.
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/span_kernels.cuh"
 

@@ -160,6 +160,22 @@ void check_param(const Tensor& t, std::initializer_list<int64_t> shape, const ch
                 bf16_ok ? " must be float32 or bfloat16" : " must be float32", ", got ", t.describe());
 }
 
+// A recurrent state: fp32, bf16 or f16 (RunnerOptions::state_dtype; the kernels' dispatch_state),
+// contiguous, `shape` as check_view.
+void check_state(const Tensor& t, std::initializer_list<int64_t> shape, const char* op) {
+  check_view(t, shape, op, "state");
+  STATELM_CHECK(t.is_contiguous(), op, ": state must be contiguous, got ", t.describe());
+  STATELM_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16, op,
+                ": state must be float32, bfloat16 or float16, got ", t.describe());
+}
+
+// What upload/download move: contiguous device tensors in fp32 or bf16, and f16 for state
+// tensors (RunnerOptions::state_dtype), as on the CPU.
+bool transferable(const Tensor& t) {
+  return t.device == Device::Cuda && t.is_contiguous() &&
+         (t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16);
+}
+
 void check_float(const Tensor& t, const char* op, const char* what) {
   STATELM_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16, op, ": ", what, " must be float32 or bfloat16, got ",
                 t.describe());
@@ -270,17 +286,18 @@ Buffer CudaBackend::allocate(size_t bytes) {
 }
 
 void CudaBackend::upload(const Tensor& dst, const float* host) {
-  STATELM_CHECK(dst.device == Device::Cuda && dst.is_contiguous() && (dst.dtype == DType::F32 || dst.dtype == DType::BF16),
-                "upload: CUDA tensors are contiguous float32 or bfloat16: ", dst.describe());
+  STATELM_CHECK(transferable(dst), "upload: CUDA tensors are contiguous float32 or bfloat16 (or float16 state): ",
+                dst.describe());
   const size_t n = size_t(dst.numel());
   if (n == 0) return;
   // Weights at load and snapshots restored: not on a step's path, so it waits for the copy and
   // the caller may reuse `host` at once.
   std::vector<uint16_t> bits;
   const void* src = host;
-  if (dst.dtype == DType::BF16) {
+  if (dst.dtype != DType::F32) {  // round to nearest even, as torch (f16: ±inf past 65504)
     bits.resize(n);
-    for (size_t i = 0; i < n; ++i) bits[i] = f32_to_bf16(host[i]);  // round to nearest even, as torch
+    const bool bf16 = dst.dtype == DType::BF16;
+    for (size_t i = 0; i < n; ++i) bits[i] = bf16 ? f32_to_bf16(host[i]) : f32_to_f16(host[i]);
     src = bits.data();
   }
   STATELM_CUDA_CHECK(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, impl_->stream), "upload ",
@@ -289,8 +306,8 @@ void CudaBackend::upload(const Tensor& dst, const float* host) {
 }
 
 void CudaBackend::download(const Tensor& src, float* host) {
-  STATELM_CHECK(src.device == Device::Cuda && src.is_contiguous() && (src.dtype == DType::F32 || src.dtype == DType::BF16),
-                "download: CUDA tensors are contiguous float32 or bfloat16: ", src.describe());
+  STATELM_CHECK(transferable(src), "download: CUDA tensors are contiguous float32 or bfloat16 (or float16 state): ",
+                src.describe());
   const size_t n = size_t(src.numel());
   if (src.dtype == DType::F32) {
     if (n) STATELM_CUDA_CHECK(cudaMemcpyAsync(host, src.data, n * 4, cudaMemcpyDeviceToHost, impl_->stream), "download ",
@@ -302,7 +319,7 @@ void CudaBackend::download(const Tensor& src, float* host) {
   if (n) STATELM_CUDA_CHECK(cudaMemcpyAsync(bits.data(), src.data, n * 2, cudaMemcpyDeviceToHost, impl_->stream),
                             "download ", src.describe());
   synchronize("download (a kernel queued before it failed)");
-  convert_to_f32(DType::BF16, bits.data(), host, n);
+  convert_to_f32(src.dtype, bits.data(), host, n);
 }
 
 void CudaBackend::fill_zero(const Tensor& t) {
@@ -504,7 +521,7 @@ void CudaBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
   check_act(p.out, p.x.dtype, {T, C}, "conv1d", "out");
   check_param(p.weight, {C, K}, "conv1d", "weight", true);
   if (p.bias.defined()) check_param(p.bias, {C}, "conv1d", "bias", true);
-  check_param(p.state, {p.state.shape[0], C, K - 1}, "conv1d", "state", true);
+  check_state(p.state, {p.state.shape[0], C, K - 1}, "conv1d");
   check_spans(batch, T, p.state.shape[0], "conv1d");
   if (T == 0) return;
   BatchView tmp;
@@ -530,7 +547,7 @@ void CudaBackend::selective_scan(const SelectiveScanParams& p, const BatchView& 
   check_param(p.delta_bias, {Di}, op, "delta_bias", true);
   check_param(p.A, {Di, N}, op, "A", true);
   check_param(p.D, {Di}, op, "D", true);
-  check_param(p.state, {p.state.shape[0], Di, N}, op, "state", true);
+  check_state(p.state, {p.state.shape[0], Di, N}, op);
   check_spans(batch, T, p.state.shape[0], op);
   if (T == 0) return;
   BatchView tmp;
@@ -556,7 +573,7 @@ void CudaBackend::ssd(const SsdParams& p, const BatchView& batch) {
   check_param(p.dt_bias, {H}, op, "dt_bias", true);
   check_param(p.A, {H}, op, "A", true);
   check_param(p.D, {H}, op, "D", true);
-  check_param(p.state, {p.state.shape[0], H, P, N}, op, "state", true);
+  check_state(p.state, {p.state.shape[0], H, P, N}, op);
   STATELM_CHECK(G > 0 && H % G == 0, op, ": ", H, " heads in ", G, " groups");
   STATELM_CHECK(p.chunk_size > 0, op, ": chunk size ", p.chunk_size);
   check_spans(batch, T, p.state.shape[0], op);

@@ -1,10 +1,12 @@
 // Helpers shared by the CUDA backend's .cu files (not by the host-only code): error checks that
 // name the op and the shapes, the element types a kernel is instantiated for, and fp32 <-> T
 // conversion in registers. Kernels load their element type, compute in fp32, and round once
-// when they store.
+// when they store. f16 (IEEE half) is a recurrent-state type only (span_kernels.cuh's
+// dispatch_state), never an activation.
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -32,15 +34,21 @@ namespace statelm::cuda {
 #define STATELM_CUDA_LAUNCHED(...) STATELM_CUDA_CHECK(cudaGetLastError(), __VA_ARGS__)
 
 using bf16 = __nv_bfloat16;
+using f16 = __half;
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f32(f16 v) { return __half2float(v); }
 template <typename T>
 __device__ __forceinline__ T from_f32(float v);
 template <>
 __device__ __forceinline__ float from_f32<float>(float v) { return v; }
 template <>
 __device__ __forceinline__ bf16 from_f32<bf16>(float v) { return __float2bfloat16_rn(v); }
+// Round to nearest even; past 65504 the result is ±inf, as the CPU's f32_to_f16 (core/dtype.cpp)
+// gives it: no clamping, so a drifting fp16 state fails the same way on both backends.
+template <>
+__device__ __forceinline__ f16 from_f32<f16>(float v) { return __float2half_rn(v); }
 
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
 

@@ -4,7 +4,8 @@
 //
 // Tensors are device views: activations (x, B, C, dt, q, k, v, out) are F32 or BF16, all of one
 // dtype per call; small per-channel parameters (conv weight/bias, A, D, dt_bias) are F32 or
-// BF16; recurrent state is F32 or BF16 (the `state` tensor's dtype). Kernels compute in fp32.
+// BF16; recurrent state is F32, BF16 or F16 (the `state` tensor's dtype). Kernels compute in
+// fp32.
 // The spans are read on the device from batch.device_spans (and the paged KV cache through
 // batch.device_block_tables); the host copies in batch.spans exist to size the launches.
 #pragma once

@@ -25,7 +25,7 @@
 // That costs a second scan of all but the last pieces, paid only when parallelism is short.
 // Otherwise one pass reads the slot, scans and writes the slot.
 //
-// State: fp32 or bf16, widened when a span starts and rounded once when it ends (the CPU's
+// State: fp32, bf16 or f16, widened when a span starts and rounded once when it ends (the CPU's
 // rule), fp32 in the scratch between passes. out may alias u, delta or z (each lane reads its
 // token's values before it writes that token's output), as on the CPU.
 #include <algorithm>

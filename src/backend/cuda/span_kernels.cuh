@@ -1,7 +1,7 @@
 // Helpers shared by the varlen kernel families (conv1d, selective_scan, ssd, rope, attention):
 // mapping a block to its (span, piece of span) without a host-built work list, per-channel
-// parameters that may be fp32 or bf16, the state element types, and the activation functions
-// with the CPU backend's definitions (cpu_vec_math.h).
+// parameters that may be fp32 or bf16, the state element types (fp32, bf16, f16), and the
+// activation functions with the CPU backend's definitions (cpu_vec_math.h).
 //
 // Work lists. A launcher knows from the host copy of the spans (batch.spans) how many work
 // items there are (Σ_s ceil(len_s / per_item)) and so sizes its grid, but it may not copy a
@@ -119,13 +119,16 @@ __device__ __forceinline__ float softplus(float v) { return v > 20.0f ? v : log1
 // SiLU with an accurate exp (the CPU reference is within a few ulp; __expf is not).
 __device__ __forceinline__ float silu_accurate(float v) { return v / (1.0f + expf(-v)); }
 
-// Calls f(S{}) with S = float or bf16 for the recurrent state's dtype.
+// Calls f(S{}) with S = float, bf16 or f16 for the recurrent state's dtype: the CPU's set
+// (cpu_state_dtype.h), so the drift benchmark measures every state dtype on either backend.
 template <typename F>
 void dispatch_state(const Tensor& state, const char* op, F&& f) {
   switch (state.dtype) {
     case DType::F32: f(float{}); return;
     case DType::BF16: f(bf16{}); return;
-    default: fail(ErrorKind::Unsupported, op, ": CUDA state must be float32 or bfloat16, got ", state.describe());
+    case DType::F16: f(f16{}); return;
+    default:
+      fail(ErrorKind::Unsupported, op, ": CUDA state must be float32, bfloat16 or float16, got ", state.describe());
   }
 }
 

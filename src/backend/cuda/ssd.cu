@@ -31,8 +31,8 @@
 // for the same reason, and double differences give the same accuracy on the GPU at no cost
 // that matters (a few per mask element, next to an N-long dot product).
 //
-// State: fp32 or bf16, widened when a span starts, rounded once when it ends; fp32 between the
-// stages. out must not overlap x, dt, B, C (stage 5 writes rows other blocks read).
+// State: fp32, bf16 or f16, widened when a span starts, rounded once when it ends; fp32 between
+// the stages. out must not overlap x, dt, B, C (stage 5 writes rows other blocks read).
 #include <algorithm>
 #include <type_traits>
 #include <utility>
@@ -148,10 +148,15 @@ __device__ __forceinline__ void load4(const S* p, float (&v)[4]) {
   if constexpr (sizeof(S) == 4) {
     const float4 f = *reinterpret_cast<const float4*>(p);
     v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-  } else {
+  } else if constexpr (std::is_same_v<S, bf16>) {
     const uint2 u = *reinterpret_cast<const uint2*>(p);
     const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
     const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  } else {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
     v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
   }
 }
@@ -160,8 +165,14 @@ template <typename S>
 __device__ __forceinline__ void store4(S* p, const float (&v)[4]) {
   if constexpr (sizeof(S) == 4) {
     *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  } else {
+  } else if constexpr (std::is_same_v<S, bf16>) {
     const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
+    uint2 u;
+    u.x = *reinterpret_cast<const uint32_t*>(&a);
+    u.y = *reinterpret_cast<const uint32_t*>(&b);
+    *reinterpret_cast<uint2*>(p) = u;
+  } else {  // f16: round to nearest even, ±inf past 65504 (as from_f32<f16>)
+    const __half2 a = __floats2half2_rn(v[0], v[1]), b = __floats2half2_rn(v[2], v[3]);
     uint2 u;
     u.x = *reinterpret_cast<const uint32_t*>(&a);
     u.y = *reinterpret_cast<const uint32_t*>(&b);
