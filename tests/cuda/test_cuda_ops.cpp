@@ -9,7 +9,8 @@
 // exactly (a kernel that writes past its row shows up there). For bf16 the CPU gets the inputs
 // rounded to bf16 first, so the comparison measures the kernels' arithmetic, not the rounding of
 // the inputs. The stateful ops get mixed spans (lengths 1, 7, 63, 65, 300) in shuffled token and
-// slot order, half of them continuing a random non-zero state at pos > 0.
+// slot order, half of them continuing a random non-zero state at pos > 0, and run with the state
+// in fp32, bf16 and fp16 (RunnerOptions::state_dtype) against the CPU with the same state dtype.
 //
 // Tolerances (max |cuda − cpu| over max |cpu|, per argument):
 //   fp32: 1e-4. Both sides compute in fp32; sums run in different orders (warp trees, cuBLASLt's
@@ -18,6 +19,11 @@
 //   bf16: 1e-2. Each output is rounded to bf16 once (relative error ≤ 2⁻⁹ ≈ 2e-3 of its own
 //         value), and a few ops round an intermediate the CPU keeps in fp32 (add_rms_norm's
 //         residual, SwiGLU inside the MoE): ≤ 3 roundings ≈ 6e-3. An indexing bug gives O(1).
+//   A narrow state (bf16, fp16) starts from the same bits on both backends and is rounded once
+//   when a span ends, so the fp32 results before that rounding differ by the fp32 tolerance and
+//   a rounding may fall on the other side: one ulp of the element, ≤ 2⁻⁷ (bf16, under the bf16
+//   tolerance) or 2⁻¹⁰ ≈ 1e-3 (fp16: kF16StateTol) of its value. The outputs see the old state
+//   only, widened exactly, and keep the activation tolerance.
 //
 // Ops whose kernel family is not built yet (the family's .cu is missing) report Unsupported:
 // those tests skip with that message. Every test skips when no CUDA device is visible (CI).
@@ -58,6 +64,7 @@ namespace {
 
 constexpr double kF32Tol = 1e-4;
 constexpr double kBf16Tol = 1e-2;
+constexpr double kF16StateTol = 2e-3;
 
 bool have_gpu() {
   static const bool yes = !cuda::list_devices().empty();
@@ -88,7 +95,7 @@ enum class Kind {
   ActF32,  // an activation that is fp32 on every backend (e.g. logits)
   Weight,  // weight matrix: compute dtype, contiguous
   Param,   // per-channel parameter: fp32, contiguous
-  State,   // recurrent state: fp32, contiguous
+  State,   // recurrent state: the comparison's state dtype (fp32, bf16 or fp16), contiguous
   Cache,   // KV cache: compute dtype (as KvCache keeps it), contiguous
   Scratch, // an op's scratch activation (compute dtype, sliced): a fused kernel may leave it
            // untouched where the CPU's composed ops write it, so it is not compared
@@ -147,16 +154,16 @@ class OpCase {
   const Arg& arg(int i) const { return args_[size_t(i)]; }
   std::mt19937& rng() { return rng_; }
 
-  // Builds the arguments on `b` (activations and weights in `dtype`), runs `fn`, returns every
-  // argument's whole buffer as fp32. `round_inputs`: round activations and weights to bf16
-  // first (the reference run of a bf16 comparison).
-  std::vector<std::vector<float>> run_on(Backend& b, DType dtype, bool round_inputs, const OpFn& fn,
+  // Builds the arguments on `b` (activations and weights in `dtype`, states in `state_dtype`),
+  // runs `fn`, returns every argument's whole buffer as fp32. `round_inputs`: round activations
+  // and weights to bf16 first (the reference run of a bf16 comparison).
+  std::vector<std::vector<float>> run_on(Backend& b, DType dtype, DType state_dtype, bool round_inputs, const OpFn& fn,
                                          BatchView batch) {
     std::vector<Buffer> storage;
     std::vector<Tensor> ts;
     for (const Arg& a : args_) {
       const bool compute = a.compute_dtype();
-      const DType t = compute ? dtype : DType::F32;
+      const DType t = dtype_of(a, dtype, state_dtype);
       Tensor full = Tensor::contiguous(nullptr, t, {a.rows(), a.row_len}, b.device());
       storage.push_back(b.allocate(full.nbytes()));
       full.data = storage.back().data();
@@ -185,7 +192,7 @@ class OpCase {
     std::vector<std::vector<float>> out;
     for (size_t i = 0; i < args_.size(); ++i) {
       const Arg& a = args_[i];
-      const DType t = a.compute_dtype() ? dtype : DType::F32;
+      const DType t = dtype_of(a, dtype, state_dtype);
       Tensor full = Tensor::contiguous(storage[i].data(), t, {a.rows(), a.row_len}, b.device());
       out.emplace_back(size_t(a.rows() * a.row_len));
       b.download(full, out.back().data());
@@ -193,20 +200,25 @@ class OpCase {
     return out;
   }
 
-  // Runs `fn` on the CPU and on CUDA in `dtype`, compares every argument (see the file comment).
-  void compare(const OpFn& fn, DType dtype, const BatchView& batch = {}) {
-    SCOPED_TRACE(name_ + (dtype == DType::BF16 ? " bf16" : " fp32"));
+  // Runs `fn` on the CPU and on CUDA in `dtype`, both with the state in `state_dtype`, and
+  // compares every argument (see the file comment).
+  void compare(const OpFn& fn, DType dtype, const BatchView& batch = {}, DType state_dtype = DType::F32) {
+    SCOPED_TRACE(name_ + (dtype == DType::BF16 ? " bf16" : " fp32") + " state " + std::string(dtype_name(state_dtype)));
     CpuBackend cpu;
     CudaBackendOptions o;
     o.dtype = dtype;
     CudaBackend gpu(o);
     const bool bf16 = dtype == DType::BF16;
-    const auto want = run_on(cpu, DType::F32, bf16, fn, batch);
-    const auto got = run_on(gpu, dtype, false, fn, batch);
-    const double tol = bf16 ? kBf16Tol : kF32Tol;
+    const auto want = run_on(cpu, DType::F32, state_dtype, bf16, fn, batch);
+    const auto got = run_on(gpu, dtype, state_dtype, false, fn, batch);
+    const double act_tol = bf16 ? kBf16Tol : kF32Tol;
+    const double state_tol = std::max(act_tol, state_dtype == DType::BF16   ? kBf16Tol
+                                               : state_dtype == DType::F16 ? kF16StateTol
+                                                                           : kF32Tol);
     for (size_t i = 0; i < args_.size(); ++i) {
       const Arg& a = args_[i];
       if (a.kind == Kind::Scratch) continue;
+      const double tol = a.kind == Kind::State ? state_tol : act_tol;
       std::vector<float> w_in, g_in, w_slack, g_slack;
       for (int64_t r = 0; r < a.rows(); ++r)
         for (int64_t c = 0; c < a.row_len; ++c) {
@@ -221,6 +233,10 @@ class OpCase {
   }
 
  private:
+  static DType dtype_of(const Arg& a, DType dtype, DType state_dtype) {
+    if (a.kind == Kind::State) return state_dtype;
+    return a.compute_dtype() ? dtype : DType::F32;
+  }
   std::vector<float> random(size_t n, float lo, float hi) { return test::random_vector(rng_, n, lo, hi); }
   int push(Arg a) {
     args_.push_back(std::move(a));
@@ -237,6 +253,15 @@ void compare_both(const std::function<std::pair<OpCase, OpFn>()>& make, const Ba
     auto [c, fn] = make();
     c.compare(fn, dt, batch);
   }
+}
+
+// The stateful ops: both activation dtypes × every state dtype (fp32, bf16, fp16).
+void compare_state_dtypes(const std::function<std::pair<OpCase, OpFn>()>& make, const BatchView& batch) {
+  for (DType dt : {DType::F32, DType::BF16})
+    for (DType st : {DType::F32, DType::BF16, DType::F16}) {
+      auto [c, fn] = make();
+      c.compare(fn, dt, batch, st);
+    }
 }
 
 // Spans of the given (len, pos); slots shuffled among n_slots, tokens placed in shuffled order.
@@ -498,7 +523,7 @@ TEST(CudaOps, Conv1d) {
   const int64_t T = tokens_of(spans);
   for (int64_t C : {37, 64})
     for (int64_t K : {4, 2}) {
-      SKIP_IF_FAMILY_MISSING(compare_both(
+      SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
           [&] {
             OpCase c("conv1d C=" + std::to_string(C) + " K=" + std::to_string(K), 9);
             const int x = c.act("x", {T, C});
@@ -524,7 +549,7 @@ TEST(CudaOps, SelectiveScan) {
   for (int64_t Di : {37, 64})
     for (bool gate : {true, false}) {
       const int64_t N = 16;
-      SKIP_IF_FAMILY_MISSING(compare_both(
+      SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
           [&] {
             OpCase c("selective_scan Di=" + std::to_string(Di) + (gate ? " gated" : ""), 11);
             const int xz = c.act("xz", {T, 2 * Di});
@@ -565,7 +590,7 @@ TEST(CudaOps, Ssd) {
   const int64_t T = tokens_of(spans);
   struct Shape { int64_t H, P, G, N, chunk; bool dt_limited; };
   for (const Shape s : {Shape{4, 8, 2, 16, 64, false}, Shape{6, 16, 1, 32, 32, true}, Shape{3, 5, 3, 7, 16, false}}) {
-    SKIP_IF_FAMILY_MISSING(compare_both(
+    SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
         [&] {
           OpCase c("ssd H=" + std::to_string(s.H) + " P=" + std::to_string(s.P) + " G=" + std::to_string(s.G) +
                        " N=" + std::to_string(s.N) + " chunk=" + std::to_string(s.chunk),
@@ -1077,6 +1102,45 @@ TEST_P(CudaFixtureModel, SnapshotTakenOnCpuRestoresOnCuda) {
     const std::vector<float> on_cpu = cpu_runner.step(c, std::span(&next, 1));
     const std::vector<float> on_gpu = gpu_runner.step(g, std::span(&next, 1));
     EXPECT_LE(relative_error(on_gpu, on_cpu), 1e-4) << GetParam().model;
+  });
+}
+
+// A narrow state (bf16, fp16: RunnerOptions::state_dtype) through the runner on CUDA: a prompt
+// prefilled as one span gives the CPU's logits (the state is rounded only when the span ends,
+// after the last logits), its snapshot says the state dtype and restores on the CPU with the
+// very state bits, so the next step agrees with CUDA's to fp32 precision. Models without Mamba
+// layers keep no state to narrow and are skipped.
+TEST_P(CudaFixtureModel, NarrowStateMatchesCpuAndRestoresThere) {
+  if (GetParam().dtype != DType::F32) GTEST_SKIP() << "compared at fp32 precision";
+  SKIP_IF_FAMILY_MISSING({
+    test::FixtureReference ref = load_reference(GetParam().model);
+    CpuBackend cpu;
+    for (DType state : {DType::BF16, DType::F16}) {
+      SCOPED_TRACE(std::string(GetParam().model) + " state " + std::string(dtype_name(state)));
+      RunnerOptions o;
+      o.state_dtype = state;
+      ModelRunner gpu_runner(dir(), *backend, o), cpu_runner(dir(), cpu, o);
+      bool has_state = false;
+      for (int64_t l = 0; l < gpu_runner.spec().n_layers(); ++l)
+        has_state = has_state || gpu_runner.states().ssm(l).defined();
+      if (!has_state) GTEST_SKIP() << GetParam().model << " has no recurrent state";
+      EXPECT_EQ(gpu_runner.states().dtype(), state);
+      Sequence gs = gpu_runner.open(), own = cpu_runner.open();
+      Sequence* g[] = {&gs};
+      Sequence* c[] = {&own};
+      const std::vector<float> gpu_prefill = gpu_runner.step(g, std::span(&ref.greedy_prompt, 1));
+      const std::vector<float> cpu_prefill = cpu_runner.step(c, std::span(&ref.greedy_prompt, 1));
+      EXPECT_LE(relative_error(gpu_prefill, cpu_prefill), 1e-4);
+      cpu_runner.close(own);
+      const std::string blob = snapshot_sequence(gpu_runner, gs, ref.greedy_prompt);
+      EXPECT_EQ(read_snapshot_header(blob).state_dtype, dtype_name(state));
+      Sequence cs = restore_sequence(cpu_runner, blob);
+      Sequence* r[] = {&cs};
+      std::vector<int32_t> next = {ref.greedy_tokens[0]};
+      const std::vector<float> on_gpu = gpu_runner.step(g, std::span(&next, 1));
+      const std::vector<float> on_cpu = cpu_runner.step(r, std::span(&next, 1));
+      EXPECT_LE(relative_error(on_gpu, on_cpu), 1e-4);
+    }
   });
 }
 
