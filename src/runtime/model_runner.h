@@ -41,8 +41,9 @@ struct RunnerOptions {
   // Element type of the recurrent state (conv + SSM state of every Mamba layer): DType::F32, or
   // DType::BF16 for half the bytes per slot (the ops still compute in fp32 and round the state
   // once per span; drift measured by bench/cpu/state_drift.cpp). DType::F16 exists for that
-  // measurement only (CPU; no snapshots). Anything else is Error(InvalidArgument). The KV cache
-  // is in the backend's compute dtype (Backend::compute_dtype: fp32 on the CPU).
+  // measurement (CPU and CUDA; the CLI does not offer it). Anything else is
+  // Error(InvalidArgument). The KV cache is in the backend's compute dtype
+  // (Backend::compute_dtype: fp32 on the CPU).
   DType state_dtype = DType::F32;
   // Decode steps replay recorded graphs where the backend can (CUDA graphs; runtime/decode_graphs.h).
   bool decode_graphs = true;

@@ -94,8 +94,9 @@ void for_each_piece(ModelRunner& runner, const Sequence& seq, Fn&& fn) {
 }
 
 // A piece's values cross the backend as fp32 (upload/download) and are kept in the blob in the
-// piece's own dtype: bf16 state round-trips exactly (widening, then rounding a bf16 value).
-// fp32 pieces are copied bytewise: after a bf16 section an fp32 one may be only 2-aligned.
+// piece's own dtype: bf16 and f16 state round-trip exactly (widening, then rounding a value
+// that is already bf16 / f16; an f16 ±inf stays inf). fp32 pieces are copied bytewise: after a
+// 16-bit section an fp32 one may be only 2-aligned.
 void piece_to_blob(Backend& backend, const Tensor& t, char* dst) {
   static thread_local std::vector<float> values;
   values.resize(size_t(t.numel()));
@@ -104,9 +105,11 @@ void piece_to_blob(Backend& backend, const Tensor& t, char* dst) {
     std::memcpy(dst, values.data(), t.nbytes());
     return;
   }
-  STATELM_CHECK(t.dtype == DType::BF16, "snapshot of a ", dtype_name(t.dtype), " state tensor");
+  STATELM_CHECK(t.dtype == DType::BF16 || t.dtype == DType::F16, "snapshot of a ", dtype_name(t.dtype),
+                " state tensor");
+  const bool bf16 = t.dtype == DType::BF16;
   for (size_t i = 0; i < values.size(); ++i) {
-    const uint16_t v = f32_to_bf16(values[i]);
+    const uint16_t v = bf16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
     std::memcpy(dst + 2 * i, &v, 2);
   }
 }
@@ -114,7 +117,8 @@ void piece_to_blob(Backend& backend, const Tensor& t, char* dst) {
 void piece_from_blob(Backend& backend, const Tensor& t, const char* src) {
   static thread_local std::vector<float> values;
   values.resize(size_t(t.numel()));
-  STATELM_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16, "restore of a ", dtype_name(t.dtype), " state tensor");
+  STATELM_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16, "restore of a ",
+                dtype_name(t.dtype), " state tensor");
   convert_to_f32(t.dtype, src, values.data(), values.size());
   backend.upload(t, values.data());
 }

@@ -9,9 +9,10 @@
 //   [8]  u32 format version               kSnapshotVersion
 //   [12] u32 header bytes                 offset of the first section (a multiple of 8)
 //   [16] str model fingerprint            u32 length + bytes (ModelRunner::fingerprint())
-//        str state dtype                  u32 length + bytes ("float32" or "bfloat16": the
-//                                         Mamba state's, RunnerOptions::state_dtype; the KV
-//                                         cache's for a model without Mamba layers)
+//        str state dtype                  u32 length + bytes ("float32", "bfloat16" or
+//                                         "float16": the Mamba state's, RunnerOptions::
+//                                         state_dtype; the KV cache's for a model without
+//                                         Mamba layers)
 //        i64 n_tokens                     positions held by the state
 //        i64 first_id                     position of the first id kept (version 2; 0 in 1)
 //        u64 n_ids, i32[n_ids] token ids  the sequence's ids of positions first_id onwards;

@@ -19,7 +19,7 @@ namespace statelm {
 
 class StateCache {
  public:
-  // dtype of the SSM state: DType::F32 or DType::BF16 (see RunnerOptions::state_dtype). The
+  // dtype of the SSM state: DType::F32, BF16 or F16 (see RunnerOptions::state_dtype). The
   // conv window stays fp32 whatever it is: rounding it causes most of a bf16 state's drift
   // (measured: 5.7e-2 vs 5.9e-3 for the SSM state on jamba-tiny), and it is ~3% of a slot.
   StateCache(const ModelSpec& spec, Backend& backend, int32_t n_slots, DType dtype = DType::F32);

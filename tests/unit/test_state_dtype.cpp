@@ -10,7 +10,8 @@
 // greedy continuation are printed, not required to be equal. The SSM state halves (the conv
 // window stays fp32);
 // snapshots keep their dtype and are refused by a runner of the other dtype; any other dtype
-// is refused up front. An f16 state (for the drift benchmark) follows the same rounding rule.
+// is refused up front. An f16 state (for the drift benchmark) follows the same rounding rule and
+// snapshots the same way.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -396,6 +397,25 @@ TEST_P(StateDtypeModel, SnapshotsKeepTheirDtype) {
     }
     EXPECT_EQ(runner->free_slots(), runner->states().n_slots()) << "a refused restore took a slot";
   }
+}
+
+// An f16 state snapshots and restores too: the blob says "float16" and the restored sequence
+// continues exactly (the f16 values round-trip through fp32 unchanged).
+TEST_P(StateDtypeModel, F16SnapshotRestoresExactly) {
+  CpuBackend cpu;
+  const std::vector<int32_t> prompt = greedy_prompt(GetParam());
+  ModelRunner r(model_dir(GetParam()), cpu, options(DType::F16));
+  Sequence seq = r.open();
+  Sequence* seqs[] = {&seq};
+  r.step(seqs, std::span(&prompt, 1));
+  const std::string blob = snapshot_sequence(r, seq, prompt);
+  const std::vector<int32_t> next = {prompt[0]};
+  const std::vector<float> want = r.step(seqs, std::span(&next, 1));
+  r.close(seq);
+  EXPECT_EQ(read_snapshot_header(blob).state_dtype, "float16");
+  Sequence restored = restore_sequence(r, blob);
+  Sequence* rs[] = {&restored};
+  EXPECT_EQ(r.step(rs, std::span(&next, 1)), want) << "restored f16 state continues exactly";
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, StateDtypeModel, ::testing::Values("mamba-tiny", "mamba2-tiny", "jamba-tiny"),
