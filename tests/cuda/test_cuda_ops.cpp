@@ -436,9 +436,10 @@ TEST(CudaOps, MatmulDecodeSizes) {
 }
 
 // Backend::linear: every input transform, with and without the residual add, at decode sizes
-// (the fused weight-streaming kernel, T ≤ 8, and the composed path at T = 9) and at a prefill
-// size (norm kernel, then cuBLASLt adding into out with β = 1). The gated norm with one group is
-// fused, with three groups composed; the LM head's case is RmsNorm into fp32 logits.
+// (the weight-streaming kernel, T ≤ 8, with SwiGLU and the add folded in and the norms as their
+// own kernels ahead of it; the composed path at T = 9) and at a prefill size (norm kernel, then
+// cuBLASLt adding into out with β = 1). The gated norm with one group and with three; the LM
+// head's case is RmsNorm into fp32 logits.
 TEST(CudaOps, Linear) {
   REQUIRE_GPU();
   const char* names[] = {"plain", "rms_norm", "gated_rms_norm", "swiglu"};

@@ -44,9 +44,9 @@ void add_bias(const Tensor& out, const Tensor& bias, cudaStream_t stream);
 // the shapes or alignments do not allow it.
 constexpr int kSkinnyMaxTokens = 8;
 bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream);
-// Backend::linear (ops.h) in the same kernel, its input transform and residual add folded in:
-// any LinearInput into out of x's dtype, Plain or RmsNorm into fp32 out (the LM head); the
-// gated norm only with one group (norm_group = K). False (nothing launched) otherwise.
+// Backend::linear (ops.h) in the same kernel, the residual add folded in: Plain into out of x's
+// dtype or fp32 (the LM head), SwiGlu into out of x's dtype. False (nothing launched) otherwise:
+// the norms run as their own kernels first (CudaBackend::linear).
 bool skinny_linear(const LinearParams& p, cudaStream_t stream);
 
 // out[T, N] = x[T, K] w[N, K]^T (+ bias) through cuBLASLt: bf16 x bf16 on the tensor cores with

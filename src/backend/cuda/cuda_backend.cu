@@ -447,9 +447,10 @@ void CudaBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, c
   impl_->gemm->run(x, w, bias, out);
 }
 
-// Decode sizes: one weight-streaming kernel with the input transform and the residual add
-// folded in (skinny_gemm.cu). Larger batches: the norm as its own kernel, then cuBLASLt, which
-// adds into the residual stream itself (β = 1); what neither covers is composed (ops.h).
+// Decode sizes: the input transform as its own kernel where the weight-streaming kernel
+// (skinny_gemm.cu) does not fold it (the norms), then that kernel with the residual add folded
+// in. Larger batches: the transform, then cuBLASLt, which adds into the residual stream itself
+// (β = 1); what neither covers is composed (ops.h).
 void CudaBackend::linear(const LinearParams& p) {
   const int64_t t = p.x.shape[0], n = p.w.shape[0], k = p.w.shape[1];
   const bool swiglu = p.input == LinearInput::SwiGlu;
@@ -467,12 +468,18 @@ void CudaBackend::linear(const LinearParams& p) {
     STATELM_CUDA_LAUNCHED("linear (decode) x ", p.x.describe(), " w ", p.w.describe(), " out ", p.out.describe());
     return;
   }
-  if (!p.accumulate) return Backend::linear(p);
-  const Tensor in = linear_input(p);
-  if (impl_->gemm->run_accumulate(in, p.w, p.bias, p.out)) return;
-  STATELM_CHECK(p.out_scratch.defined(), "linear: accumulating needs out_scratch for the product");
-  matmul(in, p.w, p.bias, p.out_scratch);
-  add(p.out, p.out_scratch);
+  LinearParams q = p;  // the input transform as its own kernel, then the product (and the add)
+  q.x = linear_input(p);
+  q.input = LinearInput::Plain;
+  if (cuda::skinny_linear(q, impl_->stream)) {
+    STATELM_CUDA_LAUNCHED("linear (decode) x ", q.x.describe(), " w ", q.w.describe(), " out ", q.out.describe());
+    return;
+  }
+  if (!q.accumulate) return matmul(q.x, q.w, q.bias, q.out);
+  if (impl_->gemm->run_accumulate(q.x, q.w, q.bias, q.out)) return;
+  STATELM_CHECK(q.out_scratch.defined(), "linear: accumulating needs out_scratch for the product");
+  matmul(q.x, q.w, q.bias, q.out_scratch);
+  add(q.out, q.out_scratch);
 }
 
 void CudaBackend::swiglu(const Tensor& gate_up, const Tensor& out) {

@@ -8,19 +8,22 @@
 // one warp per two features walked K in 4 dependent batches and reached only 2.2-3 TB/s (the
 // 257 MB LM head 4.2). Here a block of 128 threads takes kRows features and splits K between its
 // threads, so each thread issues all of its 16-byte weight loads at once (K ≤ 4096 bf16) and
-// waits once; x (T rows, small) comes through L1; fp32 partial sums are reduced across the
-// block and the bias is added on the way out.
+// waits once; x (T rows, small) comes through L1 (coherent loads: see load_activation); fp32
+// partial sums are reduced across the block and the bias is added on the way out.
 //
 // Launched as a programmatic dependent launch (pdl.cuh): each thread's first batch of weight loads
 // is issued before the kernel waits for the one ahead, and each block lets the next linear layer
 // launch at once, so in a decode step one matrix's weight stream overlaps the tail of the one
 // before and the small kernels between them.
 //
-// Backend::linear's input transforms and residual add are folded in (skinny_linear): the RMSNorm
-// of a block's input (each block first sums the squares of the few rows of x, then normalizes
-// them as it loads them), Mamba-2's gated norm (one group), SwiGLU of the MLP's down
-// projection, and out += product. A decode step of a pre-norm block then has no norm or add
-// kernel left: a Mamba-2 layer is in_proj, conv, SSD, out_proj.
+// Backend::linear's residual add (out += product, the residual prefetched at the start) and
+// SwiGLU of the MLP's down projection are folded in (skinny_linear). The norms are not: folded in
+// (each block summing the squares of x first, then normalizing as it loads) they were measured
+// slower than a norm kernel ahead of the product on the H200 — the 2.7B Mamba-2 decode step
+// 2.61 vs 2.58 ms with the RMSNorm folded in, 3.21 vs 2.55 ms with the gated norm (5120 channels
+// re-gated by every block); Llama 2.5B 2.54 vs 2.47 ms. Each block is a chain of memory round
+// trips and a decode GEMM runs several waves of blocks, so a round trip added to a block costs
+// more than the launch of a small kernel it saves.
 //
 // Used when T ≤ kMaxTokens and every row is 16-byte aligned (K, the strides and the pointers);
 // Gemm::run sends everything else to cuBLASLt, and CudaBackend::linear composes the other cases.
@@ -54,15 +57,22 @@ __device__ __forceinline__ void unpack(const uint4& v, float (&out)[16 / sizeof(
   }
 }
 
-// What the kernel reads: x and, per LinearInput, the gate and the norm weight.
+// A 16-byte load of an activation: a coherent load, issued where it stands. x is written by the
+// kernel ahead, which may still run until pdl_wait() returns; a non-coherent load (__ldg,
+// ld.global.nc) promises data that is read-only for the whole kernel, and the compiler may hoist
+// it above the wait (it did, once the prepass below was unrolled: decode steps read stale x).
+__device__ __forceinline__ uint4 load_activation(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));  // volatile: stays after griddepcontrol.wait (also volatile asm)
+  return v;
+}
+
 template <typename T, typename TO>
 struct SkinnyArgs {
   const T* x;
   int64_t ldx;
-  const T* gate;         // GatedRmsNorm
-  int64_t ldgate;
-  const float* norm_w;   // RmsNorm, GatedRmsNorm
-  float eps;
   const T* w;
   int64_t ldw;
   TO* out;
@@ -72,79 +82,19 @@ struct SkinnyArgs {
   bool accumulate;       // out += product
 };
 
-// The V elements of 16-byte vector v of token m, before the norm's scale: x, or x * silu(gate).
+// in(x) for the V elements of 16-byte vector v of token m (LinearInput in ops.h: Plain or SwiGlu),
+// rounded to T as the SwiGLU kernel rounds what it writes, so that a decode step multiplies the
+// operands a prefill chunk does.
 template <LinearInput kIn, typename T, typename TO>
-__device__ __forceinline__ void load_vector(const SkinnyArgs<T, TO>& a, int m, int v, float (&xf)[16 / sizeof(T)]) {
+__device__ __forceinline__ void input_vector(const SkinnyArgs<T, TO>& a, int m, int v, float (&xf)[16 / sizeof(T)]) {
   constexpr int V = 16 / sizeof(T);
   const uint4* xr = reinterpret_cast<const uint4*>(a.x + m * a.ldx);
-  unpack<T>(__ldg(xr + v), xf);
+  unpack<T>(load_activation(xr + v), xf);
   if constexpr (kIn == LinearInput::SwiGlu) {
     float up[V];
-    unpack<T>(__ldg(xr + a.K / V + v), up);
+    unpack<T>(load_activation(xr + a.K / V + v), up);
 #pragma unroll
-    for (int j = 0; j < V; ++j) xf[j] = silu(xf[j]) * up[j];
-  } else if constexpr (kIn == LinearInput::GatedRmsNorm) {
-    float z[V];
-    unpack<T>(__ldg(reinterpret_cast<const uint4*>(a.gate + m * a.ldgate) + v), z);
-#pragma unroll
-    for (int j = 0; j < V; ++j) xf[j] *= silu(z[j]);
-  }
-}
-
-// in(x) for vector v of token m (LinearInput in ops.h), rounded to T as the composed path's norm
-// or SwiGLU kernel rounds what it writes: a decode step multiplies the very operands a prefill
-// chunk does, so the two agree as closely as before the fusion (the MoE router's top-k of a
-// later layer is not moved by a rounding the other path lacks). inv: the token's 1/rms.
-template <LinearInput kIn, typename T, typename TO>
-__device__ __forceinline__ void input_vector(const SkinnyArgs<T, TO>& a, int m, int v, float inv,
-                                             float (&xf)[16 / sizeof(T)]) {
-  constexpr int V = 16 / sizeof(T);
-  load_vector<kIn>(a, m, v, xf);
-  if constexpr (kIn == LinearInput::RmsNorm || kIn == LinearInput::GatedRmsNorm) {
-    const float4* g = reinterpret_cast<const float4*>(a.norm_w + v * V);
-#pragma unroll
-    for (int q = 0; q < V / 4; ++q) {
-      const float4 gq = __ldg(g + q);
-      const float gs[4] = {gq.x, gq.y, gq.z, gq.w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) xf[4 * q + j] = gs[j] * (xf[4 * q + j] * inv);
-    }
-  }
-  if constexpr (kIn != LinearInput::Plain) {
-#pragma unroll
-    for (int j = 0; j < V; ++j) xf[j] = to_f32(from_f32<T>(xf[j]));
-  }
-}
-
-// Per token, 1/rms of the norm's input over the K channels (RmsNorm: x; GatedRmsNorm:
-// x * silu(gate)), as norm.cu computes it: the block's threads sum the squares of their own
-// vectors (those they multiply next, which this pass leaves in L1), then reduce across the block.
-template <LinearInput kIn, typename T, typename TO, int M>
-__device__ __forceinline__ void inverse_rms(const SkinnyArgs<T, TO>& a, int vectors, float (&inv)[M]) {
-  constexpr int V = 16 / sizeof(T);
-  __shared__ float sums[kThreads / 32][M];
-  float ss[M] = {};
-  for (int v = threadIdx.x; v < vectors; v += kThreads)
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float xf[V];
-      load_vector<kIn>(a, m, v, xf);
-#pragma unroll
-      for (int j = 0; j < V; ++j) ss[m] = fmaf(xf[j], xf[j], ss[m]);
-    }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    const float s = warp_sum(ss[m]);
-    if (lane == 0) sums[warp][m] = s;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    float s = 0.0f;
-#pragma unroll
-    for (int q = 0; q < kThreads / 32; ++q) s += sums[q][m];
-    inv[m] = 1.0f / sqrtf(s / float(a.K) + a.eps);
+    for (int j = 0; j < V; ++j) xf[j] = to_f32(from_f32<T>(silu(xf[j]) * up[j]));
   }
 }
 
@@ -154,7 +104,6 @@ __device__ __forceinline__ void inverse_rms(const SkinnyArgs<T, TO>& a, int vect
 template <typename T, typename TO, int M, LinearInput kIn>
 __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(SkinnyArgs<T, TO> a) {
   constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
-  constexpr bool kNorm = kIn == LinearInput::RmsNorm || kIn == LinearInput::GatedRmsNorm;
   __shared__ float partial[kThreads / 32][M * kRows];
   // The next linear layer (a dependent launch) may start streaming its weights now.
   pdl_allow_dependents();
@@ -163,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(SkinnyArgs<T, TO>
   const T* wr[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) wr[r] = a.w + int64_t(min(n0 + r, N - 1)) * a.ldw;  // a row past N is read, not stored
-  float acc[M][kRows] = {}, inv[M];
+  float acc[M][kRows] = {};
   uint4 wv[kBatch][kRows];
   auto load_weights = [&](int v0) {
 #pragma unroll
@@ -178,7 +127,12 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(SkinnyArgs<T, TO>
   // programmatic dependent launch, pdl.cuh): x is read only after it.
   load_weights(threadIdx.x);
   pdl_wait();
-  if constexpr (kNorm) inverse_rms<kIn>(a, vectors, inv);
+  // The residual this block adds into, fetched now rather than after the reduction at the end (a
+  // round trip there is a microsecond on every block of the last wave). Thread i < M·kRows
+  // stores output i.
+  float residual = 0.0f;
+  if (a.accumulate && int(threadIdx.x) < M * kRows && n0 + int(threadIdx.x) % kRows < N)
+    residual = to_f32(a.out[(int(threadIdx.x) / kRows) * a.ldo + n0 + int(threadIdx.x) % kRows]);
   for (int v0 = threadIdx.x; v0 < vectors; v0 += kBatch * kThreads) {
     if (v0 != int(threadIdx.x)) load_weights(v0);
 #pragma unroll
@@ -188,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(SkinnyArgs<T, TO>
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[V];
-        input_vector<kIn>(a, m, v, kNorm ? inv[m] : 1.0f, xf);
+        input_vector<kIn>(a, m, v, xf);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
           float wf[V];
@@ -208,16 +162,14 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(SkinnyArgs<T, TO>
       if (lane == 0) partial[warp][m * kRows + r] = s;
     }
   __syncthreads();
-  for (int i = threadIdx.x; i < M * kRows; i += kThreads) {
-    const int m = i / kRows, r = i % kRows;
-    if (n0 + r >= N) continue;
+  static_assert(M * kRows <= kThreads, "one output per thread");
+  const int i = threadIdx.x, m = i / kRows, r = i % kRows;
+  if (i < M * kRows && n0 + r < N) {
     float sum = 0.0f;
 #pragma unroll
     for (int q = 0; q < kThreads / 32; ++q) sum += partial[q][i];
     if (a.bias) sum += a.bias[n0 + r];
-    TO* o = a.out + m * a.ldo + n0 + r;
-    if (a.accumulate) sum += to_f32(*o);
-    *o = from_f32<TO>(sum);
+    a.out[m * a.ldo + n0 + r] = from_f32<TO>(sum + residual);
   }
 }
 
@@ -236,27 +188,21 @@ void launch_for_tokens(int64_t tokens, const SkinnyArgs<T, TO>& a, cudaStream_t 
   }
 }
 
-// The inputs this kernel fuses, per out dtype: any input into an output of x's dtype (the
-// block's projections and their residual adds); a norm or nothing into fp32 (the LM head).
+// The inputs this kernel folds in: none into out of either dtype (fp32: the LM head), SwiGLU
+// into out of x's dtype (the MLP's down projection).
 template <typename T, typename TO>
 bool launch_input(LinearInput input, const SkinnyArgs<T, TO>& a, int64_t tokens, cudaStream_t stream) {
-  switch (input) {
-    case LinearInput::Plain: launch_for_tokens<T, TO, LinearInput::Plain>(tokens, a, stream); return true;
-    case LinearInput::RmsNorm: launch_for_tokens<T, TO, LinearInput::RmsNorm>(tokens, a, stream); return true;
-    case LinearInput::GatedRmsNorm:
-      if constexpr (std::is_same_v<T, TO>) {
-        launch_for_tokens<T, TO, LinearInput::GatedRmsNorm>(tokens, a, stream);
-        return true;
-      }
-      return false;
-    case LinearInput::SwiGlu:
-      if constexpr (std::is_same_v<T, TO>) {
-        launch_for_tokens<T, TO, LinearInput::SwiGlu>(tokens, a, stream);
-        return true;
-      }
-      return false;
+  if (input == LinearInput::Plain) {
+    launch_for_tokens<T, TO, LinearInput::Plain>(tokens, a, stream);
+    return true;
   }
-  return false;
+  if constexpr (std::is_same_v<T, TO>) {
+    if (input == LinearInput::SwiGlu) {
+      launch_for_tokens<T, TO, LinearInput::SwiGlu>(tokens, a, stream);
+      return true;
+    }
+  }
+  return false;  // the norms: see the top of this file
 }
 
 bool aligned16(const Tensor& t, size_t es) { return aligned_for(t.data, t.stride[0], es, 16); }
@@ -271,10 +217,7 @@ bool skinny_linear(const LinearParams& p, cudaStream_t stream) {
   if (p.bias.defined() && (p.bias.dtype != DType::F32 || !p.bias.is_contiguous())) return false;
   const size_t es = dtype_size(x.dtype);
   if ((size_t(K) * es) % 16 || !aligned16(x, es) || !aligned16(w, es)) return false;
-  const bool norm = p.input == LinearInput::RmsNorm || p.input == LinearInput::GatedRmsNorm;
-  if (norm && (!p.norm_weight.is_contiguous() || reinterpret_cast<uintptr_t>(p.norm_weight.data) % 16)) return false;
-  if (p.input == LinearInput::GatedRmsNorm && (p.norm_group != K || p.gate.dtype != x.dtype || !aligned16(p.gate, es)))
-    return false;  // one group: a per-group scale would not factor out of the product
+  if (p.input != LinearInput::Plain && p.input != LinearInput::SwiGlu) return false;
   if (p.accumulate && out.dtype != x.dtype) return false;
   bool launched = false;
   dispatch_float(x.dtype, "linear", [&](auto in_tag) {
@@ -284,9 +227,6 @@ bool skinny_linear(const LinearParams& p, cudaStream_t stream) {
       SkinnyArgs<T_, TO> a{};
       a.x = x.ptr<const T_>();
       a.ldx = x.stride[0];
-      if (p.gate.defined()) a.gate = p.gate.ptr<const T_>(), a.ldgate = p.gate.stride[0];
-      if (norm) a.norm_w = p.norm_weight.ptr<const float>();
-      a.eps = p.norm_eps;
       a.w = w.ptr<const T_>();
       a.ldw = w.stride[0];
       a.out = out.ptr<TO>();
