@@ -34,63 +34,11 @@ namespace {
 enum : size_t { kHidden, kNormed, kBlockOut, kLogitsIn, kLogits, kMixer };
 }  // namespace
 
-// The ends of a pre-norm block. Its first linear layer reads norm(h) and its last adds into h;
-// both are Backend::linear calls, so a backend can fold the norm and the residual add into the
-// products (CUDA does at decode sizes). Where the block before left its output in y instead
-// (MoE, or a debug hook that dumps block outputs), the add and the norm run as one op first.
-void Forward::input_linear(const Tensor& norm_weight, const Tensor& w, const Tensor& bias, const Tensor& out) {
-  if (pending_) {
-    backend_.add_rms_norm(h_, y_, norm_weight, spec_.norm_eps, x_);
-    pending_ = false;
-    return backend_.matmul(x_, w, bias, out);
-  }
-  LinearParams p;
-  p.x = h_;
-  p.input = LinearInput::RmsNorm;
-  p.norm_weight = norm_weight;
-  p.norm_eps = spec_.norm_eps;
-  p.w = w;
-  p.bias = bias;
-  p.out = out;
-  p.in_scratch = x_;
-  backend_.linear(p);
-}
-
-// x = norm(h), materialized: for blocks that read their input more than once (MoE).
-void Forward::normed_input(const Tensor& norm_weight) {
-  if (pending_) backend_.add_rms_norm(h_, y_, norm_weight, spec_.norm_eps, x_);
-  else backend_.rms_norm(h_, norm_weight, spec_.norm_eps, x_);
-  pending_ = false;
-}
-
-void Forward::output_linear(LinearParams p) {
-  if (debug_) {  // keep the block's output in y for the dump; it is added at the next norm
-    p.out = y_;
-    p.accumulate = false;
-    pending_ = true;
-  } else {
-    p.out = h_;
-    p.accumulate = true;
-    p.out_scratch = y_;
-  }
-  backend_.linear(p);
-}
-
-namespace {
-LinearParams plain_linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
-  LinearParams p;
-  p.x = x;
-  p.w = w;
-  p.bias = bias;
-  return p;
-}
-}  // namespace
-
 void Forward::mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b,
-                     const Tensor& norm, int64_t layer) {
+                     const Tensor& x, const Tensor& out, int64_t layer) {
   const int64_t T = b.n_tokens, Di = m.d_inner, N = m.d_state, R = m.dt_rank;
   Tensor xz = scratch(kMixer, {T, 2 * Di});  // [T, 2Di] = x | z
-  input_linear(norm, w.in_proj, w.in_proj_bias, xz);
+  backend_.matmul(x, w.in_proj, w.in_proj_bias, xz);
   Tensor u = scratch(kMixer + 1, {T, Di});  // conv + SiLU of the x half
   backend_.conv1d({xz.cols(0, Di), w.conv, w.conv_bias, c.conv, u, true}, b);
   Tensor dbc = scratch(kMixer + 2, {T, R + 2 * N});  // [T, R + 2N] = dt | B | C
@@ -108,14 +56,14 @@ void Forward::mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCac
   Tensor y = scratch(kMixer + 7, {T, Di});
   backend_.selective_scan({u, delta, w.dt_proj_bias, w.A, B, C, w.D, xz.cols(Di, Di), c.ssm, y}, b);
   dump(layer, "mamba1_scan", y);
-  output_linear(plain_linear(y, w.out_proj, w.out_proj_bias));
+  backend_.matmul(y, w.out_proj, w.out_proj_bias, out);
 }
 
 void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCaches& c, const BatchView& b,
-                     const Tensor& norm, int64_t layer) {
+                     const Tensor& x, const Tensor& out, int64_t layer) {
   const int64_t T = b.n_tokens, Di = m.d_inner, GN = m.n_groups * m.d_state, H = m.n_heads, conv_dim = m.conv_dim();
   Tensor zxbcdt = scratch(kMixer, {T, m.in_proj_dim()});  // [T, Di | Di + 2GN | H] = z | xBC | dt
-  input_linear(norm, w.in_proj, w.in_proj_bias, zxbcdt);
+  backend_.matmul(x, w.in_proj, w.in_proj_bias, zxbcdt);
   Tensor xbc = scratch(kMixer + 1, {T, conv_dim});  // conv + SiLU of xBC
   backend_.conv1d({zxbcdt.cols(Di, conv_dim), w.conv, w.conv_bias, c.conv, xbc, true}, b);
   SsdParams p;
@@ -137,21 +85,16 @@ void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCac
   dump(layer, "mamba2_dt", p.dt);
   backend_.ssd(p, b);
   dump(layer, "mamba2_ssd", y);
-  LinearParams o = plain_linear(y, w.out_proj, w.out_proj_bias);  // out_proj(gated_norm(y, z))
-  o.input = LinearInput::GatedRmsNorm;
-  o.gate = zxbcdt.cols(0, Di);
-  o.norm_weight = w.norm;
-  o.norm_eps = m.norm_eps;
-  o.norm_group = m.norm_group_size;
-  o.in_scratch = scratch(kMixer + 3, {T, Di});
-  output_linear(o);
+  Tensor gated = scratch(kMixer + 3, {T, Di});
+  backend_.gated_rms_norm(y, zxbcdt.cols(0, Di), w.norm, m.norm_group_size, m.norm_eps, gated);
+  backend_.matmul(gated, w.out_proj, w.out_proj_bias, out);
 }
 
 void Forward::attention(const AttentionDims& a, const AttentionWeights& w, const LayerCaches& c, const BatchView& b,
-                        const Tensor& norm, int64_t layer) {
+                        const Tensor& x, const Tensor& out, int64_t layer) {
   const int64_t T = b.n_tokens, Dh = a.head_dim, qd = a.n_heads * Dh, kvd = a.n_kv_heads * Dh;
   Tensor qkv = scratch(kMixer, {T, qd + 2 * kvd});  // [T, q | k | v]
-  input_linear(norm, w.qkv, w.qkv_bias, qkv);
+  backend_.matmul(x, w.qkv, w.qkv_bias, qkv);
   Tensor q = qkv.cols(0, qd).unflatten_last(a.n_heads, Dh);
   Tensor k = qkv.cols(qd, kvd).unflatten_last(a.n_kv_heads, Dh);
   Tensor v = qkv.cols(qd + kvd, kvd).unflatten_last(a.n_kv_heads, Dh);
@@ -160,17 +103,16 @@ void Forward::attention(const AttentionDims& a, const AttentionWeights& w, const
   AttentionParams p{q, k, v, c.k, c.v, o.unflatten_last(a.n_heads, Dh), 1.0f / std::sqrt(float(Dh))};
   backend_.attention(p, b);
   dump(layer, "attention", o);
-  output_linear(plain_linear(o, w.o, w.o_bias));
+  backend_.matmul(o, w.o, w.o_bias, out);
 }
 
-void Forward::mlp(const MlpDims& m, const MlpWeights& w, const Tensor& norm) {
-  const int64_t T = h_.shape[0];
+void Forward::mlp(const MlpDims& m, const MlpWeights& w, const Tensor& x, const Tensor& out) {
+  const int64_t T = x.shape[0];
   Tensor gu = scratch(kMixer, {T, 2 * m.d_ff});
-  input_linear(norm, w.gate_up, w.gate_up_bias, gu);
-  LinearParams down = plain_linear(gu, w.down, w.down_bias);  // down(silu(gate) * up)
-  down.input = LinearInput::SwiGlu;
-  down.in_scratch = scratch(kMixer + 1, {T, m.d_ff});
-  output_linear(down);
+  backend_.matmul(x, w.gate_up, w.gate_up_bias, gu);
+  Tensor act = scratch(kMixer + 1, {T, m.d_ff});
+  backend_.swiglu(gu, act);
+  backend_.matmul(act, w.down, w.down_bias, out);
 }
 
 std::vector<float> Forward::run(const ForwardBatch& fb, std::span<const LayerCaches> caches) {
@@ -207,55 +149,52 @@ Tensor Forward::run_device(const ForwardBatch& fb, std::span<const LayerCaches> 
   b.key_capacity = fb.key_capacity;
   backend_.prepare_batch(b);  // a device backend copies spans and block tables over, once
 
-  h_ = scratch(kHidden, {T, D});    // residual stream [T, D]
-  x_ = scratch(kNormed, {T, D});    // normed input of a block, where it is materialized
-  y_ = scratch(kBlockOut, {T, D});  // block output not yet added to h (pending_)
-  pending_ = false;
-  backend_.embed(fb.tokens, weights_.embedding, h_);
-  dump(-1, "embedding", h_);
+  Tensor h = scratch(kHidden, {T, D});       // residual stream [T, D]
+  Tensor x = scratch(kNormed, {T, D});       // normed input of the next block
+  Tensor y = scratch(kBlockOut, {T, D});     // block output, added to h
+  backend_.embed(fb.tokens, weights_.embedding, h);
+  dump(-1, "embedding", h);
+  bool pending = false;  // y holds a block output not yet added to h
+  auto norm_into_x = [&](const Tensor& weight) {
+    if (pending) backend_.add_rms_norm(h, y, weight, spec_.norm_eps, x);
+    else backend_.rms_norm(h, weight, spec_.norm_eps, x);
+    pending = false;
+  };
   for (size_t i = 0; i < spec_.layers.size(); ++i) {
     const LayerSpec& ls = spec_.layers[i];
     const LayerWeights& lw = weights_.layers[i];
     const int64_t layer = int64_t(i);
-    if (auto* m1 = std::get_if<Mamba1Dims>(&ls.mixer)) mamba1(*m1, lw.mamba1, caches[i], b, lw.mixer_norm, layer);
-    else if (auto* m2 = std::get_if<Mamba2Dims>(&ls.mixer)) mamba2(*m2, lw.mamba2, caches[i], b, lw.mixer_norm, layer);
-    else attention(std::get<AttentionDims>(ls.mixer), lw.attention, caches[i], b, lw.mixer_norm, layer);
-    if (pending_) dump(layer, "mixer_out", y_);
+    norm_into_x(lw.mixer_norm);
+    if (auto* m1 = std::get_if<Mamba1Dims>(&ls.mixer)) mamba1(*m1, lw.mamba1, caches[i], b, x, y, layer);
+    else if (auto* m2 = std::get_if<Mamba2Dims>(&ls.mixer)) mamba2(*m2, lw.mamba2, caches[i], b, x, y, layer);
+    else attention(std::get<AttentionDims>(ls.mixer), lw.attention, caches[i], b, x, y, layer);
+    pending = true;
+    dump(layer, "mixer_out", y);
     if (ls.ffn_kind() != FfnKind::None) {
-      if (auto* mlp_dims = std::get_if<MlpDims>(&ls.ffn)) {
-        mlp(*mlp_dims, lw.mlp, lw.ffn_norm);
-      } else {
+      norm_into_x(lw.ffn_norm);
+      if (auto* mlp_dims = std::get_if<MlpDims>(&ls.ffn)) mlp(*mlp_dims, lw.mlp, x, y);
+      else {
         const auto& moe = std::get<MoeDims>(ls.ffn);
-        normed_input(lw.ffn_norm);
-        backend_.moe({x_, lw.moe.router, lw.moe.gate_up, lw.moe.down, moe.top_k, moe.renormalize, y_});
-        pending_ = true;
+        backend_.moe({x, lw.moe.router, lw.moe.gate_up, lw.moe.down, moe.top_k, moe.renormalize, y});
       }
-      if (pending_) dump(layer, "ffn_out", y_);
+      pending = true;
+      dump(layer, "ffn_out", y);
     }
   }
   // Final norm and LM head on the rows that need logits: every token's, or each span's last.
   const int64_t rows = fb.all_logits ? T : int64_t(fb.spans.size());
   Tensor last = scratch(kLogitsIn, {rows, D});
-  Tensor logits = scratch(kLogits, {rows, V}, DType::F32);
-  if (rows == T && !pending_) {  // all tokens, or a decode batch (one token per span): norm in the LM head
-    LinearParams p = plain_linear(h_, weights_.lm_head, Tensor{});
-    p.input = LinearInput::RmsNorm;
-    p.norm_weight = weights_.final_norm;
-    p.norm_eps = spec_.norm_eps;
-    p.out = logits;
-    p.in_scratch = last;
-    backend_.linear(p);
-    return logits;
-  }
-  if (rows == T) {
-    backend_.add_rms_norm(h_, y_, weights_.final_norm, spec_.norm_eps, last);
+  if (rows == T) {  // all tokens, or a decode batch (one token per span): one fused launch
+    if (pending) backend_.add_rms_norm(h, y, weights_.final_norm, spec_.norm_eps, last);
+    else backend_.rms_norm(h, weights_.final_norm, spec_.norm_eps, last);
   } else {
-    if (pending_) backend_.add(h_, y_);
+    if (pending) backend_.add(h, y);
     for (int64_t s = 0; s < rows; ++s) {  // gather each span's last token
       const SeqSpan& sp = fb.spans[size_t(s)];
-      backend_.rms_norm(h_.rows(sp.start + sp.len - 1, 1), weights_.final_norm, spec_.norm_eps, last.rows(s, 1));
+      backend_.rms_norm(h.rows(sp.start + sp.len - 1, 1), weights_.final_norm, spec_.norm_eps, last.rows(s, 1));
     }
   }
+  Tensor logits = scratch(kLogits, {rows, V}, DType::F32);
   backend_.matmul(last, weights_.lm_head, Tensor{}, logits);
   return logits;
 }

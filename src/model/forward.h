@@ -52,18 +52,13 @@ class Forward {
   bool has_debug_hook() const { return bool(debug_); }
 
  private:
-  // Each block gets the weight of its pre-norm; it reads norm(h) and adds its output into h
-  // through input_linear / output_linear (or normed_input and y_ for MoE).
-  void mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b,
-              const Tensor& norm, int64_t layer);
-  void mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCaches& c, const BatchView& b,
-              const Tensor& norm, int64_t layer);
+  void mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b, const Tensor& x,
+              const Tensor& out, int64_t layer);
+  void mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCaches& c, const BatchView& b, const Tensor& x,
+              const Tensor& out, int64_t layer);
   void attention(const AttentionDims& a, const AttentionWeights& w, const LayerCaches& c, const BatchView& b,
-                 const Tensor& norm, int64_t layer);
-  void mlp(const MlpDims& m, const MlpWeights& w, const Tensor& norm);
-  void input_linear(const Tensor& norm_weight, const Tensor& w, const Tensor& bias, const Tensor& out);
-  void output_linear(LinearParams p);
-  void normed_input(const Tensor& norm_weight);
+                 const Tensor& x, const Tensor& out, int64_t layer);
+  void mlp(const MlpDims& m, const MlpWeights& w, const Tensor& x, const Tensor& out);
   Tensor scratch(size_t index, std::initializer_list<int64_t> shape);
   Tensor scratch(size_t index, std::initializer_list<int64_t> shape, DType dtype);
   void dump(int64_t layer, const char* name, const Tensor& t) const {
@@ -75,10 +70,6 @@ class Forward {
   Backend& backend_;
   std::vector<Buffer> scratch_;
   DebugHook debug_;
-  // The residual stream, a block's materialized normed input, and a block output not yet added
-  // to h (pending_): views into scratch for the forward that runs.
-  Tensor h_, x_, y_;
-  bool pending_ = false;
 };
 
 }  // namespace statelm

@@ -122,35 +122,6 @@ struct MoeParams {
   Tensor out;      // [T, D]
 };
 
-// A linear layer with what a pre-norm block does around it, so that a backend can fold the
-// transform of its input and the residual add into the product (a decode step then reads the
-// activations once inside the weight-streaming kernel instead of running a norm kernel and an
-// add kernel around it). out = in(x) · wᵀ (+ bias), or out += that when accumulate, where in(x):
-enum class LinearInput : uint8_t {
-  Plain,         // x                                                  x: [T, K]
-  RmsNorm,       // rms_norm(x) * norm_weight                          x: [T, K]
-  GatedRmsNorm,  // rms_norm(x * silu(gate)) * norm_weight, the mean square per group of
-                 // norm_group channels (Mamba-2's gated norm)         x, gate: [T, K]
-  SwiGlu,        // silu(x[:, :K]) * x[:, K:]                          x: [T, 2K]
-};
-
-struct LinearParams {
-  Tensor x;
-  LinearInput input = LinearInput::Plain;
-  Tensor gate;         // GatedRmsNorm
-  Tensor norm_weight;  // RmsNorm, GatedRmsNorm: [K] fp32
-  float norm_eps = 0.0f;
-  int64_t norm_group = 0;  // GatedRmsNorm: channels per group (K: one group)
-  Tensor w;                // [N, K]
-  Tensor bias;             // [N] fp32 or undefined
-  Tensor out;              // [T, N]
-  bool accumulate = false;  // out += product (the residual stream), instead of out = product
-  // Where the composed path (Backend::linear) puts in(x), [T, K] in x's dtype, and, when
-  // accumulating, the product before it is added, [T, N] in out's dtype. A backend that fuses
-  // may leave them untouched.
-  Tensor in_scratch, out_scratch;
-};
-
 // One row of Backend::sample: the filters of one sequence's next token (runtime/sampler.h has
 // the user-facing SamplingParams) and the coordinates of its random draw. What token a row gets
 // is defined exactly in ops/sampling_math.h, so every backend draws the same one.
@@ -221,9 +192,6 @@ class Backend {
                               const Tensor& out) = 0;
   // out[T, N] = x[T, K] w[N, K]^T (+ bias[N]); weights are stored as transformers stores them.
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) = 0;
-  // LinearParams above. This default composes the ops of this class (a norm into in_scratch,
-  // matmul, add); a backend overrides it where it can fuse.
-  virtual void linear(const LinearParams& p);
   // out[T, F] = silu(gate_up[:, :F]) * gate_up[:, F:].
   virtual void swiglu(const Tensor& gate_up, const Tensor& out) = 0;
   // acc += x.
@@ -240,10 +208,6 @@ class Backend {
   // [n, vocab] on this backend): repetition penalty -> temperature -> top-k -> top-p -> min-p ->
   // draw, as transformers orders them. The logits are not modified; only the ids reach the host.
   virtual void sample(const Tensor& logits, std::span<const SampleRow> rows, std::span<int32_t> out_ids) = 0;
-
- protected:
-  // in(x) of a LinearParams: x itself (Plain), or the transform written into p.in_scratch.
-  Tensor linear_input(const LinearParams& p);
 };
 
 }  // namespace statelm

@@ -151,52 +151,6 @@ TEST(OpsCoreMatmul, MatchesReferenceForEveryRowCount) {
     }
 }
 
-// Backend::linear: each input transform of a block's linear layer, with and without the residual
-// add, against the reference ops composed by hand.
-TEST(OpsCoreLinear, EveryInputTransformWithAndWithoutAccumulate) {
-  std::mt19937 rng(109);
-  const int64_t K = 45, N = 29;
-  for (LinearInput input : {LinearInput::Plain, LinearInput::RmsNorm, LinearInput::GatedRmsNorm, LinearInput::SwiGlu})
-    for (bool accumulate : {false, true})
-      for (int64_t T : {1, 7}) {
-        const std::string what = "input " + std::to_string(int(input)) + (accumulate ? " accumulate" : "") +
-                                 " T=" + std::to_string(T);
-        const int64_t x_cols = input == LinearInput::SwiGlu ? 2 * K : K;
-        Wide x(rng, T, x_cols + 3, -2.0f, 2.0f), gate(rng, T, K, -2.0f, 2.0f), out(rng, T, N), in(rng, T, K),
-            product(rng, T, N);
-        std::vector<float> w = random_vector(rng, size_t(N * K), -1.0f, 1.0f);
-        std::vector<float> b = random_vector(rng, size_t(N), -1.0f, 1.0f);
-        std::vector<float> g = random_vector(rng, size_t(K), 0.5f, 1.5f);
-        const int64_t group = K / 3;
-        LinearParams p;
-        p.x = x.cols(1, x_cols);
-        p.input = input;
-        p.gate = gate.full;
-        p.norm_weight = vec_tensor(g);
-        p.norm_eps = 1e-5f;
-        p.norm_group = group;
-        p.w = Tensor::contiguous(w.data(), DType::F32, {N, K});
-        p.bias = vec_tensor(b);
-        p.out = out.full;
-        p.accumulate = accumulate;
-        p.in_scratch = in.full;
-        p.out_scratch = product.full;
-
-        const std::vector<float> xs = gather(p.x);
-        std::vector<float> transformed = xs;
-        if (input == LinearInput::RmsNorm) transformed = ref::rms_norm(xs, g, T, K, 1e-5);
-        if (input == LinearInput::GatedRmsNorm) transformed = ref::gated_rms_norm(xs, gather(gate.full), g, T, K, group, 1e-5);
-        if (input == LinearInput::SwiGlu) transformed = ref::swiglu(xs, T, K);
-        std::vector<float> want = ref::matmul(transformed, w, b, T, K, N);
-        if (accumulate) {
-          const std::vector<float> before = gather(out.full);
-          for (size_t i = 0; i < want.size(); ++i) want[i] += before[i];
-        }
-        CpuBackend().linear(p);
-        expect_close(gather(out.full), want, 1e-5, what);
-      }
-}
-
 // A row's output is the same bits whether it is computed alone, in a group of 5, or among 13.
 TEST(OpsCoreMatmul, RowsAreBatchInvariant) {
   if (const char* e = std::getenv("STATELM_CPU_GEMM"); e && std::string(e) == "openblas")

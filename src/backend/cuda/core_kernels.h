@@ -44,10 +44,6 @@ void add_bias(const Tensor& out, const Tensor& bias, cudaStream_t stream);
 // the shapes or alignments do not allow it.
 constexpr int kSkinnyMaxTokens = 8;
 bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream);
-// Backend::linear (ops.h) in the same kernel, the residual add folded in: Plain into out of x's
-// dtype or fp32 (the LM head), SwiGlu into out of x's dtype. False (nothing launched) otherwise:
-// the norms run as their own kernels first (CudaBackend::linear).
-bool skinny_linear(const LinearParams& p, cudaStream_t stream);
 
 // out[T, N] = x[T, K] w[N, K]^T (+ bias) through cuBLASLt: bf16 x bf16 on the tensor cores with
 // fp32 accumulation and bf16 or fp32 out, or fp32 x fp32 in full fp32 (no TF32: the fp32 path
@@ -61,10 +57,6 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
 
   void run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op = "matmul");
-  // out += x[T, K] w[N, K]^T (+ bias), out in x's dtype: false (nothing launched) when cuBLASLt
-  // offers no algorithm for the shape (the caller then composes a product and an add).
-  bool run_accumulate(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
-                      const char* op = "linear");
 
  private:
   struct Plan;
@@ -78,7 +70,6 @@ class Gemm {
     size_t operator()(const Key& k) const;
   };
   Plan* plan(const Key& key, const char* op);
-  bool launch(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op, bool accumulate);
 
   cudaStream_t stream_;
   cublasLtHandle_t handle_ = nullptr;

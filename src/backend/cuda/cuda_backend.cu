@@ -447,41 +447,6 @@ void CudaBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, c
   impl_->gemm->run(x, w, bias, out);
 }
 
-// Decode sizes: the input transform as its own kernel where the weight-streaming kernel
-// (skinny_gemm.cu) does not fold it (the norms), then that kernel with the residual add folded
-// in. Larger batches: the transform, then cuBLASLt, which adds into the residual stream itself
-// (β = 1); what neither covers is composed (ops.h).
-void CudaBackend::linear(const LinearParams& p) {
-  const int64_t t = p.x.shape[0], n = p.w.shape[0], k = p.w.shape[1];
-  const bool swiglu = p.input == LinearInput::SwiGlu;
-  check_view(p.x, {t, swiglu ? 2 * k : k}, "linear", "x");
-  check_float(p.x, "linear", "x");
-  check_act(p.w, p.x.dtype, {n, k}, "linear", "weight");
-  check_view(p.out, {t, n}, "linear", "out");
-  STATELM_CHECK(p.out.dtype == p.x.dtype || (p.out.dtype == DType::F32 && !p.accumulate), "linear: out must be ",
-                dtype_name(p.x.dtype), p.accumulate ? "" : " or float32", ", got ", p.out.describe());
-  if (p.bias.defined()) check_param(p.bias, {n}, "linear", "bias");
-  if (p.input == LinearInput::RmsNorm || p.input == LinearInput::GatedRmsNorm)
-    check_param(p.norm_weight, {k}, "linear", "norm weight");
-  if (p.input == LinearInput::GatedRmsNorm) check_act(p.gate, p.x.dtype, {t, k}, "linear", "gate");
-  if (cuda::skinny_linear(p, impl_->stream)) {
-    STATELM_CUDA_LAUNCHED("linear (decode) x ", p.x.describe(), " w ", p.w.describe(), " out ", p.out.describe());
-    return;
-  }
-  LinearParams q = p;  // the input transform as its own kernel, then the product (and the add)
-  q.x = linear_input(p);
-  q.input = LinearInput::Plain;
-  if (cuda::skinny_linear(q, impl_->stream)) {
-    STATELM_CUDA_LAUNCHED("linear (decode) x ", q.x.describe(), " w ", q.w.describe(), " out ", q.out.describe());
-    return;
-  }
-  if (!q.accumulate) return matmul(q.x, q.w, q.bias, q.out);
-  if (impl_->gemm->run_accumulate(q.x, q.w, q.bias, q.out)) return;
-  STATELM_CHECK(q.out_scratch.defined(), "linear: accumulating needs out_scratch for the product");
-  matmul(q.x, q.w, q.bias, q.out_scratch);
-  add(q.out, q.out_scratch);
-}
-
 void CudaBackend::swiglu(const Tensor& gate_up, const Tensor& out) {
   const int64_t n = out.shape[0], f = out.shape[1];
   check_view(out, {n, f}, "swiglu", "out");

@@ -61,7 +61,6 @@ class CudaBackend final : public Backend {
   void gated_rms_norm(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t group_size, float eps,
                       const Tensor& out) override;
   void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) override;
-  void linear(const LinearParams& p) override;
   void swiglu(const Tensor& gate_up, const Tensor& out) override;
   void add(const Tensor& acc, const Tensor& x) override;
 

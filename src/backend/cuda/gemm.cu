@@ -188,39 +188,26 @@ Gemm::Plan* Gemm::plan(const Key& key, const char* op) {
 }
 
 void Gemm::run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op) {
-  launch(x, w, bias, out, op, false);
-}
-
-bool Gemm::run_accumulate(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op) {
-  return launch(x, w, bias, out, op, true);
-}
-
-bool Gemm::launch(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op,
-                  bool accumulate) {
   const int64_t T = x.shape[0], K = x.shape[1], N = w.shape[0];
-  if (T == 0 || N == 0) return true;
-  if (!accumulate && T <= kSkinnyMaxTokens && skinny_gemm(x, w, bias, out, stream_)) {  // decode: stream the weights
+  if (T == 0 || N == 0) return;
+  if (T <= kSkinnyMaxTokens && skinny_gemm(x, w, bias, out, stream_)) {  // decode: stream the weights
     STATELM_CUDA_LAUNCHED(op, " (skinny) x ", x.describe(), " w ", w.describe(), " out ", out.describe());
-    return true;
+    return;
   }
   Key key{N, T, K, w.stride[0], x.stride[0], out.stride[0], uint8_t(x.dtype), uint8_t(out.dtype),
           alignment(w.data, w.stride[0], dtype_size(w.dtype)), alignment(x.data, x.stride[0], dtype_size(x.dtype)),
           alignment(out.data, out.stride[0], dtype_size(out.dtype))};
   Plan* p = plan(key, op);
   if (p->use_cublas) {
-    // D = αAB + βC with C = D = out: β = 1 adds the product into out (the residual stream) in the
-    // GEMM's epilogue, one rounding, no separate add pass.
-    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const float alpha = 1.0f, beta = 0.0f;
     STATELM_CUBLAS_CHECK(cublasLtMatmul(handle_, p->desc, &alpha, w.data, p->a, x.data, p->b, &beta, out.data, p->c,
                                         out.data, p->c, &p->algo, workspace_, workspace_bytes_, stream_),
                          str_cat(op, " x ", x.describe(), " w ", w.describe(), " out ", out.describe()));
   } else {
-    if (accumulate) return false;  // the fallback kernel only overwrites
     tiled_gemm(x, w, out, stream_);
   }
   STATELM_CUDA_LAUNCHED(op, " x ", x.describe(), " w ", w.describe(), " out ", out.describe());
   if (bias.defined()) add_bias(out, bias, stream_);
-  return true;
 }
 
 }  // namespace statelm::cuda

@@ -38,7 +38,6 @@
 #include <utility>
 
 #include "backend/cuda/cuda_kernels.h"
-#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/span_kernels.cuh"
 #include "backend/cuda/ssd_args.cuh"
 
@@ -183,7 +182,6 @@ __device__ __forceinline__ void store4(S* p, const float (&v)[4]) {
 template <typename T, typename S, bool kVec4>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a, S* state, int64_t ss0, int64_t ss1,
                                                                    int64_t ss2, const SeqSpan* spans) {
-  pdl_allow_dependents();  // out_proj (a dependent launch) may start streaming its weights
   const SeqSpan sp = spans[blockIdx.x];
   if (sp.len != 1) return;
   const int h = blockIdx.y, g = h / (a.H / a.G);
