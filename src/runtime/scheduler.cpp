@@ -457,7 +457,9 @@ std::string Scheduler::empty_snapshot() const { return statelm::empty_snapshot(r
 
 SchedulerStats Scheduler::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return stats_;
+  SchedulerStats s = stats_;
+  s.submitted = int64_t(incoming_.size());
+  return s;
 }
 
 }  // namespace statelm

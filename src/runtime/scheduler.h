@@ -96,6 +96,7 @@ struct SchedulerOptions {
 
 struct SchedulerStats {
   int64_t running = 0, waiting = 0, steps = 0;
+  int64_t submitted = 0;  // submitted and not yet taken in by a step (stats() counts them when asked)
   int64_t free_slots = 0, free_blocks = 0;
   int64_t tokens_in = 0, tokens_out = 0;
   // Admitted requests that looked in the prefix cache, those that resumed from a checkpoint,

@@ -393,8 +393,13 @@ TEST(ServerSessions, TurnsCountInLimitsAndMetrics) {
   s.store.put("b", s.scheduler.empty_snapshot());
   std::thread turn_a([&] { s.post("/v1/sessions/a/completions", {{"prompt", {8, 9}}, {"max_tokens", 3}}); });
   std::thread append_b([&] { s.post("/v1/sessions/b/append", {{"prompt", {4, 5, 6}}}); });
-  // Both wait for the engine, each holding a request slot: a third request is refused. The probe
-  // is an invalid request (400 at once once it has a slot) so that it never waits itself.
+  // Both wait for the engine, each holding a request slot: a third request is refused. Probe only
+  // once both are queued: a probe that held a slot for a moment while one of them arrived would
+  // have that one refused instead (seen under ASan on 2 cores). The probe is an invalid request
+  // (400 at once once it has a slot) so that it never waits itself.
+  for (int i = 0; i < 1000 && s.scheduler.stats().submitted < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ(s.scheduler.stats().submitted, 2) << "both session requests should be queued";
   int status = 0;
   for (int i = 0; i < 500 && status != 429; ++i) {
     auto r = s.post("/v1/completions", {{"prompt", {1, 2}}, {"max_tokens", -1}});
