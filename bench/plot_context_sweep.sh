@@ -22,19 +22,13 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 # The data (one TSV per model) and the gnuplot script, from the JSON files.
-python3 - "$out" "$tmp" "${PLOT_DEVICE:-H200}" "$@" > "$tmp/plot.gp" <<'PY'
+PYTHONPATH="$(dirname "$0")" python3 - "$out" "$tmp" "${PLOT_DEVICE:-H200}" "$@" > "$tmp/plot.gp" <<'PY'
 import json, math, sys
+
+from long_context_report import ctx as ctx_name  # 1024 -> 1K: the page's names for contexts
 
 out, tmp, device, specs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
-
-
-def ctx_name(c):
-    if c >= 1 << 20 and c % (1 << 20) == 0:
-        return f"{c >> 20}M"
-    if c >= 1024 and c % 1024 == 0:
-        return f"{c >> 10}K"
-    return str(c)
 
 
 def decades(lo, hi):
