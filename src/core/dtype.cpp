@@ -127,4 +127,21 @@ void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
   }
 }
 
+void convert_from_f32(DType to, const float* src, void* dst, size_t n) {
+  auto* d = static_cast<uint16_t*>(dst);
+  switch (to) {
+    case DType::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+      return;
+    case DType::F16:
+      for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
+      return;
+    default:
+      fail(ErrorKind::Unsupported, "cannot convert float32 to ", dtype_name(to));
+  }
+}
+
 }  // namespace statelm

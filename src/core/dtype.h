@@ -41,5 +41,8 @@ uint16_t f32_to_f16(float f);
 
 // Converts n elements of type `from` at src into fp32 at dst.
 void convert_to_f32(DType from, const void* src, float* dst, size_t n);
+// Converts n fp32 values at src into `to` (F32, BF16 or F16) at dst, rounding to nearest even as
+// torch does (f16: ±inf past 65504, no clamping).
+void convert_from_f32(DType to, const float* src, void* dst, size_t n);
 
 }  // namespace statelm

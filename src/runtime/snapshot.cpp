@@ -107,11 +107,7 @@ void piece_to_blob(Backend& backend, const Tensor& t, char* dst) {
   }
   STATELM_CHECK(t.dtype == DType::BF16 || t.dtype == DType::F16, "snapshot of a ", dtype_name(t.dtype),
                 " state tensor");
-  const bool bf16 = t.dtype == DType::BF16;
-  for (size_t i = 0; i < values.size(); ++i) {
-    const uint16_t v = bf16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
-    std::memcpy(dst + 2 * i, &v, 2);
-  }
+  convert_from_f32(t.dtype, values.data(), dst, values.size());
 }
 
 void piece_from_blob(Backend& backend, const Tensor& t, const char* src) {

@@ -49,6 +49,7 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_allocator.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/core_kernels.h"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/device_info.h"
 #include "core/error.h"
@@ -132,6 +133,17 @@ class OpCase {
     a.row_len = a.inner() + 5;
     a.data = random(size_t(a.rows() * a.row_len), lo, hi);
     return push(std::move(a));
+  }
+  // The same with rows that start on 16 bytes in either dtype, as the decode kernels' fast paths
+  // need: columns [8, 8 + inner) of rows of a multiple of 8 elements, at least 8 slack after.
+  int aligned_act(const std::string& n, std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f,
+                  Kind k = Kind::Act) {
+    const int i = act(n, std::move(shape), lo, hi, k);
+    Arg& a = args_[size_t(i)];
+    a.col0 = 8;
+    a.row_len = (a.inner() + 16 + 7) / 8 * 8;
+    a.data = random(size_t(a.rows() * a.row_len), lo, hi);
+    return i;
   }
   int dense(const std::string& n, Kind k, std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
     Arg a{n, k, std::move(shape)};
@@ -406,13 +418,18 @@ TEST(CudaOps, MatmulDecodeSizes) {
             OpCase c("matmul decode T=" + std::to_string(T) + " K=" + std::to_string(K) + " N=" + std::to_string(N) +
                          (bias ? " bias" : "") + (f32_out ? " fp32 out" : ""),
                      6);
-            const int x = c.act("x", {T, K + 8});  // x = columns [8, 8 + K): still 16-byte aligned
+            const int x = c.aligned_act("x", {T, K + 8});  // x = columns [8, 8 + K) of 16-byte aligned rows
             const int w = c.dense("weight", Kind::Weight, {N, K});
             const int bi = c.dense("bias", Kind::Param, {N});
             const int out = c.act("out", {T, N}, -1.0f, 1.0f, f32_out ? Kind::ActF32 : Kind::Act);
             const int64_t k = K;
             OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
-              b.matmul(t[x].cols(8, k), t[w], bias ? t[bi] : Tensor{}, t[out]);
+              const Tensor bias_t = bias ? t[bi] : Tensor{};
+              if (b.device() == Device::Cuda) {
+                EXPECT_EQ(cuda::skinny_gemm_fits(t[x].cols(8, k), t[w], bias_t), T <= cuda::kSkinnyMaxTokens)
+                    << "T=" << T << " K=" << k;
+              }
+              b.matmul(t[x].cols(8, k), t[w], bias_t, t[out]);
             };
             return std::make_pair(std::move(c), fn);
           });

@@ -25,13 +25,7 @@ Buffer CpuBackend::allocate(size_t bytes) { return host_buffer(bytes); }
 void CpuBackend::upload(const Tensor& dst, const float* host) {
   STATELM_CHECK(dst.is_contiguous() && (dst.dtype == DType::F32 || dst.dtype == DType::BF16 || dst.dtype == DType::F16),
                 "CPU tensors are contiguous float32 (or bfloat16 / float16 state): ", dst.describe());
-  if (dst.dtype == DType::F32) {
-    std::memcpy(dst.data, host, dst.nbytes());
-    return;
-  }
-  uint16_t* d = dst.ptr<uint16_t>();
-  const bool bf16 = dst.dtype == DType::BF16;
-  for (int64_t i = 0; i < dst.numel(); ++i) d[i] = bf16 ? f32_to_bf16(host[i]) : f32_to_f16(host[i]);
+  convert_from_f32(dst.dtype, host, dst.data, size_t(dst.numel()));
 }
 
 void CpuBackend::download(const Tensor& src, float* host) {

@@ -44,6 +44,8 @@ void add_bias(const Tensor& out, const Tensor& bias, cudaStream_t stream);
 // the shapes or alignments do not allow it.
 constexpr int kSkinnyMaxTokens = 8;
 bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream);
+// Whether skinny_gemm takes these operands (the tests check that their decode cases reach it).
+bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias);
 
 // out[T, N] = x[T, K] w[N, K]^T (+ bias) through cuBLASLt: bf16 x bf16 on the tensor cores with
 // fp32 accumulation and bf16 or fp32 out, or fp32 x fp32 in full fp32 (no TF32: the fp32 path

@@ -296,8 +296,7 @@ void CudaBackend::upload(const Tensor& dst, const float* host) {
   const void* src = host;
   if (dst.dtype != DType::F32) {  // round to nearest even, as torch (f16: ±inf past 65504)
     bits.resize(n);
-    const bool bf16 = dst.dtype == DType::BF16;
-    for (size_t i = 0; i < n; ++i) bits[i] = bf16 ? f32_to_bf16(host[i]) : f32_to_f16(host[i]);
+    convert_from_f32(dst.dtype, host, bits.data(), n);
     src = bits.data();
   }
   STATELM_CUDA_CHECK(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, impl_->stream), "upload ",

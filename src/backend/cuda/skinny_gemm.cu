@@ -51,7 +51,7 @@ __device__ __forceinline__ void unpack(const uint4& v, float (&out)[16 / sizeof(
 // K up to kThreads · kBatch vectors: 4096 bf16), then reduce across the block.
 template <typename T, typename TO, int M>
 __global__ void __launch_bounds__(kThreads)
-    skinny_gemm_kernel(const T* __restrict__ x, int64_t ldx, const T* __restrict__ w, int64_t ldw, TO* __restrict__ out,
+    skinny_gemm_kernel(const T* x, int64_t ldx, const T* __restrict__ w, int64_t ldw, TO* __restrict__ out,
                        int64_t ldo, const float* __restrict__ bias, int N, int K) {
   constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
   __shared__ float partial[kThreads / 32][M * kRows];
@@ -84,7 +84,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[V];
-        unpack<T>(__ldg(reinterpret_cast<const uint4*>(x + m * ldx) + v), xf);
+        // A coherent load, not __ldg: ld.global.nc declares x read-only for the whole kernel, so
+        // the compiler may hoist it above pdl_wait() and read the previous step's activations
+        // (an unrolled variant did: decode steps went wrong). For the same reason x is not
+        // __restrict__, which lets the compiler choose ld.global.nc by itself.
+        unpack<T>(reinterpret_cast<const uint4*>(x + m * ldx)[v], xf);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
           float wf[V];
@@ -135,14 +139,19 @@ void launch_for_tokens(int64_t tokens, const Tensor& x, const Tensor& w, const f
 
 }  // namespace
 
-bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream) {
+bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias) {
   const int64_t T = x.shape[0], K = x.shape[1];
   if (T < 1 || T > kSkinnyMaxTokens || x.dtype != w.dtype || K > (int64_t(1) << 30) || w.shape[0] > (int64_t(1) << 30))
     return false;
   if (bias.defined() && (bias.dtype != DType::F32 || !bias.is_contiguous())) return false;
   const size_t es = dtype_size(x.dtype);
-  if ((size_t(K) * es) % 16 || !aligned_for(x.data, x.stride[0], es, 16) || !aligned_for(w.data, w.stride[0], es, 16))
-    return false;
+  return (size_t(K) * es) % 16 == 0 && aligned_for(x.data, x.stride[0], es, 16) &&
+         aligned_for(w.data, w.stride[0], es, 16);
+}
+
+bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream) {
+  if (!skinny_gemm_fits(x, w, bias)) return false;
+  const int64_t T = x.shape[0];
   const float* b = bias.defined() ? bias.ptr<const float>() : nullptr;
   dispatch_float(x.dtype, "matmul", [&](auto in_tag) {
     using T_ = decltype(in_tag);

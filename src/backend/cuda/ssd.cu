@@ -142,43 +142,6 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdArgs<T> a, S
 // access). B, C, x and dt are tiny and come through L1.
 constexpr int kDecodeWarps = 4, kRowsPerWarp = 4, kDecodeRows = kDecodeWarps * kRowsPerWarp;
 
-template <typename S>
-__device__ __forceinline__ void load4(const S* p, float (&v)[4]) {
-  if constexpr (sizeof(S) == 4) {
-    const float4 f = *reinterpret_cast<const float4*>(p);
-    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-  } else if constexpr (std::is_same_v<S, bf16>) {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
-    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
-    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
-    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
-  } else {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
-    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
-    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
-    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
-  }
-}
-
-template <typename S>
-__device__ __forceinline__ void store4(S* p, const float (&v)[4]) {
-  if constexpr (sizeof(S) == 4) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  } else if constexpr (std::is_same_v<S, bf16>) {
-    const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
-    uint2 u;
-    u.x = *reinterpret_cast<const uint32_t*>(&a);
-    u.y = *reinterpret_cast<const uint32_t*>(&b);
-    *reinterpret_cast<uint2*>(p) = u;
-  } else {  // f16: round to nearest even, ±inf past 65504 (as from_f32<f16>)
-    const __half2 a = __floats2half2_rn(v[0], v[1]), b = __floats2half2_rn(v[2], v[3]);
-    uint2 u;
-    u.x = *reinterpret_cast<const uint32_t*>(&a);
-    u.y = *reinterpret_cast<const uint32_t*>(&b);
-    *reinterpret_cast<uint2*>(p) = u;
-  }
-}
-
 template <typename T, typename S, bool kVec4>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a, S* state, int64_t ss0, int64_t ss1,
                                                                    int64_t ss2, const SeqSpan* spans) {
@@ -203,7 +166,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a,
     float s[kRowsPerWarp][4], b[4] = {}, c[4] = {};
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r)
-      if (active && r < rows) load4<S>(st + int64_t(r) * ss2 + n, s[r]);
+      if (active && r < rows) load_f32<S, 4>(st + int64_t(r) * ss2 + n, s[r]);
     if (active) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) b[j] = to_f32(Bg[n + j]), c[j] = to_f32(Cg[n + j]);
@@ -219,7 +182,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a,
           s[r][j] = fmaf(dA, s[r][j], xdt * b[j]);
           acc = fmaf(c[j], s[r][j], acc);
         }
-        store4<S>(st + int64_t(r) * ss2 + n, s[r]);
+        store_f32<S, 4>(st + int64_t(r) * ss2 + n, s[r]);
       }
       acc = warp_sum(acc);
       if (lane == 0) yh[p0 + r] = from_f32<T>(fmaf(dskip, xp, acc));
