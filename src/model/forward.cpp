@@ -83,11 +83,29 @@ void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCac
   p.chunk_size = m.chunk_size;
   dump(layer, "mamba2_xbc", xbc);  // the SSD's inputs: reference recurrences replay them
   dump(layer, "mamba2_dt", p.dt);
+  if (defers_gated_norm(m, T, int64_t(b.spans.size()))) {
+    // Decode: the SSD gates its output and sums the squares; out_proj divides by the RMS. No
+    // kernel reads y back just to normalise it (ops.h, SsdGate).
+    Tensor sums = scratch(kMixer + 3, {T, backend_.ssd_gate_partials(H, m.head_dim)}, DType::F32);
+    p.gate = {zxbcdt.cols(0, Di), w.norm, sums};
+    backend_.ssd(p, b);
+    dump(layer, "mamba2_ssd_gated", y);
+    backend_.matmul_row_rms(y, w.out_proj, w.out_proj_bias, {sums, Di, m.norm_eps}, out);
+    return;
+  }
   backend_.ssd(p, b);
   dump(layer, "mamba2_ssd", y);
   Tensor gated = scratch(kMixer + 3, {T, Di});
   backend_.gated_rms_norm(y, zxbcdt.cols(0, Di), w.norm, m.norm_group_size, m.norm_eps, gated);
   backend_.matmul(gated, w.out_proj, w.out_proj_bias, out);
+}
+
+// Whether a Mamba-2 layer runs its gated norm split across the SSD and out_proj (SsdGate): in
+// decode steps (one token per span: the norm kernel would be a launch of its own there, at a
+// few microseconds a layer) and with one norm group (a per-group divisor does not factor out of
+// out_proj's product). Prefill keeps the norm kernel: cheap next to its GEMMs.
+bool defers_gated_norm(const Mamba2Dims& m, int64_t tokens, int64_t spans) {
+  return tokens == spans && m.norm_group_size == m.d_inner;
 }
 
 void Forward::attention(const AttentionDims& a, const AttentionWeights& w, const LayerCaches& c, const BatchView& b,

@@ -33,6 +33,10 @@ struct ForwardBatch {
 // output to compare with transformers when a fixture fails.
 using DebugHook = std::function<void(int64_t layer, const std::string& name, const Tensor& t)>;
 
+// Whether a Mamba-2 layer's gated norm is split across the SSD and out_proj (ops.h, SsdGate) in
+// a step of `tokens` tokens in `spans` spans (the memory planner sizes the scratch by it).
+bool defers_gated_norm(const Mamba2Dims& m, int64_t tokens, int64_t spans);
+
 class Forward {
  public:
   Forward(const ModelSpec& spec, const ModelWeights& weights, Backend& backend);

@@ -76,6 +76,21 @@ struct SelectiveScanParams {
 //   y[t, h, p] = sum_n C[t, g, n] * S[h, p, n] + D[h] * x[t, h, p]
 // Prefill spans use the chunked algorithm (chunk_size), decode spans the recurrence; both give
 // the same result to rounding.
+//
+// Optional gate (SsdGate): Mamba-2's gated RMS norm split across the SSD and the linear layer
+// after it, so that no kernel of a decode step reads y back just to normalise it. With gate.z
+// defined, out receives y * silu(z) * weight instead of y, and the sum of squares of
+// y * silu(z) over all of a token's H * P channels goes to gate.sumsq[t, :] as partial sums
+// (Backend::ssd_gate_partials columns, every one written: a backend's kernels may each sum their
+// own channels, without atomics or a zeroed buffer); the 1 / rms factor is a per-token scalar, so
+// Backend::matmul_row_rms applies it to the product instead (one norm group only: a per-group
+// factor would not factor out of the product).
+struct SsdGate {
+  Tensor z;       // [T, H * P]  the gate (compute dtype); undefined = no gate
+  Tensor weight;  // [H * P]     the norm's weight, fp32
+  Tensor sumsq;   // [T, ssd_gate_partials(H, P)] fp32
+};
+
 struct SsdParams {
   Tensor x;        // [T, H, P]
   Tensor dt;       // [T, H]    raw, before bias and softplus
@@ -88,6 +103,15 @@ struct SsdParams {
   float dt_min = 0.0f, dt_max = 0.0f;
   bool dt_limited = false;
   int64_t chunk_size = 256;
+  SsdGate gate;
+};
+
+// The root mean square of a row whose squares were summed elsewhere (SsdGate): rms[t] =
+// sqrt(sum_j sumsq[t, j] / n + eps).
+struct RowRms {
+  Tensor sumsq;  // [T, partials] fp32
+  int64_t n = 0;
+  float eps = 0.0f;
 };
 
 // Rotary embedding of q and k in place; token t of span s is at position spans[s].pos + t.
@@ -192,6 +216,10 @@ class Backend {
                               const Tensor& out) = 0;
   // out[T, N] = x[T, K] w[N, K]^T (+ bias[N]); weights are stored as transformers stores them.
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) = 0;
+  // out[t] = (x[t] w^T) / rms[t] (+ bias): a linear layer after an RMS norm whose division was
+  // left out of x (SsdGate); equal to normalising x first, since the product is linear in x[t].
+  virtual void matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                              const Tensor& out) = 0;
   // out[T, F] = silu(gate_up[:, :F]) * gate_up[:, F:].
   virtual void swiglu(const Tensor& gate_up, const Tensor& out) = 0;
   // acc += x.
@@ -200,6 +228,8 @@ class Backend {
   virtual void conv1d(const Conv1dParams& p, const BatchView& batch) = 0;
   virtual void selective_scan(const SelectiveScanParams& p, const BatchView& batch) = 0;
   virtual void ssd(const SsdParams& p, const BatchView& batch) = 0;
+  // Columns of SsdGate::sumsq that ssd writes for `heads` heads of `head_dim` channels.
+  virtual int64_t ssd_gate_partials(int64_t heads, int64_t head_dim) const { return 1; }
   virtual void rope(const RopeParams& p, const BatchView& batch) = 0;
   virtual void attention(const AttentionParams& p, const BatchView& batch) = 0;
   virtual void moe(const MoeParams& p) = 0;

@@ -8,6 +8,7 @@
 #include <variant>
 
 #include "core/error.h"
+#include "model/forward.h"
 #include "model/weights.h"
 
 namespace statelm {
@@ -41,9 +42,17 @@ int64_t numel(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// Columns of SsdGate::sumsq the backend's ssd writes (Backend::ssd_gate_partials): the CPU sums
+// a token's squares in one; cuda/ssd.cu's decode kernel writes one per block of 16 channels.
+int64_t ssd_gate_partials(Device device, const Mamba2Dims& m) {
+  return device == Device::Cpu ? 1 : m.n_heads * ((m.head_dim + 15) / 16);
+}
+
 // Forward's scratch (model/forward.cpp): kHidden, kNormed, kBlockOut [T, D]; then from kMixer on
-// each layer helper's intermediates by index, per token. An index keeps its largest use.
-std::vector<int64_t> mixer_scratch_per_token(const ModelSpec& spec) {
+// each layer helper's intermediates by index, per token, in units of the compute dtype's `es`
+// bytes. An index keeps its largest use. A step of T tokens in `rows` spans.
+std::vector<int64_t> mixer_scratch_per_token(const ModelSpec& spec, int64_t T, int64_t rows, Device device,
+                                             int64_t es) {
   std::vector<int64_t> widest;
   auto use = [&](std::initializer_list<int64_t> widths) {
     if (widest.size() < widths.size()) widest.resize(widths.size(), 0);
@@ -57,7 +66,12 @@ std::vector<int64_t> mixer_scratch_per_token(const ModelSpec& spec) {
       if (m->dt_bc_norms) use({2 * Di, Di, R + 2 * N, R, N, N, Di, Di});
       else use({2 * Di, Di, R + 2 * N, 0, 0, 0, Di, Di});
     } else if (const auto* m2 = std::get_if<Mamba2Dims>(&l.mixer)) {
-      use({m2->in_proj_dim(), m2->conv_dim(), m2->d_inner, m2->d_inner});  // zxbcdt, xbc, y, gated
+      // zxbcdt, xbc, y, then the gated norm's output, or in decode steps the fp32 partial sums
+      // of its squares (defers_gated_norm). T tokens in at most `rows` spans can be a prefill
+      // unless T = 1, and the norm's output is the larger of the two.
+      const bool decode_only = T == 1 && rows >= 1 && defers_gated_norm(*m2, 1, 1);
+      const int64_t last = decode_only ? ssd_gate_partials(device, *m2) * 4 / es : m2->d_inner;
+      use({m2->in_proj_dim(), m2->conv_dim(), m2->d_inner, last});
     } else {
       const auto& a = std::get<AttentionDims>(l.mixer);
       use({(a.n_heads + 2 * a.n_kv_heads) * a.head_dim, a.n_heads * a.head_dim});  // qkv, o
@@ -182,7 +196,7 @@ Step step_memory(const ModelSpec& spec, const MemoryPlanOptions& o, int64_t T, i
   const int64_t D = spec.d_model, es = int64_t(dtype_size(o.compute_dtype));
   Step s;
   s.forward = mul(3, alloc(mul(mul(T, D), es)));  // residual stream, normed input, block output
-  for (int64_t width : mixer_scratch_per_token(spec))
+  for (int64_t width : mixer_scratch_per_token(spec, T, rows, o.device, es))
     if (width > 0) s.forward = add(s.forward, alloc(mul(mul(T, width), es)));
   if (o.device == Device::Cpu) {
     s.ops = cpu_moe_scratch(spec, T, alloc);

@@ -103,6 +103,7 @@ enum class Kind {
   Param,   // per-channel parameter: fp32, contiguous
   State,   // recurrent state: the comparison's state dtype (fp32, bf16 or fp16), contiguous
   Cache,   // KV cache: compute dtype (as KvCache keeps it), contiguous
+  Scratch, // fp32, contiguous, laid out as each backend chooses (SsdGate's partial sums): not compared
 };
 
 struct Arg {
@@ -215,6 +216,7 @@ class OpCase {
     const double act_tol = bf16 ? kBf16Tol : kF32Tol, state_tol = act_tol + state_ulp(state_dtype);
     for (size_t i = 0; i < args_.size(); ++i) {
       const Arg& a = args_[i];
+      if (a.kind == Kind::Scratch) continue;
       const double tol = a.kind == Kind::State ? state_tol : act_tol;
       std::vector<float> w_in, g_in, w_slack, g_slack;
       for (int64_t r = 0; r < a.rows(); ++r)
@@ -578,6 +580,72 @@ TEST(CudaOps, Ssd) {
           return std::make_pair(std::move(c), fn);
         },
         view_of(spans)));
+  }
+}
+
+// Mamba-2's gated norm split across the SSD and out_proj (ops.h, SsdGate): ssd with the gate,
+// then matmul_row_rms, against the CPU. A decode batch gates inside the decode kernel (P = 8:
+// warps past the head's channels; P = 40: a partial last block; N = 7: the scalar path) and
+// out_proj is the weight-streaming kernel (x rows aligned; K = 15 is not: cuBLASLt and the row
+// scale kernel); the mixed batch gates after the chunked stages (gate_rows_kernel), out_proj on
+// cuBLASLt. The partial sums themselves are laid out per backend and compared only through
+// out_proj's output.
+TEST(CudaOps, SsdGate) {
+  REQUIRE_GPU();
+  std::mt19937 rng(31);
+  const std::vector<LenPos> decode = {{1, 0}, {1, 9}, {1, 300}, {1, 2}, {1, 0}};
+  struct Shape { int64_t H, P, G, N; };
+  for (const auto& seqs : {decode, kMixed}) {
+    const int32_t slots = int32_t(seqs.size()) + 1;
+    const auto spans = mixed_spans(rng, seqs, slots);
+    const int64_t T = tokens_of(spans);
+    for (const Shape s : {Shape{4, 8, 2, 16}, Shape{6, 40, 1, 32}, Shape{3, 5, 3, 7}}) {
+      const int64_t Di = s.H * s.P, Dout = 37;
+      SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
+          [&] {
+            OpCase c("ssd gate T=" + std::to_string(T) + " H=" + std::to_string(s.H) + " P=" + std::to_string(s.P) +
+                         " G=" + std::to_string(s.G) + " N=" + std::to_string(s.N),
+                     32);
+            const int xbc = c.act("xbc", {T, Di + 2 * s.G * s.N});
+            const int z = c.act("z", {T, Di}, -3.0f, 3.0f);
+            const int dt = c.act("dt", {T, s.H}, -2.0f, 2.0f);
+            const int dt_bias = c.dense("dt_bias", Kind::Param, {s.H}, -3.0f, 0.5f);
+            const int A = c.dense("A", Kind::Param, {s.H}, -1.0f, 1.5f);
+            for (float& a : c.data(A)) a = -std::exp(a);
+            const int D = c.dense("D", Kind::Param, {s.H});
+            const int norm = c.dense("norm weight", Kind::Param, {Di}, 0.5f, 1.5f);
+            const int state = c.dense("state", Kind::State, {slots, s.H, s.P, s.N});
+            const int y = c.aligned_act("y (gated)", {T, Di});
+            const int w = c.dense("out_proj", Kind::Weight, {Dout, Di}, -0.3f, 0.3f);
+            const int bias = c.dense("bias", Kind::Param, {Dout});
+            const int out = c.act("out", {T, Dout});
+            const int sums = c.dense("sumsq", Kind::Scratch, {T, s.H * ((s.P + 15) / 16)});
+            const Shape sh = s;
+            const bool all_decode = T == int64_t(spans.size());
+            OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+              SsdParams p;
+              p.x = t[xbc].cols(0, Di).unflatten_last(sh.H, sh.P);
+              p.B = t[xbc].cols(Di, sh.G * sh.N).unflatten_last(sh.G, sh.N);
+              p.C = t[xbc].cols(Di + sh.G * sh.N, sh.G * sh.N).unflatten_last(sh.G, sh.N);
+              p.dt = t[dt];
+              p.dt_bias = t[dt_bias];
+              p.A = t[A];
+              p.D = t[D];
+              p.state = t[state];
+              p.out = t[y].unflatten_last(sh.H, sh.P);
+              p.chunk_size = 16;
+              const Tensor partials = t[sums].cols(0, b.ssd_gate_partials(sh.H, sh.P));
+              p.gate = {t[z], t[norm], partials};
+              b.ssd(p, bv);
+              if (b.device() == Device::Cuda && all_decode) {
+                EXPECT_EQ(cuda::skinny_gemm_fits(t[y], t[w], t[bias]), (Di * 2) % 16 == 0) << "K=" << Di;
+              }
+              b.matmul_row_rms(t[y], t[w], t[bias], {partials, Di, 1e-5f}, t[out]);
+            };
+            return std::make_pair(std::move(c), fn);
+          },
+          view_of(spans)));
+    }
   }
 }
 

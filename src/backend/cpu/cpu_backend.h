@@ -26,6 +26,8 @@ class CpuBackend final : public Backend {
   void gated_rms_norm(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t group_size, float eps,
                       const Tensor& out) override;
   void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) override;
+  void matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                      const Tensor& out) override;
   void swiglu(const Tensor& gate_up, const Tensor& out) override;
   void add(const Tensor& acc, const Tensor& x) override;
 

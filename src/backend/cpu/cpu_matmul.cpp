@@ -17,6 +17,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -152,6 +153,25 @@ void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, co
       }
       dot_rows_dispatch(rows, xs, w.f32(), j0, j1, k, b, outs, std::make_integer_sequence<int, int(kRowGroup)>{});
     }
+  }
+}
+
+void CpuBackend::matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                                const Tensor& out) {
+  const int64_t t = x.shape[0], n = w.shape[0];
+  STATELM_CHECK(rms.sumsq.ndim == 2 && rms.sumsq.shape[1] >= 1, "matmul_row_rms sumsq ", rms.sumsq.describe());
+  cpu::check_2d(rms.sumsq, t, rms.sumsq.shape[1], "matmul_row_rms sumsq");
+  STATELM_CHECK(rms.n > 0, "matmul_row_rms: the norm's row length is ", rms.n);
+  STATELM_CHECK(!bias.defined() || (bias.ndim == 1 && bias.shape[0] == n), "matmul_row_rms bias ", bias.describe());
+  matmul(x, w, Tensor{}, out);
+  const float* b = bias.defined() ? bias.f32() : nullptr;
+  for (int64_t r = 0; r < t; ++r) {
+    const float* ss = cpu::row(rms.sumsq, r);
+    double sum = 0.0;
+    for (int64_t j = 0; j < rms.sumsq.shape[1]; ++j) sum += ss[j];
+    const float scale = 1.0f / std::sqrt(float(sum) / float(rms.n) + rms.eps);
+    float* o = cpu::row(out, r);
+    for (int64_t j = 0; j < n; ++j) o[j] = o[j] * scale + (b ? b[j] : 0.0f);
   }
 }
 

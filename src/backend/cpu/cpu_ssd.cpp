@@ -36,6 +36,7 @@
 // The state is fp32 or bf16 (cpu_state_dtype.h), widened as a span starts and rounded as it
 // ends: a decode step rounds S every token, a prefill span once after its last chunk.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
@@ -285,6 +286,28 @@ void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPla
 
 }  // namespace
 
+namespace {
+// SsdGate: out = y * silu(z) * weight; the sum of (y * silu(z))^2, in order and in double, goes
+// to column 0 of sumsq and zeros to the others (the CPU has one partial sum; the layout admits
+// several so that a backend may split the sum).
+void apply_gate(const SsdGate& g, const Tensor& out, int64_t T, int64_t channels) {
+  const float* w = g.weight.f32();
+  for (int64_t t = 0; t < T; ++t) {
+    float* y = out.f32() + t * out.stride[0];  // [H, P] rows are contiguous (checked)
+    const float* z = cpu::row(g.z, t);
+    double sum = 0.0;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float u = y[c] * (z[c] / (1.0f + std::exp(-z[c])));
+      sum += double(u) * u;
+      y[c] = u * w[c];
+    }
+    float* ss = cpu::row(g.sumsq, t);
+    ss[0] = float(sum);
+    std::fill(ss + 1, ss + g.sumsq.shape[1], 0.0f);
+  }
+}
+}  // namespace
+
 void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
   const char* op = "ssd";
   const int64_t T = p.x.shape[0], H = p.x.shape[1], P = p.x.shape[2], G = p.B.shape[1], N = p.B.shape[2];
@@ -304,6 +327,14 @@ void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
   // The chunked path writes a chunk's outputs before it reads the chunk's x, B and C.
   for (const Tensor* in : {&p.x, &p.dt, &p.B, &p.C, &p.state})
     STATELM_CHECK(!cpu::overlaps(p.out, *in), "ssd: out ", p.out.describe(), " overlaps an input ", in->describe());
+  if (p.gate.z.defined()) {
+    cpu::check_2d(p.gate.z, T, H * P, "ssd gate z");
+    cpu::check_tensor(p.gate.weight, {H * P}, op, "gate weight");
+    cpu::check_2d(p.gate.sumsq, T, p.gate.sumsq.shape[1], "ssd gate sumsq");
+    STATELM_CHECK(p.gate.sumsq.ndim == 2 && p.gate.sumsq.shape[1] >= 1, "ssd: gate sumsq ", p.gate.sumsq.describe());
+    STATELM_CHECK(p.out.stride[1] == P && p.out.stride[2] == 1, "ssd: a gated out must have contiguous [H, P] rows, not ",
+                  p.out.describe());
+  }
   cpu::check_spans(batch, T, n_slots, op);
   if (batch.spans.empty()) return;
 
@@ -364,6 +395,7 @@ void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
       }
     }
   });
+  if (p.gate.z.defined()) apply_gate(p.gate, p.out, T, H * P);
 }
 
 }  // namespace statelm

@@ -36,14 +36,25 @@ void embed(const int32_t* ids, const Tensor& table, const Tensor& out, cudaStrea
 void swiglu(const Tensor& gate_up, const Tensor& out, cudaStream_t stream);
 // acc += x.
 void add(const Tensor& acc, const Tensor& x, cudaStream_t stream);
-// out[t, n] += bias[n] (bias F32).
-void add_bias(const Tensor& out, const Tensor& bias, cudaStream_t stream);
+// A per-row divisor of a linear layer's product (RowRms on the device): row t of the product is
+// divided by sqrt(sum_j sumsq[t * ld + j] / n + eps), j < partials, before the bias is added.
+struct RowScale {
+  const float* sumsq = nullptr;  // null: no scaling
+  int64_t ld = 0;
+  int partials = 0;
+  float inv_n = 0.0f, eps = 0.0f;
+};
+RowScale row_scale_of(const RowRms& rms);
+
+// out[t, n] = out[t, n] / rms[t] + bias[n] (bias F32, optional; scale optional).
+void scale_add_bias(const Tensor& out, const Tensor& bias, const RowScale& scale, cudaStream_t stream);
 
 // Decode-size linear layers (skinny_gemm.cu): out[T, N] = x[T, K] w[N, K]^T (+ bias) for
 // 1 <= T <= kSkinnyMaxTokens, streaming w at the copy bandwidth. False (nothing launched) when
 // the shapes or alignments do not allow it.
 constexpr int kSkinnyMaxTokens = 8;
-bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream);
+bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+                 cudaStream_t stream);
 // Whether skinny_gemm takes these operands (the tests check that their decode cases reach it).
 bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias);
 
@@ -58,7 +69,8 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
-  void run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op = "matmul");
+  void run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op = "matmul",
+           const RowScale& scale = {});
 
  private:
   struct Plan;

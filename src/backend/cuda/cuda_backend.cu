@@ -446,6 +446,27 @@ void CudaBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, c
   impl_->gemm->run(x, w, bias, out);
 }
 
+void CudaBackend::matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                                 const Tensor& out) {
+  const int64_t t = x.shape[0], k = x.shape[1], n = w.shape[0];
+  const char* op = "matmul_row_rms";
+  check_view(x, {t, k}, op, "x");
+  check_float(x, op, "x");
+  check_act(w, x.dtype, {n, k}, op, "weight");
+  check_view(out, {t, n}, op, "out");
+  STATELM_CHECK(out.dtype == x.dtype || out.dtype == DType::F32, op, ": out must be ", dtype_name(x.dtype),
+                " or float32, got ", out.describe());
+  if (bias.defined()) check_param(bias, {n}, op, "bias");
+  check_view(rms.sumsq, {t, rms.sumsq.shape[1]}, op, "sumsq");
+  STATELM_CHECK(rms.sumsq.dtype == DType::F32 && rms.sumsq.ndim == 2 && rms.sumsq.shape[1] >= 1 && rms.n > 0, op,
+                ": sumsq must be float32 [", t, ", partials], got ", rms.sumsq.describe(), " (n ", rms.n, ")");
+  impl_->gemm->run(x, w, bias, out, op, cuda::row_scale_of(rms));
+}
+
+int64_t CudaBackend::ssd_gate_partials(int64_t heads, int64_t head_dim) const {
+  return cuda::ssd_gate_partials(heads, head_dim);
+}
+
 void CudaBackend::swiglu(const Tensor& gate_up, const Tensor& out) {
   const int64_t n = out.shape[0], f = out.shape[1];
   check_view(out, {n, f}, "swiglu", "out");
@@ -547,6 +568,11 @@ void CudaBackend::ssd(const SsdParams& p, const BatchView& batch) {
   check_state(p.state, {p.state.shape[0], H, P, N}, op);
   STATELM_CHECK(G > 0 && H % G == 0, op, ": ", H, " heads in ", G, " groups");
   STATELM_CHECK(p.chunk_size > 0, op, ": chunk size ", p.chunk_size);
+  if (p.gate.z.defined()) {
+    check_act(p.gate.z, a, {T, H * P}, op, "gate z");
+    check_param(p.gate.weight, {H * P}, op, "gate weight");
+    check_view(p.gate.sumsq, {T, cuda::ssd_gate_partials(H, P)}, op, "gate sumsq");
+  }
   check_spans(batch, T, p.state.shape[0], op);
   if (T == 0) return;
   BatchView tmp;

@@ -61,12 +61,15 @@ class CudaBackend final : public Backend {
   void gated_rms_norm(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t group_size, float eps,
                       const Tensor& out) override;
   void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) override;
+  void matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                      const Tensor& out) override;
   void swiglu(const Tensor& gate_up, const Tensor& out) override;
   void add(const Tensor& acc, const Tensor& x) override;
 
   void conv1d(const Conv1dParams& p, const BatchView& batch) override;
   void selective_scan(const SelectiveScanParams& p, const BatchView& batch) override;
   void ssd(const SsdParams& p, const BatchView& batch) override;
+  int64_t ssd_gate_partials(int64_t heads, int64_t head_dim) const override;
   void rope(const RopeParams& p, const BatchView& batch) override;
   void attention(const AttentionParams& p, const BatchView& batch) override;
   void moe(const MoeParams& p) override;

@@ -30,6 +30,9 @@ class Scratch {
 void conv1d(const Conv1dParams& p, const BatchView& batch, cudaStream_t stream);
 void selective_scan(const SelectiveScanParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream);
 void ssd(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream);
+// Columns of SsdGate::sumsq that ssd writes: one partial sum per decode block (heads × blocks
+// per head).
+int64_t ssd_gate_partials(int64_t heads, int64_t head_dim);
 void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream);
 void attention(const AttentionParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream);
 

@@ -57,9 +57,17 @@ __global__ void add_kernel(T* acc, int64_t acc_stride, const T* x, int64_t x_str
 }
 
 template <typename T>
-__global__ void bias_kernel(T* out, int64_t out_stride, const float* __restrict__ bias, int n) {
-  T* o = out + int64_t(blockIdx.x) * out_stride;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = from_f32<T>(to_f32(o[i]) + bias[i]);
+__global__ void scale_bias_kernel(T* out, int64_t out_stride, const float* __restrict__ bias, RowScale scale, int n) {
+  __shared__ float shared[32];
+  const int64_t t = blockIdx.x;
+  T* o = out + t * out_stride;
+  float mul = 1.0f;
+  if (scale.sumsq) {  // uniform across the block
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < scale.partials; j += blockDim.x) s += scale.sumsq[t * scale.ld + j];
+    mul = rsqrtf(block_sum(s, shared) * scale.inv_n + scale.eps);
+  }
+  for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = from_f32<T>(to_f32(o[i]) * mul + (bias ? bias[i] : 0.0f));
 }
 
 template <typename T>
@@ -124,15 +132,25 @@ void add(const Tensor& acc, const Tensor& x, cudaStream_t stream) {
   STATELM_CUDA_LAUNCHED("add acc ", acc.describe(), " x ", x.describe());
 }
 
-void add_bias(const Tensor& out, const Tensor& bias, cudaStream_t stream) {
+RowScale row_scale_of(const RowRms& rms) {
+  RowScale s;
+  s.sumsq = rms.sumsq.ptr<const float>();
+  s.ld = rms.sumsq.stride[0];
+  s.partials = int(rms.sumsq.shape[1]);
+  s.inv_n = 1.0f / float(rms.n);
+  s.eps = rms.eps;
+  return s;
+}
+
+void scale_add_bias(const Tensor& out, const Tensor& bias, const RowScale& scale, cudaStream_t stream) {
   const int64_t n = out.shape[0], d = out.shape[1];
   if (n == 0) return;
+  const float* b = bias.defined() ? bias.ptr<const float>() : nullptr;
   dispatch_float(out.dtype, "bias", [&](auto tag) {
     using T = decltype(tag);
-    bias_kernel<T><<<unsigned(n), row_threads(d), 0, stream>>>(out.ptr<T>(), out.stride[0], bias.ptr<const float>(),
-                                                               int(d));
+    scale_bias_kernel<T><<<unsigned(n), row_threads(d), 0, stream>>>(out.ptr<T>(), out.stride[0], b, scale, int(d));
   });
-  STATELM_CUDA_LAUNCHED("bias out ", out.describe(), " bias ", bias.describe());
+  STATELM_CUDA_LAUNCHED("scale/bias out ", out.describe(), " bias ", bias.describe());
 }
 
 }  // namespace statelm::cuda

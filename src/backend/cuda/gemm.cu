@@ -187,10 +187,11 @@ Gemm::Plan* Gemm::plan(const Key& key, const char* op) {
   return raw;
 }
 
-void Gemm::run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op) {
+void Gemm::run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op,
+               const RowScale& scale) {
   const int64_t T = x.shape[0], K = x.shape[1], N = w.shape[0];
   if (T == 0 || N == 0) return;
-  if (T <= kSkinnyMaxTokens && skinny_gemm(x, w, bias, out, stream_)) {  // decode: stream the weights
+  if (T <= kSkinnyMaxTokens && skinny_gemm(x, w, bias, scale, out, stream_)) {  // decode: stream the weights
     STATELM_CUDA_LAUNCHED(op, " (skinny) x ", x.describe(), " w ", w.describe(), " out ", out.describe());
     return;
   }
@@ -207,7 +208,7 @@ void Gemm::run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tenso
     tiled_gemm(x, w, out, stream_);
   }
   STATELM_CUDA_LAUNCHED(op, " x ", x.describe(), " w ", w.describe(), " out ", out.describe());
-  if (bias.defined()) add_bias(out, bias, stream_);
+  if (bias.defined() || scale.sumsq) scale_add_bias(out, bias, scale, stream_);
 }
 
 }  // namespace statelm::cuda

@@ -1,4 +1,6 @@
-// Linear layers of decode steps: out[T, N] = x[T, K] · w[N, K]ᵀ (+ bias) for T ≤ 8 tokens.
+// Linear layers of decode steps: out[T, N] = x[T, K] · w[N, K]ᵀ (+ bias) for T ≤ 8 tokens,
+// optionally divided row by row by an RMS whose squares the kernel ahead summed (RowScale: the
+// gated norm of Mamba-2, whose division moves out of the SSD's output and into this epilogue).
 //
 // At a handful of tokens a linear layer is a read of its weight matrix and nothing else (2·T
 // FLOPs per 2-byte weight), so what matters is streaming w at the copy bandwidth. cuBLASLt's
@@ -52,9 +54,10 @@ __device__ __forceinline__ void unpack(const uint4& v, float (&out)[16 / sizeof(
 template <typename T, typename TO, int M>
 __global__ void __launch_bounds__(kThreads)
     skinny_gemm_kernel(const T* x, int64_t ldx, const T* __restrict__ w, int64_t ldw, TO* __restrict__ out,
-                       int64_t ldo, const float* __restrict__ bias, int N, int K) {
+                       int64_t ldo, const float* __restrict__ bias, RowScale scale, int N, int K) {
   constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
-  __shared__ float partial[kThreads / 32][M * kRows];
+  // Per warp: the M × kRows dot products, then the M rows' sums of squares (RowScale).
+  __shared__ float partial[kThreads / 32][M * kRows + M];
   const int n0 = blockIdx.x * kRows;
   const int vectors = K / V;
   const T* wr[kRows];
@@ -75,6 +78,14 @@ __global__ void __launch_bounds__(kThreads)
   // programmatic dependent launch, pdl.cuh): x is read only after it.
   load_weights(threadIdx.x);
   pdl_wait();
+  // The row scale's partial sums (written by the kernel ahead) are read now, while the first
+  // weights are in flight: at the end they would cost one more round trip.
+  float ss[M] = {};
+  if (scale.sumsq) {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+      for (int j = threadIdx.x; j < scale.partials; j += kThreads) ss[m] += scale.sumsq[m * scale.ld + j];
+  }
   for (int v0 = threadIdx.x; v0 < vectors; v0 += kBatch * kThreads) {
     if (v0 != int(threadIdx.x)) load_weights(v0);
 #pragma unroll
@@ -107,33 +118,48 @@ __global__ void __launch_bounds__(kThreads)
       const float s = warp_sum(acc[m][r]);
       if (lane == 0) partial[warp][m * kRows + r] = s;
     }
+  if (scale.sumsq) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float s = warp_sum(ss[m]);
+      if (lane == 0) partial[warp][M * kRows + m] = s;
+    }
+  }
   __syncthreads();
   for (int i = threadIdx.x; i < M * kRows; i += kThreads) {
     const int m = i / kRows, r = i % kRows;
     if (n0 + r >= N) continue;
-    float sum = bias ? bias[n0 + r] : 0.0f;
+    float sum = 0.0f;
 #pragma unroll
     for (int q = 0; q < kThreads / 32; ++q) sum += partial[q][i];
+    if (scale.sumsq) {
+      float s = 0.0f;
+#pragma unroll
+      for (int q = 0; q < kThreads / 32; ++q) s += partial[q][M * kRows + m];
+      sum *= rsqrtf(s * scale.inv_n + scale.eps);
+    }
+    if (bias) sum += bias[n0 + r];
     out[m * ldo + n0 + r] = from_f32<TO>(sum);
   }
 }
 
 template <typename T, typename TO, int M>
-void launch(const Tensor& x, const Tensor& w, const float* bias, const Tensor& out, cudaStream_t stream) {
+void launch(const Tensor& x, const Tensor& w, const float* bias, const RowScale& scale, const Tensor& out,
+            cudaStream_t stream) {
   const int N = int(w.shape[0]), K = int(x.shape[1]);
   const unsigned blocks = unsigned((N + kRows - 1) / kRows);
   STATELM_CUDA_CHECK(launch_programmatic(skinny_gemm_kernel<T, TO, M>, dim3(blocks), dim3(kThreads), stream,
                                          x.ptr<const T>(), x.stride[0], w.ptr<const T>(), w.stride[0], out.ptr<TO>(),
-                                         out.stride[0], bias, N, K),
+                                         out.stride[0], bias, scale, N, K),
                      "matmul (decode) x ", x.describe(), " w ", w.describe());
 }
 
 template <typename T, typename TO, int M = 1>
-void launch_for_tokens(int64_t tokens, const Tensor& x, const Tensor& w, const float* bias, const Tensor& out,
-                       cudaStream_t stream) {
+void launch_for_tokens(int64_t tokens, const Tensor& x, const Tensor& w, const float* bias, const RowScale& scale,
+                       const Tensor& out, cudaStream_t stream) {
   if constexpr (M <= kSkinnyMaxTokens) {
-    if (tokens == M) return launch<T, TO, M>(x, w, bias, out, stream);
-    launch_for_tokens<T, TO, M + 1>(tokens, x, w, bias, out, stream);
+    if (tokens == M) return launch<T, TO, M>(x, w, bias, scale, out, stream);
+    launch_for_tokens<T, TO, M + 1>(tokens, x, w, bias, scale, out, stream);
   }
 }
 
@@ -149,7 +175,8 @@ bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias) {
          aligned_for(w.data, w.stride[0], es, 16);
 }
 
-bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream) {
+bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+                 cudaStream_t stream) {
   if (!skinny_gemm_fits(x, w, bias)) return false;
   const int64_t T = x.shape[0];
   const float* b = bias.defined() ? bias.ptr<const float>() : nullptr;
@@ -157,7 +184,7 @@ bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Ten
     using T_ = decltype(in_tag);
     dispatch_float(out.dtype, "matmul", [&](auto out_tag) {
       using TO = decltype(out_tag);
-      launch_for_tokens<T_, TO>(T, x, w, b, out, stream);
+      launch_for_tokens<T_, TO>(T, x, w, b, scale, out, stream);
     });
   });
   return true;

@@ -38,6 +38,7 @@
 #include <utility>
 
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/span_kernels.cuh"
 #include "backend/cuda/ssd_args.cuh"
 
@@ -142,15 +143,31 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdArgs<T> a, S
 // access). B, C, x and dt are tiny and come through L1.
 constexpr int kDecodeWarps = 4, kRowsPerWarp = 4, kDecodeRows = kDecodeWarps * kRowsPerWarp;
 
+// The decode kernel's output for head channel c = h · P + p of token t: y, or with a gate
+// y · silu(z) · w, returning the square of y · silu(z) for the norm's sum (0 without a gate).
+template <typename T>
+__device__ __forceinline__ float emit_y(const SsdArgs<T>& a, int64_t t, int h, int p, float y) {
+  T* at = a.out + t * a.os0 + int64_t(h) * a.os1 + p;
+  if (!a.z) {
+    *at = from_f32<T>(y);
+    return 0.0f;
+  }
+  const int64_t c = int64_t(h) * a.P + p;
+  const float u = y * silu(to_f32(a.z[t * a.zs + c]));
+  *at = from_f32<T>(u * a.gate_w[c]);
+  return u * u;
+}
+
 template <typename T, typename S, bool kVec4>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a, S* state, int64_t ss0, int64_t ss1,
                                                                    int64_t ss2, const SeqSpan* spans) {
   const SeqSpan sp = spans[blockIdx.x];
-  if (sp.len != 1) return;
+  if (sp.len != 1) return;  // uniform across the block
+  // The linear layer after this kernel (a programmatic launch) may start streaming its weights.
+  pdl_allow_dependents();
   const int h = blockIdx.y, g = h / (a.H / a.G);
   const int p0 = blockIdx.z * kDecodeRows + int(threadIdx.x >> 5) * kRowsPerWarp, lane = int(threadIdx.x & 31);
-  if (p0 >= a.P) return;
-  const int rows = min(kRowsPerWarp, a.P - p0);
+  const int rows = max(0, min(kRowsPerWarp, a.P - p0));  // 0: a warp past the head's last channel
   const int64_t t = sp.start;
   const float dt = dt_of(a, t, h);
   const float dA = expf(dt * a.A[h]);
@@ -158,8 +175,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a,
   const T* xh = a.x + t * a.xs0 + int64_t(h) * a.xs1;
   const T* Bg = a.B + t * a.Bs0 + int64_t(g) * a.Bs1;
   const T* Cg = a.C + t * a.Cs0 + int64_t(g) * a.Cs1;
-  S* st = state + int64_t(sp.slot) * ss0 + int64_t(h) * ss1 + int64_t(p0) * ss2;
-  T* yh = a.out + t * a.os0 + int64_t(h) * a.os1;
+  S* st = state + int64_t(sp.slot) * ss0 + int64_t(h) * ss1 + int64_t(min(p0, a.P - 1)) * ss2;
+  float sq = 0.0f;  // lane 0: the gate's sum of squares over the warp's rows
   if constexpr (kVec4) {  // N <= 128: lane covers state elements [4 lane, 4 lane + 4)
     const int n = lane * 4;
     const bool active = n < a.N;
@@ -185,7 +202,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a,
         store_f32<S, 4>(st + int64_t(r) * ss2 + n, s[r]);
       }
       acc = warp_sum(acc);
-      if (lane == 0) yh[p0 + r] = from_f32<T>(fmaf(dskip, xp, acc));
+      if (lane == 0) sq += emit_y(a, t, h, p0 + r, fmaf(dskip, xp, acc));
     }
   } else {
     for (int r = 0; r < rows; ++r) {
@@ -198,9 +215,39 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a,
         acc = fmaf(to_f32(Cg[n]), s_new, acc);
       }
       acc = warp_sum(acc);
-      if (lane == 0) yh[p0 + r] = from_f32<T>(fmaf(dskip, xp, acc));
+      if (lane == 0) sq += emit_y(a, t, h, p0 + r, fmaf(dskip, xp, acc));
     }
   }
+  if (!a.z) return;  // uniform
+  // One partial sum per block (its column of sumsq), no atomics: matmul_row_rms adds them up.
+  __shared__ float warp_sq[kDecodeWarps];
+  if (lane == 0) warp_sq[threadIdx.x >> 5] = sq;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) total += warp_sq[w];
+    a.sumsq[t * a.sumsq_ld + int64_t(h) * gridDim.z + blockIdx.z] = total;
+  }
+}
+
+// SsdGate for batches with prefill spans (whose outputs the chunked stages write as plain y):
+// one block per token gates its row in place and writes the whole sum of squares into column 0
+// of sumsq, zeros into the others.
+template <typename T>
+__global__ void gate_rows_kernel(SsdArgs<T> a, int64_t partials) {
+  __shared__ float shared[32];
+  const int64_t t = blockIdx.x;
+  float sq = 0.0f;
+  for (int c = threadIdx.x; c < a.H * a.P; c += blockDim.x) {
+    const int h = c / a.P, p = c % a.P;
+    T* at = a.out + t * a.os0 + int64_t(h) * a.os1 + p;
+    const float u = to_f32(*at) * silu(to_f32(a.z[t * a.zs + c]));
+    *at = from_f32<T>(u * a.gate_w[c]);
+    sq += u * u;
+  }
+  const float total = block_sum(sq, shared);
+  for (int64_t j = threadIdx.x; j < partials; j += blockDim.x) a.sumsq[t * a.sumsq_ld + j] = j == 0 ? total : 0.0f;
 }
 
 template <typename T, typename S>
@@ -231,11 +278,22 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
   a.dt_min = p.dt_min;
   a.dt_max = p.dt_max;
   a.dt_limited = p.dt_limited;
+  const bool gated = p.gate.z.defined();
+  if (gated) {
+    a.z = static_cast<const T*>(p.gate.z.data);
+    a.zs = p.gate.z.stride[0];
+    a.gate_w = p.gate.weight.ptr<const float>();
+    a.sumsq = p.gate.sumsq.ptr<float>();
+    a.sumsq_ld = p.gate.sumsq.stride[0];
+  }
   S* state = static_cast<S*>(p.state.data);
   const int64_t ss0 = p.state.stride[0], ss1 = p.state.stride[1], ss2 = p.state.stride[2];
 
   int max_len = 0;
   bool any_decode = false;
+  // A batch of decode spans only gates inside the decode kernel; with prefill spans the rows
+  // are gated after the chunked stages (gate_rows_kernel).
+  SsdArgs<T> decode_args = a;
   for (const SeqSpan& s : batch.spans) {
     max_len = std::max(max_len, int(s.len));
     any_decode = any_decode || s.len == 1;
@@ -247,6 +305,13 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
   const SpanItems items = plan_items(batch, a.Q, 2, &n_chunks);
   const int n_spans = int(batch.spans.size());
 
+  const bool gate_in_decode = gated && max_len == 1;
+  if (!gate_in_decode) decode_args.z = nullptr;
+  auto gate_rows = [&] {
+    if (!gated || gate_in_decode) return;
+    gate_rows_kernel<T><<<unsigned(p.x.shape[0]), 256, 0, stream>>>(a, p.gate.sumsq.shape[1]);
+    STATELM_CUDA_LAUNCHED(op, " gate rows, z ", p.gate.z.describe());
+  };
   if (any_decode) {
     const dim3 grid(unsigned(n_spans), unsigned(a.H), unsigned((a.P + kDecodeRows - 1) / kDecodeRows));
     // 4-element state accesses need N % 4 == 0 and every row start aligned to 4 elements.
@@ -254,12 +319,14 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
                       reinterpret_cast<uintptr_t>(state) % (4 * sizeof(S)) == 0;
     // ... and one pass over N (N <= 128): y is summed in registers, never re-read from out.
     if (vec4 && a.N <= 128)
-      decode_kernel<T, S, true><<<grid, kDecodeWarps * 32, 0, stream>>>(a, state, ss0, ss1, ss2, batch.device_spans);
+      decode_kernel<T, S, true>
+          <<<grid, kDecodeWarps * 32, 0, stream>>>(decode_args, state, ss0, ss1, ss2, batch.device_spans);
     else
-      decode_kernel<T, S, false><<<grid, kDecodeWarps * 32, 0, stream>>>(a, state, ss0, ss1, ss2, batch.device_spans);
+      decode_kernel<T, S, false>
+          <<<grid, kDecodeWarps * 32, 0, stream>>>(decode_args, state, ss0, ss1, ss2, batch.device_spans);
     STATELM_CUDA_LAUNCHED(op, " decode, x ", p.x.describe(), " state ", p.state.describe());
   }
-  if (n_chunks == 0) return;
+  if (n_chunks == 0) return gate_rows();
 
   // One scratch region: dtc, cs, cb, st and (bf16 activations) st_in16, each 256-byte aligned.
   // runtime/memory_plan.cpp (cuda_ssd_scratch) counts the same bytes: keep the two in step.
@@ -300,9 +367,14 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
     chunk_outputs_mma(a, items, n_chunks, stream);
   else
     chunk_outputs_f32(a, items, n_chunks, stream);
+  gate_rows();
 }
 
 }  // namespace
+
+int64_t ssd_gate_partials(int64_t heads, int64_t head_dim) {
+  return heads * ((head_dim + kDecodeRows - 1) / kDecodeRows);
+}
 
 void ssd(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream) {
   const char* op = "ssd";
@@ -320,6 +392,17 @@ void ssd(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
   for (const Tensor* t : {&p.dt, &p.B, &p.C, &p.out})
     STATELM_CHECK(t->dtype == p.x.dtype, op, ": activations must share one dtype, got ", t->describe(), " and x ",
                   p.x.describe());
+  if (p.gate.z.defined()) {
+    STATELM_CHECK(p.gate.z.ndim == 2 && p.gate.z.shape[0] == T && p.gate.z.shape[1] == H * P &&
+                      p.gate.z.dtype == p.x.dtype && p.gate.weight.dtype == DType::F32 &&
+                      p.gate.weight.is_contiguous() && p.gate.weight.numel() == H * P &&
+                      p.gate.sumsq.dtype == DType::F32 && p.gate.sumsq.ndim == 2 && p.gate.sumsq.shape[0] == T &&
+                      p.gate.sumsq.shape[1] == ssd_gate_partials(H, P),
+                  op, ": gate z ", p.gate.z.describe(), " weight ", p.gate.weight.describe(), " sumsq ",
+                  p.gate.sumsq.describe(), " (", ssd_gate_partials(H, P), " partial sums per token)");
+    require_last_contiguous(p.gate.z, op, "gate z");
+    require_last_contiguous(p.gate.sumsq, op, "gate sumsq");
+  }
   if (batch.spans.empty() || H == 0 || P == 0) return;
   dispatch_float(p.x.dtype, op, [&](auto tag) {
     using T = decltype(tag);

@@ -41,6 +41,13 @@ struct SsdArgs {
   // Tensor-core path: stage 4 writes S_in here in bf16 (the operand stage 5 multiplies), and st
   // keeps S_loc. Null on the fp32 path.
   bf16* st_in16;
+  // SsdGate (null z: none): out = y · silu(z) · gate_w; the decode kernel writes the sum of
+  // squares of y · silu(z) over its rows into sumsq[t · sumsq_ld + h · gridDim.z + blockIdx.z].
+  const T* z;
+  int64_t zs;
+  const float* gate_w;
+  float* sumsq;
+  int64_t sumsq_ld;
 };
 
 template <typename T>
