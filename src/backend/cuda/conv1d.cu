@@ -19,6 +19,7 @@
 // not overlap x (items read rows other items write). The runtime keeps conv windows in fp32
 // (state_cache.h); the narrow types are there because the op takes what the CPU op takes.
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/span_kernels.cuh"
 
 namespace statelm::cuda {
@@ -30,13 +31,14 @@ constexpr int kTokens = 64;    // tokens per item; must be ≥ K−1 (K ≤ kMax
 constexpr int kMaxK = 8;
 
 template <typename T, typename S, int K>
-__global__ void __launch_bounds__(kThreads) conv1d_kernel(const T* __restrict__ x, int64_t xs, Param w, int64_t ws,
+__global__ void __launch_bounds__(kThreads) conv1d_kernel(const T* x, int64_t xs, Param w, int64_t ws,
                                                            Param bias, S* state, int64_t ss0, int64_t ss1,
                                                            T* __restrict__ out, int64_t os, int C, bool silu,
                                                            SpanItems items) {
   static_assert(K >= 2 && K - 1 <= kTokens, "the first item must cover the whole history");
   const ItemRef it = find_item(items, blockIdx.x);  // block-wide: before any early exit
   const int c = blockIdx.y * kThreads + threadIdx.x;
+  pdl_allow_dependents();  // the SSD after it may launch and load its state meanwhile
   if (c >= C) return;
   const SeqSpan sp = items.spans[it.span];
   const int t0 = it.piece * kTokens;
@@ -54,6 +56,9 @@ __global__ void __launch_bounds__(kThreads) conv1d_kernel(const T* __restrict__ 
 #pragma unroll
     for (int i = 0; i < K - 1; ++i) old[i] = to_f32(st[i]);
   }
+  // Launched as a programmatic dependent (pdl.cuh): the weights and the old window (last written
+  // by the previous step) were read above; x comes from the kernel ahead.
+  pdl_wait();
   const T* xc = x + int64_t(sp.start) * xs + c;
   // in(j): input j of the span; j < 0 only in the first item, where old[] holds it. old[] is
   // picked by an unrolled compare, not indexed at run time (which would move it to local memory).
@@ -93,10 +98,13 @@ template <typename T, typename S, int K>
 void launch(const Conv1dParams& p, const SpanItems& items, int64_t n_items, cudaStream_t stream) {
   const int C = int(p.weight.shape[0]);
   const dim3 grid(unsigned(n_items), unsigned((C + kThreads - 1) / kThreads));
-  conv1d_kernel<T, S, K><<<grid, kThreads, 0, stream>>>(
-      static_cast<const T*>(p.x.data), p.x.stride[0], param_of(p.weight, "conv1d", "weight"), p.weight.stride[0],
-      param_of(p.bias, "conv1d", "bias"), static_cast<S*>(p.state.data), p.state.stride[0], p.state.stride[1],
-      static_cast<T*>(p.out.data), p.out.stride[0], C, p.silu, items);
+  STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), conv1d_kernel<T, S, K>, grid, dim3(kThreads), stream,
+                                   static_cast<const T*>(p.x.data), p.x.stride[0],
+                                   param_of(p.weight, "conv1d", "weight"), p.weight.stride[0],
+                                   param_of(p.bias, "conv1d", "bias"), static_cast<S*>(p.state.data),
+                                   p.state.stride[0], p.state.stride[1], static_cast<T*>(p.out.data), p.out.stride[0],
+                                   C, p.silu, items),
+                     "conv1d x ", p.x.describe());
 }
 
 template <int K, typename T, typename S>

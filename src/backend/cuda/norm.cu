@@ -48,10 +48,12 @@ __global__ void rms_norm_kernel(const T* x, int64_t x_stride, const float* __res
 }
 
 template <typename T, int VEC>
-__global__ void add_rms_norm_kernel(T* residual, int64_t r_stride, const T* __restrict__ x, int64_t x_stride,
+__global__ void add_rms_norm_kernel(T* residual, int64_t r_stride, const T* x, int64_t x_stride,
                                     const float* __restrict__ w, T* out, int64_t out_stride, int d, float eps) {
   __shared__ float shared[32];
   pdl_allow_dependents();  // the linear layer after the norm may start streaming its weights
+  // Launched as a programmatic dependent itself (pdl_chain): x is the output of the kernel ahead.
+  pdl_wait();
   T* r = residual + int64_t(blockIdx.x) * r_stride;
   const T* xr = x + int64_t(blockIdx.x) * x_stride;
   T* o = out + int64_t(blockIdx.x) * out_stride;
@@ -148,15 +150,11 @@ void add_rms_norm(const Tensor& residual, const Tensor& x, const Tensor& weight,
     using T = decltype(tag);
     const bool vec = can_vectorize<T>(d, {&residual, &x, &out});
     const int threads = row_threads(vec ? d / kVec16<T> : d, n);
-    if (vec)
-      add_rms_norm_kernel<T, kVec16<T>><<<unsigned(n), threads, 0, stream>>>(
-          residual.ptr<T>(), residual.stride[0], x.ptr<const T>(), x.stride[0], weight.ptr<const float>(), out.ptr<T>(),
-          out.stride[0], int(d), eps);
-    else
-      add_rms_norm_kernel<T, 1><<<unsigned(n), threads, 0, stream>>>(residual.ptr<T>(), residual.stride[0],
-                                                                    x.ptr<const T>(), x.stride[0],
-                                                                    weight.ptr<const float>(), out.ptr<T>(),
-                                                                    out.stride[0], int(d), eps);
+    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), vec ? add_rms_norm_kernel<T, kVec16<T>> : add_rms_norm_kernel<T, 1>,
+                                     dim3(unsigned(n)), dim3(unsigned(threads)), stream, residual.ptr<T>(),
+                                     residual.stride[0], x.ptr<const T>(), x.stride[0], weight.ptr<const float>(),
+                                     out.ptr<T>(), out.stride[0], int(d), eps),
+                       "add_rms_norm residual ", residual.describe());
   });
   STATELM_CUDA_LAUNCHED("add_rms_norm residual ", residual.describe(), " x ", x.describe(), " out ", out.describe());
 }

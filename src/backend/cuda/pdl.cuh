@@ -11,6 +11,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <utility>
 
 namespace statelm::cuda {
@@ -28,13 +29,13 @@ __device__ __forceinline__ void pdl_allow_dependents() {
 #endif
 }
 
-// kernel<<<grid, block, 0, stream>>>(args...) as a programmatic dependent launch.
+// kernel<<<grid, block, 0, stream>>>(args...), as a programmatic dependent launch when `allow`.
 template <typename... Params, typename... Args>
-cudaError_t launch_programmatic(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
-                                Args&&... args) {
+cudaError_t launch_pdl_if(bool allow, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                          Args&&... args) {
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
+  attr.val.programmaticStreamSerializationAllowed = allow ? 1 : 0;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -43,6 +44,35 @@ cudaError_t launch_programmatic(void (*kernel)(Params...), dim3 grid, dim3 block
   cfg.attrs = &attr;
   cfg.numAttrs = 1;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+// kernel<<<grid, block, 0, stream>>>(args...) as a programmatic dependent launch.
+template <typename... Params, typename... Args>
+cudaError_t launch_programmatic(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                                Args&&... args) {
+  return launch_pdl_if(true, kernel, grid, block, stream, std::forward<Args>(args)...);
+}
+
+// Whether the small kernels between a decode step's linear layers (conv1d, the SSD decode kernel,
+// add_rms_norm) launch as programmatic dependents too: each is then resident and waiting when the
+// kernel ahead ends, and what it may read early (the SSD's state, the conv window) is in flight
+// before that. STATELM_PDL_CHAIN=0 turns it off (read once; for A/B measurements).
+inline bool pdl_chain() {
+  static const bool on = [] {
+    const char* v = std::getenv("STATELM_PDL_CHAIN");
+    return !(v && v[0] == '0');
+  }();
+  return on;
+}
+
+// Experiment: the weight-streaming GEMM lets the next kernel launch as soon as it starts
+// (STATELM_PDL_GEMM_TRIGGER=1) instead of when its last block exits.
+inline bool pdl_gemm_trigger() {
+  static const bool on = [] {
+    const char* v = std::getenv("STATELM_PDL_GEMM_TRIGGER");
+    return v && v[0] == '1';
+  }();
+  return on;
 }
 
 }  // namespace statelm::cuda

@@ -54,7 +54,7 @@ __device__ __forceinline__ void unpack(const uint4& v, float (&out)[16 / sizeof(
 template <typename T, typename TO, int M>
 __global__ void __launch_bounds__(kThreads)
     skinny_gemm_kernel(const T* x, int64_t ldx, const T* __restrict__ w, int64_t ldw, TO* __restrict__ out,
-                       int64_t ldo, const float* __restrict__ bias, RowScale scale, int N, int K) {
+                       int64_t ldo, const float* __restrict__ bias, RowScale scale, int N, int K, bool trigger) {
   constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
   // Per warp: the M × kRows dot products, then the M rows' sums of squares (RowScale).
   __shared__ float partial[kThreads / 32][M * kRows + M];
@@ -77,6 +77,7 @@ __global__ void __launch_bounds__(kThreads)
   // The first batch of weights is in flight before the wait for the kernel ahead (launched as a
   // programmatic dependent launch, pdl.cuh): x is read only after it.
   load_weights(threadIdx.x);
+  if (trigger) pdl_allow_dependents();
   pdl_wait();
   // The row scale's partial sums (written by the kernel ahead) are read now, while the first
   // weights are in flight: at the end they would cost one more round trip.
@@ -150,7 +151,7 @@ void launch(const Tensor& x, const Tensor& w, const float* bias, const RowScale&
   const unsigned blocks = unsigned((N + kRows - 1) / kRows);
   STATELM_CUDA_CHECK(launch_programmatic(skinny_gemm_kernel<T, TO, M>, dim3(blocks), dim3(kThreads), stream,
                                          x.ptr<const T>(), x.stride[0], w.ptr<const T>(), w.stride[0], out.ptr<TO>(),
-                                         out.stride[0], bias, scale, N, K),
+                                         out.stride[0], bias, scale, N, K, pdl_gemm_trigger()),
                      "matmul (decode) x ", x.describe(), " w ", w.describe());
 }
 

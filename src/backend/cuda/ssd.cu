@@ -169,9 +169,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a,
   const int p0 = blockIdx.z * kDecodeRows + int(threadIdx.x >> 5) * kRowsPerWarp, lane = int(threadIdx.x & 31);
   const int rows = max(0, min(kRowsPerWarp, a.P - p0));  // 0: a warp past the head's last channel
   const int64_t t = sp.start;
-  const float dt = dt_of(a, t, h);
-  const float dA = expf(dt * a.A[h]);
-  const float dskip = a.D.get(h, 0.0f);
+  const float A = a.A[h], dskip = a.D.get(h, 0.0f);
   const T* xh = a.x + t * a.xs0 + int64_t(h) * a.xs1;
   const T* Bg = a.B + t * a.Bs0 + int64_t(g) * a.Bs1;
   const T* Cg = a.C + t * a.Cs0 + int64_t(g) * a.Cs1;
@@ -184,6 +182,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a,
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r)
       if (active && r < rows) load_f32<S, 4>(st + int64_t(r) * ss2 + n, s[r]);
+    // Launched as a programmatic dependent (pdl.cuh): the state (last written by the previous
+    // step) is in flight; dt, x, B and C come from the kernels ahead.
+    pdl_wait();
+    const float dt = dt_of(a, t, h), dA = expf(dt * A);
     if (active) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) b[j] = to_f32(Bg[n + j]), c[j] = to_f32(Cg[n + j]);
@@ -205,6 +207,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a,
       if (lane == 0) sq += emit_y(a, t, h, p0 + r, fmaf(dskip, xp, acc));
     }
   } else {
+    pdl_wait();
+    const float dt = dt_of(a, t, h), dA = expf(dt * A);
     for (int r = 0; r < rows; ++r) {
       S* row = st + int64_t(r) * ss2;
       const float xp = to_f32(xh[p0 + r]), xdt = xp * dt;
@@ -318,12 +322,10 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
     const bool vec4 = a.N % 4 == 0 && ss2 % 4 == 0 && ss1 % 4 == 0 && ss0 % 4 == 0 &&
                       reinterpret_cast<uintptr_t>(state) % (4 * sizeof(S)) == 0;
     // ... and one pass over N (N <= 128): y is summed in registers, never re-read from out.
-    if (vec4 && a.N <= 128)
-      decode_kernel<T, S, true>
-          <<<grid, kDecodeWarps * 32, 0, stream>>>(decode_args, state, ss0, ss1, ss2, batch.device_spans);
-    else
-      decode_kernel<T, S, false>
-          <<<grid, kDecodeWarps * 32, 0, stream>>>(decode_args, state, ss0, ss1, ss2, batch.device_spans);
+    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), vec4 && a.N <= 128 ? decode_kernel<T, S, true> : decode_kernel<T, S, false>,
+                                     grid, dim3(kDecodeWarps * 32), stream, decode_args, state, ss0, ss1, ss2,
+                                     batch.device_spans),
+                       op, " decode, x ", p.x.describe());
     STATELM_CUDA_LAUNCHED(op, " decode, x ", p.x.describe(), " state ", p.state.describe());
   }
   if (n_chunks == 0) return gate_rows();
