@@ -27,9 +27,10 @@ __global__ void embed_kernel(const int32_t* __restrict__ ids, const T* __restric
 }
 
 template <typename T, int VEC>
-__global__ void swiglu_kernel(const T* __restrict__ gate_up, int64_t gu_stride, T* __restrict__ out,
-                              int64_t out_stride, int f) {
+__global__ void swiglu_kernel(const T* gate_up, int64_t gu_stride, T* __restrict__ out, int64_t out_stride,
+                              int f) {
   pdl_allow_dependents();  // the down projection may start streaming its weights
+  pdl_wait();              // launched as a dependent itself (pdl_chain): gate_up is the kernel ahead's output
   const T* g = gate_up + int64_t(blockIdx.x) * gu_stride;
   T* o = out + int64_t(blockIdx.x) * out_stride;
   for (int i = threadIdx.x * VEC; i < f; i += blockDim.x * VEC) {
@@ -105,12 +106,10 @@ void swiglu(const Tensor& gate_up, const Tensor& out, cudaStream_t stream) {
     // The up half starts f elements into the row: f % VEC == 0 keeps it aligned too.
     const bool vec = vectorizable<T>(f, {{gate_up.data, gate_up.stride[0]}, {out.data, out.stride[0]}});
     const int threads = row_threads(vec ? f / kVec16<T> : f);
-    if (vec)
-      swiglu_kernel<T, kVec16<T>><<<unsigned(n), threads, 0, stream>>>(gate_up.ptr<const T>(), gate_up.stride[0],
-                                                                      out.ptr<T>(), out.stride[0], int(f));
-    else
-      swiglu_kernel<T, 1><<<unsigned(n), threads, 0, stream>>>(gate_up.ptr<const T>(), gate_up.stride[0], out.ptr<T>(),
-                                                              out.stride[0], int(f));
+    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), vec ? swiglu_kernel<T, kVec16<T>> : swiglu_kernel<T, 1>,
+                                     dim3(unsigned(n)), dim3(unsigned(threads)), stream, gate_up.ptr<const T>(),
+                                     gate_up.stride[0], out.ptr<T>(), out.stride[0], int(f)),
+                       "swiglu gate_up ", gate_up.describe());
   });
   STATELM_CUDA_LAUNCHED("swiglu gate_up ", gate_up.describe(), " out ", out.describe());
 }

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/span_kernels.cuh"
 #include "model/rope_frequencies.h"
@@ -62,6 +63,9 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(T* q, int64_t qs0, int64
     const float f = inv.v[i] * float(sp.pos + t0 + t);
     sincosf(f, &sin_t[t][i], &cos_t[t][i]);
   }
+  // Launched as a programmatic dependent (pdl_chain): the angles above need only the positions;
+  // q and k come from the kernel ahead.
+  pdl_wait();
   __syncthreads();
   const int heads = hq + hkv;
   const int per_token = heads * half;
@@ -92,9 +96,11 @@ void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream) {
   const InvFreq inv = inv_freq_table(p.rope);
   dispatch_float(p.q.dtype, "rope", [&](auto tag) {
     using T = decltype(tag);
-    rope_kernel<T><<<unsigned(n_items), kThreads, 0, stream>>>(
-        static_cast<T*>(p.q.data), p.q.stride[0], p.q.stride[1], int(p.q.shape[1]), static_cast<T*>(p.k.data),
-        p.k.stride[0], p.k.stride[1], int(p.k.shape[1]), int(half), inv, items);
+    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), rope_kernel<T>, dim3(unsigned(n_items)), dim3(kThreads), stream,
+                                     static_cast<T*>(p.q.data), p.q.stride[0], p.q.stride[1], int(p.q.shape[1]),
+                                     static_cast<T*>(p.k.data), p.k.stride[0], p.k.stride[1], int(p.k.shape[1]),
+                                     int(half), inv, items),
+                       "rope q ", p.q.describe());
   });
   STATELM_CUDA_LAUNCHED("rope q ", p.q.describe());
 }
