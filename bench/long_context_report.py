@@ -191,6 +191,42 @@ def inspect_section(ins, out):
     out.append("")
 
 
+def held_up_to(d, t):
+    """How far state dtype t of drift run d held: every row up to it within STATE_OK and LOGITS_OK, argmax as fp32's."""
+    ok = 0
+    for r in d["rows"]:
+        c = r.get(t, {})
+        good = c.get("state_error", math.inf) < STATE_OK and c.get("logits_error", 0) < LOGITS_OK and \
+            c.get("argmax_same", True)
+        if not good:
+            break
+        ok = r["position"]
+    last = d["rows"][-1]["position"]
+    return f"all {last:,} tokens measured" if ok == last else (f"{ok:,} tokens" if ok else "not even the first row")
+
+
+def drift_headline(drifts, out):
+    """One README line per drift run: the worst errors of each state dtype and how far it held."""
+    for _, d in drifts:
+        if not d or not d.get("rows"):
+            continue
+        dts = d.get("state_dtypes", [])
+        worst = lambda t, key: max((r.get(t, {}).get(key) or 0.0) for r in d["rows"])
+        differs = lambda t: [r["position"] for r in d["rows"] if not r.get(t, {}).get("argmax_same", True)]
+        narrow = [t for t in dts if t != "float32"]
+        weights = "random weights" if d.get("random_weights") else "trained"
+        parts = [f"worst state error vs an fp64 replay: " + ", ".join(f"{t} {sci(worst(t, 'state_error'))}" for t in dts)]
+        if narrow:
+            parts.append("worst logits error vs fp32 state: " + ", ".join(f"{t} {sci(worst(t, 'logits_error'))}" for t in narrow))
+            flips = [f"{t} at {', '.join(f'{p:,}' for p in differs(t))}" for t in narrow if differs(t)]
+            parts.append("argmax as fp32's at every row" if not flips else "argmax differs: " + "; ".join(flips))
+        parts.append(f"held (state < {STATE_OK:g}, logits < {LOGITS_OK:g}, same argmax): "
+                     + ", ".join(f"{t} {held_up_to(d, t)}" for t in dts))
+        out.append(f"- **State dtype over {d['tokens']:,} tokens, {os.path.basename(d['model'].rstrip('/'))} "
+                   f"({weights}, {d['device']}):** " + "; ".join(parts) + ".")
+    out.append("")
+
+
 def drift_section(drifts, out):
     out.append("## Recurrent-state precision over long sequences (vs an fp64 replay)\n")
     runs = [(name, d) for name, d in drifts if d and d.get("rows")]
@@ -223,18 +259,7 @@ def drift_section(drifts, out):
             out.append(line)
         out.append("")
         for t in ["float32"] + dts:
-            ok = 0
-            for r in d["rows"]:
-                c = r.get(t, {})
-                good = c.get("state_error", math.inf) < STATE_OK and c.get("logits_error", 0) < LOGITS_OK and \
-                    c.get("argmax_same", True)
-                if not good:
-                    break
-                ok = r["position"]
-            last = d["rows"][-1]["position"]
-            verdicts.append(
-                f"| {os.path.basename(d['model'].rstrip('/'))} | {t} | "
-                + (f"all {last:,} tokens measured" if ok == last else (f"{ok:,} tokens" if ok else "not even the first row")) + " |")
+            verdicts.append(f"| {os.path.basename(d['model'].rstrip('/'))} | {t} | {held_up_to(d, t)} |")
     out.append(f"Where each state dtype held (state error < {STATE_OK:g}, logits error < {LOGITS_OK:g}, argmax as fp32's) "
                "at every row up to:\n")
     out.append("| model | state dtype | held up to |")
@@ -263,11 +288,14 @@ def main():
     if a.readme:
         out = ["## Long context on one GPU\n"]
         headline(sweeps, out, heading=False)
+        if out[-1] == "":
+            out.pop()
+        drift_headline(drifts, out)
         out.append("![Decode time per step vs context](docs/long-context/context_decode.png)\n")
         out.append(
             "Every table behind these lines — prefill time and tokens/s, decode ms/step, state + KV per sequence "
             "and the largest batch at 1K–1M tokens for the three shapes, the memory planner against measured device "
-            "memory, and how far a bf16 recurrent state drifts from an fp64 replay over 1M tokens — is in "
+            "memory, and how far fp32, bf16 and fp16 recurrent states drift from an fp64 replay over 1M tokens — is in "
             "[docs/long-context.md](docs/long-context.md), measured by one `scripts/gpu-sweep` device call.")
         sys.stdout.write("\n".join(out).rstrip() + "\n")
         return
