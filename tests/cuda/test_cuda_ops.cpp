@@ -538,6 +538,40 @@ TEST(CudaOps, SelectiveScan) {
     }
 }
 
+// The ssd op's arguments in an OpCase: x | B | C as column ranges of one xbc activation (as the
+// forward lays them out), dt, the per-head parameters and the state; `out` is the caller's.
+struct SsdArgIds {
+  int xbc, dt, dt_bias, A, D, state;
+  int64_t H, P, G, N;
+};
+SsdArgIds add_ssd_args(OpCase& c, int64_t T, int32_t slots, int64_t H, int64_t P, int64_t G, int64_t N) {
+  SsdArgIds a{};
+  a.H = H, a.P = P, a.G = G, a.N = N;
+  a.xbc = c.act("xbc", {T, H * P + 2 * G * N});
+  a.dt = c.act("dt", {T, H}, -2.0f, 2.0f);
+  a.dt_bias = c.dense("dt_bias", Kind::Param, {H}, -3.0f, 0.5f);
+  a.A = c.dense("A", Kind::Param, {H}, -1.0f, 1.5f);
+  for (float& v : c.data(a.A)) v = -std::exp(v);
+  a.D = c.dense("D", Kind::Param, {H});
+  a.state = c.dense("state", Kind::State, {slots, H, P, N});
+  return a;
+}
+SsdParams ssd_params(const std::vector<Tensor>& t, const SsdArgIds& a, const Tensor& out, int64_t chunk) {
+  const int64_t Di = a.H * a.P, GN = a.G * a.N;
+  SsdParams p;
+  p.x = t[a.xbc].cols(0, Di).unflatten_last(a.H, a.P);
+  p.B = t[a.xbc].cols(Di, GN).unflatten_last(a.G, a.N);
+  p.C = t[a.xbc].cols(Di + GN, GN).unflatten_last(a.G, a.N);
+  p.dt = t[a.dt];
+  p.dt_bias = t[a.dt_bias];
+  p.A = t[a.A];
+  p.D = t[a.D];
+  p.state = t[a.state];
+  p.out = out.unflatten_last(a.H, a.P);
+  p.chunk_size = chunk;
+  return p;
+}
+
 TEST(CudaOps, Ssd) {
   REQUIRE_GPU();
   std::mt19937 rng(12);
@@ -551,27 +585,11 @@ TEST(CudaOps, Ssd) {
           OpCase c("ssd H=" + std::to_string(s.H) + " P=" + std::to_string(s.P) + " G=" + std::to_string(s.G) +
                        " N=" + std::to_string(s.N) + " chunk=" + std::to_string(s.chunk),
                    13);
-          const int xbc = c.act("xbc", {T, s.H * s.P + 2 * s.G * s.N});
-          const int dt = c.act("dt", {T, s.H}, -2.0f, 2.0f);
-          const int dt_bias = c.dense("dt_bias", Kind::Param, {s.H}, -3.0f, 0.5f);
-          const int A = c.dense("A", Kind::Param, {s.H}, -1.0f, 1.5f);
-          for (float& a : c.data(A)) a = -std::exp(a);
-          const int D = c.dense("D", Kind::Param, {s.H});
-          const int state = c.dense("state", Kind::State, {slots, s.H, s.P, s.N});
+          const SsdArgIds args = add_ssd_args(c, T, slots, s.H, s.P, s.G, s.N);
           const int out = c.act("out", {T, s.H * s.P});
           const Shape sh = s;
           OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
-            SsdParams p;
-            p.x = t[xbc].cols(0, sh.H * sh.P).unflatten_last(sh.H, sh.P);
-            p.B = t[xbc].cols(sh.H * sh.P, sh.G * sh.N).unflatten_last(sh.G, sh.N);
-            p.C = t[xbc].cols(sh.H * sh.P + sh.G * sh.N, sh.G * sh.N).unflatten_last(sh.G, sh.N);
-            p.dt = t[dt];
-            p.dt_bias = t[dt_bias];
-            p.A = t[A];
-            p.D = t[D];
-            p.state = t[state];
-            p.out = t[out].unflatten_last(sh.H, sh.P);
-            p.chunk_size = sh.chunk;
+            SsdParams p = ssd_params(t, args, t[out], sh.chunk);
             p.dt_limited = sh.dt_limited;
             p.dt_min = 0.05f;
             p.dt_max = 0.6f;
@@ -606,15 +624,9 @@ TEST(CudaOps, SsdGate) {
             OpCase c("ssd gate T=" + std::to_string(T) + " H=" + std::to_string(s.H) + " P=" + std::to_string(s.P) +
                          " G=" + std::to_string(s.G) + " N=" + std::to_string(s.N),
                      32);
-            const int xbc = c.act("xbc", {T, Di + 2 * s.G * s.N});
+            const SsdArgIds args = add_ssd_args(c, T, slots, s.H, s.P, s.G, s.N);
             const int z = c.act("z", {T, Di}, -3.0f, 3.0f);
-            const int dt = c.act("dt", {T, s.H}, -2.0f, 2.0f);
-            const int dt_bias = c.dense("dt_bias", Kind::Param, {s.H}, -3.0f, 0.5f);
-            const int A = c.dense("A", Kind::Param, {s.H}, -1.0f, 1.5f);
-            for (float& a : c.data(A)) a = -std::exp(a);
-            const int D = c.dense("D", Kind::Param, {s.H});
             const int norm = c.dense("norm weight", Kind::Param, {Di}, 0.5f, 1.5f);
-            const int state = c.dense("state", Kind::State, {slots, s.H, s.P, s.N});
             const int y = c.aligned_act("y (gated)", {T, Di});
             const int w = c.dense("out_proj", Kind::Weight, {Dout, Di}, -0.3f, 0.3f);
             const int bias = c.dense("bias", Kind::Param, {Dout});
@@ -623,17 +635,7 @@ TEST(CudaOps, SsdGate) {
             const Shape sh = s;
             const bool all_decode = T == int64_t(spans.size());
             OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
-              SsdParams p;
-              p.x = t[xbc].cols(0, Di).unflatten_last(sh.H, sh.P);
-              p.B = t[xbc].cols(Di, sh.G * sh.N).unflatten_last(sh.G, sh.N);
-              p.C = t[xbc].cols(Di + sh.G * sh.N, sh.G * sh.N).unflatten_last(sh.G, sh.N);
-              p.dt = t[dt];
-              p.dt_bias = t[dt_bias];
-              p.A = t[A];
-              p.D = t[D];
-              p.state = t[state];
-              p.out = t[y].unflatten_last(sh.H, sh.P);
-              p.chunk_size = 16;
+              SsdParams p = ssd_params(t, args, t[y], 16);
               const Tensor partials = t[sums].cols(0, b.ssd_gate_partials(sh.H, sh.P));
               p.gate = {t[z], t[norm], partials};
               b.ssd(p, bv);
