@@ -88,10 +88,10 @@ int run_run(RunOptions& o) {
   IncrementalDetokenizer detok(tokenizer);
   // A resumed stream continues the conversation's text (leading spaces, split UTF-8): replay it.
   if (turn.blob)
-    for (int32_t id : context) detok.push(id);
+    for (int32_t id : context) detok.push_generated(id);
   StopStringMatcher stops(o.sampling.stop_strings);
   auto on_token = [&](int32_t id) {
-    std::fputs(stops.push(detok.push(id)).c_str(), stdout);
+    std::fputs(stops.push(detok.push_generated(id)).c_str(), stdout);
     std::fflush(stdout);
     return !stops.stopped();
   };

@@ -20,6 +20,10 @@ void log_warning(Parts&&... parts) {
   log_message(LogLevel::Warning, str_cat(std::forward<Parts>(parts)...));
 }
 template <typename... Parts>
+void log_error(Parts&&... parts) {
+  log_message(LogLevel::Error, str_cat(std::forward<Parts>(parts)...));
+}
+template <typename... Parts>
 void log_info(Parts&&... parts) {
   log_message(LogLevel::Info, str_cat(std::forward<Parts>(parts)...));
 }

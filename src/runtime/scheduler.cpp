@@ -126,7 +126,12 @@ void Scheduler::finish(Active& a, const std::string& reason, const std::string& 
   e.prompt_tokens = a.prompt_tokens();
   e.completion_tokens = a.generated;
   e.cached_tokens = a.cached_tokens;
-  if (a.req.on_event) a.req.on_event(e);
+  if (!a.req.on_event) return;
+  try {
+    a.req.on_event(e);
+  } catch (const std::exception& ex) {  // nothing left to tell the request; the scheduler goes on
+    log_error("request ", a.id, ": its final event's handler failed: ", ex.what());
+  }
 }
 
 // Opens a's sequence, from the longest cached prefix of its prompt when there is one. The
@@ -389,7 +394,13 @@ bool Scheduler::step() {
     e.prompt_tokens = a.prompt_tokens();
     e.completion_tokens = a.generated;
     e.cached_tokens = a.cached_tokens;
-    const bool keep_going = a.req.on_event ? a.req.on_event(e) : true;
+    bool keep_going = true;
+    try {
+      if (a.req.on_event) keep_going = a.req.on_event(e);
+    } catch (const std::exception& ex) {  // the request fails, not the scheduler's thread
+      finish(a, "error", str_cat("handling generated token ", token, ": ", ex.what()));
+      continue;
+    }
     const auto& stops = a.req.sampling.stop_token_ids;
     if (!keep_going || std::find(stops.begin(), stops.end(), token) != stops.end()) finish(a, "stop");
     else if (a.generated >= a.req.sampling.max_tokens) finish(a, "length");

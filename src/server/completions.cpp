@@ -19,7 +19,7 @@ bool CompletionText::is_stop_token(int32_t id) const {
 
 std::string CompletionText::on_token(int32_t id) {
   if (finished_ || stops_.stopped() || is_stop_token(id)) return {};
-  return stops_.push(detok_.push(id));
+  return stops_.push(detok_.push_generated(id));
 }
 
 std::string CompletionText::finish() {

@@ -6,7 +6,9 @@ using nlohmann::json;
 
 namespace {
 
+// A generated id without a token (a vocabulary padded past the tokenizer's) has no text.
 std::string token_text(const Tokenizer& tokenizer, int32_t id) {
+  if (!tokenizer.has_token(id)) return {};
   const int32_t ids[] = {id};
   return tokenizer.decode(ids, /*skip_special_tokens=*/false);
 }

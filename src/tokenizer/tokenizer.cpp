@@ -157,6 +157,10 @@ std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
 
 std::string_view Tokenizer::id_to_token(int32_t id) const { return impl_->token_string(id); }
 
+bool Tokenizer::has_token(int32_t id) const {
+  return impl_->added.find_id(id) != nullptr || impl_->model->id_to_token(id) != nullptr;
+}
+
 bool Tokenizer::is_special(int32_t id) const {
   const tok::AddedToken* t = impl_->added.find_id(id);
   return t && t->special;

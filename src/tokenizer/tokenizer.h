@@ -38,6 +38,9 @@ class Tokenizer {
   size_t vocab_size() const;  // including added tokens: max id + 1
   std::optional<int32_t> token_to_id(std::string_view token) const;
   std::string_view id_to_token(int32_t id) const;  // Error(InvalidArgument) when out of range
+  // Whether some token has this id. A model's vocabulary is often padded past its tokenizer's
+  // (Mamba: 50280 rows of logits, 50277 tokens): ids it generates there have no text.
+  bool has_token(int32_t id) const;
   bool is_special(int32_t id) const;
   // Best effort, from the post-processor's template or well-known special token names.
   std::optional<int32_t> bos_id() const;
@@ -55,7 +58,10 @@ class Tokenizer {
 class IncrementalDetokenizer {
  public:
   explicit IncrementalDetokenizer(const Tokenizer& tokenizer, bool skip_special_tokens = true);
-  std::string push(int32_t id);
+  std::string push(int32_t id);  // Error(InvalidArgument) for an id no token has
+  // An id the model generated: one without a token (a padded vocabulary) adds no text, as
+  // transformers' decode skips it, instead of being an error.
+  std::string push_generated(int32_t id) { return tokenizer_.has_token(id) ? push(id) : std::string(); }
   std::string flush();  // the rest; incomplete bytes become U+FFFD as in decode()
 
  private:

@@ -150,6 +150,43 @@ TEST(Scheduler, CallbackCanStopAndStopIdsStop) {
   EXPECT_EQ(c.by_id[b].finish_reason, "stop");
 }
 
+// A request whose callback throws (e.g. text for an id its tokenizer lacks) ends with an error;
+// the scheduler's thread, its slots and the other requests go on. A throwing final-event handler
+// is logged and dropped.
+TEST(Scheduler, ThrowingCallbackFailsOnlyItsRequest) {
+  CpuBackend backend;
+  RunnerOptions o;
+  o.max_sequences = 2;
+  ModelRunner runner(test::fixture("models/mamba-tiny").string(), backend, o);
+  Scheduler s(runner);
+  Collector c;
+  Request r;
+  r.prompt = {5, 6, 7};
+  r.sampling.greedy = true;
+  r.sampling.max_tokens = 6;
+  const auto alone = generate(runner, r.prompt, r.sampling).tokens;
+  std::string error;
+  r.on_event = [&](const RequestEvent& e) -> bool {
+    c.callback()(e);
+    if (e.finished) {
+      error = e.error;
+      throw Error(ErrorKind::Internal, "final handler failed too");
+    }
+    if (e.completion_tokens == 2) throw Error(ErrorKind::InvalidArgument, "no text for this token");
+    return true;
+  };
+  const uint64_t bad = s.submit(r);
+  r.on_event = c.callback();
+  const uint64_t good = s.submit(r);
+  s.run_until_idle();
+  EXPECT_EQ(c.by_id[bad].finish_reason, "error");
+  EXPECT_EQ(c.by_id[bad].tokens.size(), 2u);
+  EXPECT_NE(error.find("no text for this token"), std::string::npos) << error;
+  EXPECT_EQ(c.by_id[good].tokens, alone);
+  EXPECT_EQ(c.by_id[good].finish_reason, "length");
+  EXPECT_EQ(runner.free_slots(), 2);
+}
+
 TEST(Scheduler, RefusesRequestsThatCanNeverRun) {
   CpuBackend backend;
   RunnerOptions o;

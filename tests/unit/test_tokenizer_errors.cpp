@@ -159,7 +159,25 @@ TEST(TokenizerErrors, OutOfRangeIdsAreInvalidArgument) {
     EXPECT_THROW(tok.id_to_token(id), Error);
     IncrementalDetokenizer detok(tok);
     EXPECT_THROW(detok.push(id), Error);
+    EXPECT_FALSE(tok.has_token(id));
   }
+}
+
+// Generated ids past the tokenizer (a model vocabulary padded beyond it) add no text and leave
+// the stream intact, as transformers' decode skips ids without a token.
+TEST(TokenizerErrors, GeneratedIdsWithoutATokenAddNoText) {
+  Tokenizer tok = Tokenizer::from_json(tiny_json(), "tokenizer.json");
+  const std::vector<int32_t> ids = {0, 1, 2, 3};
+  IncrementalDetokenizer plain(tok), padded(tok);
+  std::string want, got;
+  for (int32_t id : ids) {
+    EXPECT_TRUE(tok.has_token(id));
+    want += plain.push(id);
+    got += padded.push_generated(id);
+    EXPECT_EQ(padded.push_generated(int32_t(tok.vocab_size()) + id), "");
+  }
+  EXPECT_EQ(got + padded.flush(), want + plain.flush());
+  EXPECT_EQ(want.empty(), false);
 }
 
 }  // namespace
