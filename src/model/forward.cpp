@@ -83,18 +83,19 @@ void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCac
   p.chunk_size = m.chunk_size;
   dump(layer, "mamba2_xbc", xbc);  // the SSD's inputs: reference recurrences replay them
   dump(layer, "mamba2_dt", p.dt);
-  if (defers_gated_norm(m, T, int64_t(b.spans.size()))) {
-    // Decode: the SSD gates its output and sums the squares; out_proj divides by the RMS. No
-    // kernel reads y back just to normalise it (ops.h, SsdGate).
+  // Decode: the SSD gates its output and sums the squares; out_proj divides by the RMS. No
+  // kernel reads y back just to normalise it (ops.h, SsdGate).
+  const bool split_norm = defers_gated_norm(m, T, int64_t(b.spans.size()));
+  if (split_norm) {
     Tensor sums = scratch(kMixer + 3, {T, backend_.ssd_gate_partials(H, m.head_dim)}, DType::F32);
     p.gate = {zxbcdt.cols(0, Di), w.norm, sums};
-    backend_.ssd(p, b);
-    dump(layer, "mamba2_ssd_gated", y);
-    backend_.matmul_row_rms(y, w.out_proj, w.out_proj_bias, {sums, Di, m.norm_eps}, out);
-    return;
   }
   backend_.ssd(p, b);
-  dump(layer, "mamba2_ssd", y);
+  dump(layer, split_norm ? "mamba2_ssd_gated" : "mamba2_ssd", y);
+  if (split_norm) {
+    backend_.matmul_row_rms(y, w.out_proj, w.out_proj_bias, {p.gate.sumsq, Di, m.norm_eps}, out);
+    return;
+  }
   Tensor gated = scratch(kMixer + 3, {T, Di});
   backend_.gated_rms_norm(y, zxbcdt.cols(0, Di), w.norm, m.norm_group_size, m.norm_eps, gated);
   backend_.matmul(gated, w.out_proj, w.out_proj_bias, out);

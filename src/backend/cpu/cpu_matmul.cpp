@@ -159,8 +159,8 @@ void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, co
 void CpuBackend::matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
                                 const Tensor& out) {
   const int64_t t = x.shape[0], n = w.shape[0];
-  STATELM_CHECK(rms.sumsq.ndim == 2 && rms.sumsq.shape[1] >= 1, "matmul_row_rms sumsq ", rms.sumsq.describe());
   cpu::check_2d(rms.sumsq, t, rms.sumsq.shape[1], "matmul_row_rms sumsq");
+  STATELM_CHECK(rms.sumsq.shape[1] >= 1, "matmul_row_rms: sumsq has no column: ", rms.sumsq.describe());
   STATELM_CHECK(rms.n > 0, "matmul_row_rms: the norm's row length is ", rms.n);
   STATELM_CHECK(!bias.defined() || (bias.ndim == 1 && bias.shape[0] == n), "matmul_row_rms bias ", bias.describe());
   matmul(x, w, Tensor{}, out);

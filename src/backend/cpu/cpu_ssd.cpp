@@ -284,9 +284,6 @@ void prefill_span(const SsdArgs& a, const SeqSpan& sp, int64_t h, const ChunkPla
     for (int64_t n = 0; n < N; ++n) state[p * a.ss2 + n] = cpu::narrow<S>(s.st[n * s.ldp + p]);
 }
 
-}  // namespace
-
-namespace {
 // SsdGate: out = y * silu(z) * weight; the sum of (y * silu(z))^2, in order and in double, goes
 // to column 0 of sumsq and zeros to the others (the CPU has one partial sum; the layout admits
 // several so that a backend may split the sum).
@@ -306,6 +303,7 @@ void apply_gate(const SsdGate& g, const Tensor& out, int64_t T, int64_t channels
     std::fill(ss + 1, ss + g.sumsq.shape[1], 0.0f);
   }
 }
+
 }  // namespace
 
 void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
@@ -331,7 +329,7 @@ void CpuBackend::ssd(const SsdParams& p, const BatchView& batch) {
     cpu::check_2d(p.gate.z, T, H * P, "ssd gate z");
     cpu::check_tensor(p.gate.weight, {H * P}, op, "gate weight");
     cpu::check_2d(p.gate.sumsq, T, p.gate.sumsq.shape[1], "ssd gate sumsq");
-    STATELM_CHECK(p.gate.sumsq.ndim == 2 && p.gate.sumsq.shape[1] >= 1, "ssd: gate sumsq ", p.gate.sumsq.describe());
+    STATELM_CHECK(p.gate.sumsq.shape[1] >= 1, "ssd: gate sumsq has no column: ", p.gate.sumsq.describe());
     STATELM_CHECK(p.out.stride[1] == P && p.out.stride[2] == 1, "ssd: a gated out must have contiguous [H, P] rows, not ",
                   p.out.describe());
   }
