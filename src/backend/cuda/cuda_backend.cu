@@ -181,6 +181,18 @@ void check_float(const Tensor& t, const char* op, const char* what) {
                 t.describe());
 }
 
+// The arguments matmul and matmul_row_rms share: out[t, n] = x[t, k] · w[n, k]ᵀ (+ bias).
+void check_matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op) {
+  const int64_t t = x.shape[0], k = x.shape[1], n = w.shape[0];
+  check_view(x, {t, k}, op, "x");
+  check_float(x, op, "x");
+  check_act(w, x.dtype, {n, k}, op, "weight");
+  check_view(out, {t, n}, op, "out");
+  STATELM_CHECK(out.dtype == x.dtype || out.dtype == DType::F32, op, ": out must be ", dtype_name(x.dtype),
+                " or float32, got ", out.describe());
+  if (bias.defined()) check_param(bias, {n}, op, "bias");
+}
+
 // Spans inside the batch, not sharing tokens, each owning a distinct slot below n_slots.
 void check_spans(const BatchView& b, int64_t n_tokens, int64_t n_slots, const char* op) {
   STATELM_CHECK(b.n_tokens == n_tokens, op, ": batch has ", b.n_tokens, " tokens but the inputs have ", n_tokens,
@@ -435,28 +447,15 @@ void CudaBackend::gated_rms_norm(const Tensor& y, const Tensor& z, const Tensor&
 }
 
 void CudaBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) {
-  const int64_t t = x.shape[0], k = x.shape[1], n = w.shape[0];
-  check_view(x, {t, k}, "matmul", "x");
-  check_float(x, "matmul", "x");
-  check_act(w, x.dtype, {n, k}, "matmul", "weight");
-  check_view(out, {t, n}, "matmul", "out");
-  STATELM_CHECK(out.dtype == x.dtype || out.dtype == DType::F32, "matmul: out must be ", dtype_name(x.dtype),
-                " or float32, got ", out.describe());
-  if (bias.defined()) check_param(bias, {n}, "matmul", "bias");
+  check_matmul(x, w, bias, out, "matmul");
   impl_->gemm->run(x, w, bias, out);
 }
 
 void CudaBackend::matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
                                  const Tensor& out) {
-  const int64_t t = x.shape[0], k = x.shape[1], n = w.shape[0];
   const char* op = "matmul_row_rms";
-  check_view(x, {t, k}, op, "x");
-  check_float(x, op, "x");
-  check_act(w, x.dtype, {n, k}, op, "weight");
-  check_view(out, {t, n}, op, "out");
-  STATELM_CHECK(out.dtype == x.dtype || out.dtype == DType::F32, op, ": out must be ", dtype_name(x.dtype),
-                " or float32, got ", out.describe());
-  if (bias.defined()) check_param(bias, {n}, op, "bias");
+  check_matmul(x, w, bias, out, op);
+  const int64_t t = x.shape[0];
   check_view(rms.sumsq, {t, rms.sumsq.shape[1]}, op, "sumsq");
   STATELM_CHECK(rms.sumsq.dtype == DType::F32 && rms.sumsq.ndim == 2 && rms.sumsq.shape[1] >= 1 && rms.n > 0, op,
                 ": sumsq must be float32 [", t, ", partials], got ", rms.sumsq.describe(), " (n ", rms.n, ")");

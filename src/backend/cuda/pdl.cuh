@@ -53,15 +53,18 @@ cudaError_t launch_programmatic(void (*kernel)(Params...), dim3 grid, dim3 block
   return launch_pdl_if(true, kernel, grid, block, stream, std::forward<Args>(args)...);
 }
 
+// A switch that is on unless the environment sets it to a value starting with '0'.
+inline bool env_switch(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v && v[0] == '0');
+}
+
 // Whether the small kernels between a decode step's linear layers (conv1d, the SSD decode kernel,
 // add_rms_norm, rope, swiglu) launch as programmatic dependents too: each is then resident and waiting when the
 // kernel ahead ends, and what it may read early (the SSD's state, the conv window) is in flight
 // before that. STATELM_PDL_CHAIN=0 turns it off (read once; for A/B measurements).
 inline bool pdl_chain() {
-  static const bool on = [] {
-    const char* v = std::getenv("STATELM_PDL_CHAIN");
-    return !(v && v[0] == '0');
-  }();
+  static const bool on = env_switch("STATELM_PDL_CHAIN");
   return on;
 }
 
@@ -71,10 +74,7 @@ inline bool pdl_chain() {
 // 2.7B decode b1 2.31 → 2.20 ms; Llama 2.5B at 2K context 2.33 → 2.35 (its rope and swiglu were
 // not chained then). STATELM_PDL_GEMM_TRIGGER=0 turns it off.
 inline bool pdl_gemm_trigger() {
-  static const bool on = [] {
-    const char* v = std::getenv("STATELM_PDL_GEMM_TRIGGER");
-    return !(v && v[0] == '0');
-  }();
+  static const bool on = env_switch("STATELM_PDL_GEMM_TRIGGER");
   return on;
 }
 
