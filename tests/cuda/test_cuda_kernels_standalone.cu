@@ -491,6 +491,11 @@ int main() {
         // The 2.7B model's head shape, several full and partial chunks, 16-byte staging.
         test_ssd(act, st, 8, 64, 2, 128, 256, false, {700, 1, 257, 64, 2}, true);
         test_ssd(act, st, 4, 48, 1, 72, 128, true, {513, 90}, true);  // tiles cut at 48 / 72 columns
+        // Q = 100 (a partial 32-token cumsum round) with P·N = 42 (state passing one element per
+        // thread); Q = 300 (past the cumsum's 256-token segment, odd chunks of 77 and 41) with
+        // P·N = 28 (4 elements per thread, straddling rows of N = 7).
+        test_ssd(act, st, 5, 6, 1, 7, 100, true, {250, 1, 37, 3});
+        test_ssd(act, st, 3, 4, 1, 7, 1000, false, {77, 1, 41, 300});
       }
     for (DType act : dts) {
       test_rope(act, RopeKind::Default, 4, 2, 64, 64, mixed);

@@ -496,6 +496,39 @@ TEST(CudaOps, Conv1d) {
     }
 }
 
+// Rows 16 bytes aligned and C a multiple of 8: the 16-byte kernel (conv1d_vec_kernel) on a batch
+// with spans shorter than K − 1 beside long ones (partial last token groups and items), and a
+// decode step on the same layout (the per-channel kernel).
+TEST(CudaOps, Conv1dAligned) {
+  REQUIRE_GPU();
+  std::mt19937 rng(12);
+  const std::vector<LenPos> mixed = {{1, 0}, {2, 5}, {3, 0}, {70, 9}, {130, 0}, {1, 3}, {64, 0}, {65, 2}};
+  const std::vector<LenPos> decode = {{1, 4}, {1, 0}, {1, 9}};
+  for (const auto& seqs : {mixed, decode}) {
+    const int32_t slots = int32_t(seqs.size()) + 2;
+    const auto spans = mixed_spans(rng, seqs, slots);
+    const int64_t T = tokens_of(spans);
+    for (int64_t C : {64, 136})
+      for (int64_t K : {4, 2}) {
+        SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
+            [&] {
+              OpCase c("conv1d aligned C=" + std::to_string(C) + " K=" + std::to_string(K) + " T=" + std::to_string(T),
+                       9);
+              const int x = c.aligned_act("x", {T, C});
+              const int w = c.dense("weight", Kind::Param, {C, K}, -0.7f, 0.7f);
+              const int bias = c.dense("bias", Kind::Param, {C}, -0.5f, 0.5f);
+              const int state = c.dense("state", Kind::State, {slots, C, K - 1});
+              const int out = c.aligned_act("out", {T, C});
+              OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+                b.conv1d({t[x], t[w], t[bias], t[state], t[out], true}, bv);
+              };
+              return std::make_pair(std::move(c), fn);
+            },
+            view_of(spans)));
+      }
+  }
+}
+
 TEST(CudaOps, SelectiveScan) {
   REQUIRE_GPU();
   std::mt19937 rng(10);
@@ -579,7 +612,12 @@ TEST(CudaOps, Ssd) {
   const auto spans = mixed_spans(rng, kMixed, slots);
   const int64_t T = tokens_of(spans);
   struct Shape { int64_t H, P, G, N, chunk; bool dt_limited; };
-  for (const Shape s : {Shape{4, 8, 2, 16, 64, false}, Shape{6, 16, 1, 32, 32, true}, Shape{3, 5, 3, 7, 16, false}}) {
+  // Chunks (Q = min(chunk, longest span = 300)) of 64, 32 and 16 tokens; 45 (odd: a partial
+  // 32-token round in the cumsum) with P·N = 35 (state passing one element per thread); 100 with
+  // P·N = 28 (4 elements per thread straddling rows of N = 7); 300 (past the cumsum's 256-token
+  // segment).
+  for (const Shape s : {Shape{4, 8, 2, 16, 64, false}, Shape{6, 16, 1, 32, 32, true}, Shape{3, 5, 3, 7, 16, false},
+                        Shape{3, 5, 3, 7, 45, false}, Shape{4, 4, 2, 7, 100, true}, Shape{2, 8, 1, 16, 300, false}}) {
     SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
         [&] {
           OpCase c("ssd H=" + std::to_string(s.H) + " P=" + std::to_string(s.P) + " G=" + std::to_string(s.G) +

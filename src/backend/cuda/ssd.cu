@@ -22,8 +22,9 @@
 //                          + D x_i
 // Stages 2, 3 and 5 are tiled matrix products: on bf16 tensor cores for bf16 activations
 // (ssd_chunks_mma.cu), on fp32 CUDA cores for float activations (ssd_chunks_f32.cu, the exact
-// path). Stage 1 is one warp per (chunk, head): lanes sum runs of consecutive tokens, then a
-// warp prefix sum joins the runs. Stage 4 is one thread per state element.
+// path). Stage 1 is one warp per (chunk, head), a lane per token of each 32-token round: a warp
+// prefix sum per round, carried across the rounds. Stage 4 is one thread per 4 consecutive state
+// elements (one where P·N % 4 != 0), walking the chunks in order.
 //
 // Decays: cs is accumulated in double, and e^{cs_i − cs_j} takes the difference in double.
 // A strongly decaying head reaches |cs| in the thousands within a chunk, where a float's ulp
@@ -51,87 +52,148 @@ using namespace ssd_detail;
 constexpr int kThreads = 256;
 
 // ---- stage 1: dt and the cumulative log-decay per (chunk, head) ---------------------------
-// One warp per (chunk, head), kCumsumHeads heads per block. Lane l owns the run of tokens
-// [l·run, (l + 1)·run): it sums its run (pass 1), a warp prefix sum gives the total of the runs
-// before it, and pass 2 writes dt and the running sum token by token. a_i = dt_i · A is rounded
-// to float as the CPU rounds it and summed in double (ssd.cu's header says why).
-constexpr int kCumsumHeads = 8;
+// One warp per (chunk, head), kCumsumHeads heads per block. Token i of the chunk belongs to lane
+// i % 32 of round i / 32, so each round writes dtc, cs, cs2 and w as coalesced rows. The block
+// first stages dt (computed once per token and head) for a segment of kCumsumRounds rounds in
+// shared memory: 8 threads read the block's heads of one token's row together, where a warp
+// reading one head would touch 32 rows. Each round is then a warp inclusive scan in double plus
+// the total of the rounds before it (carry). a_i = dt_i · A is rounded to float as the CPU
+// rounds it and summed in double (ssd.cu's header says why). w needs the chunk's total cs_{L−1}:
+// from registers when the chunk is one segment (L ≤ 256, the models' chunk), else by re-reading
+// the cs and dt the lane wrote. At most 64 registers (4 blocks, 32 warps per SM): more warps to
+// overlap the rounds' shuffle chains, at no spill.
+constexpr int kCumsumHeads = 8, kCumsumRounds = 8, kCumsumSeg = 32 * kCumsumRounds;
 
 template <typename T>
-__global__ void __launch_bounds__(kCumsumHeads * 32) chunk_cumsum_kernel(SsdArgs<T> a, SpanItems items) {
+__global__ void __launch_bounds__(kCumsumHeads * 32, 4) chunk_cumsum_kernel(SsdArgs<T> a, SpanItems items) {
+  // One column per head, padded: a warp reading a head's 32 tokens hits 32 banks.
+  __shared__ float dt_s[kCumsumSeg][kCumsumHeads + 1];
   const Chunk ch = chunk_of(items, blockIdx.x);
-  const int h = blockIdx.y * kCumsumHeads + int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
-  if (h >= a.H) return;
-  const float A = a.A[h];
-  const int run = (ch.L + 31) / 32, i0 = min(ch.L, lane * run), i1 = min(ch.L, i0 + run);
-  double own = 0.0;
-  for (int i = i0; i < i1; ++i) own += double(dt_of(a, ch.t0 + i, h) * A);
-  double before = own;  // inclusive prefix over the lanes, then made exclusive
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const double v = __shfl_up_sync(0xffffffffu, before, o);
-    if (lane >= o) before += v;
-  }
-  const double total = __shfl_sync(0xffffffffu, before, 31);  // cs_{L−1}
-  before -= own;
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
+  const int h0 = int(blockIdx.y) * kCumsumHeads, h = h0 + warp;
+  const bool active = h < a.H;  // a warp past the last head only stages dt and joins the barriers
+  const float A = active ? a.A[h] : 0.0f;
+  // Staging: thread (token sr, head h0 + sh) of each 32-token round, dt_of split in two (the
+  // loads, then dt_from_raw): every load of the segment is issued before softplus branches on the
+  // first value. A thread past the last head stages a copy of it, which no warp reads.
+  const int sh = int(threadIdx.x) % kCumsumHeads, sr = int(threadIdx.x) / kCumsumHeads;
+  const int hs = min(h0 + sh, a.H - 1);
+  const float bias = a.dt_bias.get(hs, 0.0f);
   const int64_t base = (int64_t(blockIdx.x) * a.H + h) * a.Q;
-  double cs = before;
-  for (int i = i0; i < i1; ++i) {
-    const float dt = dt_of(a, ch.t0 + i, h);
-    cs += double(dt * A);
-    a.dtc[base + i] = dt;
-    a.cs[base + i] = cs;
-    a.cs2[base + i] = float(cs * 1.4426950408889634);
-    a.w[base + i] = expf(float(total - cs)) * dt;
+  float dt[kCumsumRounds] = {};
+  double cs[kCumsumRounds] = {};
+  double carry = 0.0;  // cs of the token before the round
+  for (int s0 = 0; s0 < ch.L; s0 += kCumsumSeg) {
+    if (s0 > 0) __syncthreads();  // the previous segment's reads of dt_s are done
+    float raw[kCumsumRounds];
+#pragma unroll
+    for (int r = 0; r < kCumsumRounds; ++r)  // clamped to the chunk: no branch between the loads
+      raw[r] = to_f32(a.dt[(ch.t0 + min(s0 + r * 32 + sr, ch.L - 1)) * a.dts + hs]);
+#pragma unroll
+    for (int r = 0; r < kCumsumRounds; ++r) {
+      const float v = dt_from_raw(a, raw[r], bias);
+      if (s0 + r * 32 + sr < ch.L) dt_s[r * 32 + sr][sh] = v;
+    }
+    __syncthreads();
+    if (!active) continue;
+#pragma unroll
+    for (int r = 0; r < kCumsumRounds; ++r) {
+      const int i0 = s0 + r * 32, i = i0 + lane;
+      if (i0 >= ch.L) break;  // uniform across the warp
+      dt[r] = i < ch.L ? dt_s[r * 32 + lane][warp] : 0.0f;
+      double incl = double(dt[r] * A);  // inclusive prefix sum over the round's lanes
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const double v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+      }
+      cs[r] = carry + incl;
+      // The sum up to the round's last token (lane 31's adds the zeros past L in another order):
+      // the final carry is then cs_{L−1} bit for bit.
+      carry += __shfl_sync(0xffffffffu, incl, min(31, ch.L - 1 - i0));
+      if (i < ch.L) {
+        a.dtc[base + i] = dt[r];
+        a.cs[base + i] = cs[r];
+        a.cs2[base + i] = float(cs[r] * 1.4426950408889634);
+      }
+    }
+  }
+  if (!active) return;
+  const double total = carry;  // cs_{L−1}
+  if (ch.L <= kCumsumSeg) {
+#pragma unroll
+    for (int r = 0; r < kCumsumRounds; ++r) {
+      const int i = r * 32 + lane;
+      if (r * 32 >= ch.L) break;
+      if (i < ch.L) a.w[base + i] = expf(float(total - cs[r])) * dt[r];
+    }
+  } else {
+    for (int i = lane; i < ch.L; i += 32) a.w[base + i] = expf(float(total - a.cs[base + i])) * a.dtc[base + i];
   }
 }
 
 // ---- stage 4: pass states along each span's chunks ----------------------------------------
-// S_in goes to st_in16 (bf16, the tensor-core path's operand) or over S_loc in st (fp32 path).
-template <typename T, typename S>
+// Pure streaming (S_loc read once, S_in written once: ~250 MB at 16K tokens × 80 heads), so the
+// kernel is shaped for bytes in flight. One thread per V consecutive state elements of a
+// (span, head), flat index p·N + n as S_loc is laid out, walking the span's chunks in order; V =
+// 4 when P·N % 4 == 0 (16-byte S_loc loads), else 1. kPassBatch chunks at a time: their S_loc
+// loads are all issued before the first is used (a chunk's load does not wait for the previous
+// chunk's store, which the compiler cannot prove itself), 128 bytes in flight per thread at V =
+// 4: 4× one element's, so that the last, partial wave of these long-lived blocks still streams
+// (16K tokens × 80 heads: 640 blocks, 4 per SM resident). S_in goes to st_in16 (bf16, the
+// tensor-core path's operand) or over S_loc in st (fp32 path).
+constexpr int kPassBatch = 8;
+
+template <typename T, typename S, int V>
 __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdArgs<T> a, S* state, int64_t ss0, int64_t ss1,
                                                                   int64_t ss2, SpanItems items) {
   const int span = blockIdx.x, h = blockIdx.z;
   const SeqSpan sp = items.spans[span];
   if (sp.len < items.min_len) return;
-  const int64_t e = int64_t(blockIdx.y) * kThreads + threadIdx.x;
-  if (e >= int64_t(a.P) * a.N) return;
-  const int p = int(e / a.N), n = int(e % a.N);
+  const int PN = a.P * a.N, e0 = (int(blockIdx.y) * kThreads + int(threadIdx.x)) * V;
+  if (e0 >= PN) return;  // PN % V == 0: the thread's V elements are all in range
   int first = 0;  // this span's first chunk: the chunks of the spans before it
   for (int s = 0; s < span; ++s) {
     const int len = items.spans[s].len;
     if (len >= items.min_len) first += (len + a.Q - 1) / a.Q;
   }
-  const int n_chunks = (sp.len + a.Q - 1) / a.Q;
-  S* slot = state + int64_t(sp.slot) * ss0 + int64_t(h) * ss1 + int64_t(p) * ss2 + n;
-  float S_run = to_f32(*slot);
-  // kBatch chunks at a time: their S_loc loads are all issued before the first is used (a chunk's
-  // load does not wait for the previous chunk's store, which the compiler cannot prove itself).
-  constexpr int kBatch = 8;
-  const int64_t chunk_stride = int64_t(a.H) * a.P * a.N, pn = int64_t(p) * a.N + n;
-  for (int c0 = first; c0 < first + n_chunks; c0 += kBatch) {
-    float s_loc[kBatch], decay[kBatch];
+  const int end = first + (sp.len + a.Q - 1) / a.Q;
+  // The slot's elements one by one: V of them may straddle rows of N, and each is read and
+  // written once (the address is recomputed at the end rather than held through the loop).
+  S* slot = state + int64_t(sp.slot) * ss0 + int64_t(h) * ss1;
+  auto slot_at = [&](int j) { return slot + int64_t((e0 + j) / a.N) * ss2 + (e0 + j) % a.N; };
+  float S_run[V];
 #pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int c = c0 + k;
-      if (c >= first + n_chunks) break;
+  for (int j = 0; j < V; ++j) S_run[j] = to_f32(*slot_at(j));
+  const int64_t chunk_stride = int64_t(a.H) * PN, own = int64_t(h) * PN + e0;
+  for (int c0 = first; c0 < end; c0 += kPassBatch) {
+    // The loads take no branch and no use of a loaded value between them, so all are in flight
+    // at once: chunks past the span's end load its last chunk again (never used), and the decay
+    // e^{cs_{L−1}} is taken in the second loop.
+    float s_loc[kPassBatch][V], cs_end[kPassBatch];
+#pragma unroll
+    for (int k = 0; k < kPassBatch; ++k) {
+      const int c = min(c0 + k, end - 1);
       const int L = min(a.Q, sp.len - (c - first) * a.Q);
-      decay[k] = expf(float(a.cs[(int64_t(c) * a.H + h) * a.Q + L - 1]));
-      s_loc[k] = a.st[c * chunk_stride + int64_t(h) * a.P * a.N + pn];
+      cs_end[k] = float(a.cs[(int64_t(c) * a.H + h) * a.Q + L - 1]);
+      load_f32<float, V>(a.st + c * chunk_stride + own, s_loc[k]);
     }
 #pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
+    for (int k = 0; k < kPassBatch; ++k) {
       const int c = c0 + k;
-      if (c >= first + n_chunks) break;
-      const int64_t at = c * chunk_stride + int64_t(h) * a.P * a.N + pn;
+      if (c >= end) break;
+      const int64_t at = c * chunk_stride + own;
       if (a.st_in16)
-        a.st_in16[at] = from_f32<bf16>(S_run);
+        store_f32<bf16, V>(a.st_in16 + at, S_run);
       else
-        a.st[at] = S_run;
-      S_run = fmaf(decay[k], S_run, s_loc[k]);
+        store_f32<float, V>(a.st + at, S_run);
+      const float decay = expf(cs_end[k]);
+#pragma unroll
+      for (int j = 0; j < V; ++j) S_run[j] = fmaf(decay, S_run[j], s_loc[k][j]);
     }
   }
-  *slot = from_f32<S>(S_run);
+#pragma unroll
+  for (int j = 0; j < V; ++j) *slot_at(j) = from_f32<S>(S_run[j]);
 }
 
 // ---- decode: the recurrence for spans of one token ----------------------------------------
@@ -361,9 +423,11 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
     chunk_states_mma(a, items, n_chunks, stream);
   else
     chunk_states_f32(a, items, n_chunks, stream);
-  const unsigned pn_blocks = unsigned((int64_t(a.P) * a.N + kThreads - 1) / kThreads);
-  state_passing_kernel<T, S><<<dim3(unsigned(n_spans), pn_blocks, unsigned(a.H)), kThreads, 0, stream>>>(
-      a, state, ss0, ss1, ss2, items);
+  // 4 state elements per thread when every head's and chunk's P·N block starts on 16 bytes.
+  const int pass_vec = (a.P * a.N) % 4 == 0 ? 4 : 1;
+  const unsigned pn_blocks = blocks_for(int64_t(a.P) * a.N / pass_vec, kThreads);
+  (pass_vec == 4 ? state_passing_kernel<T, S, 4> : state_passing_kernel<T, S, 1>)<<<
+      dim3(unsigned(n_spans), pn_blocks, unsigned(a.H)), kThreads, 0, stream>>>(a, state, ss0, ss1, ss2, items);
   STATELM_CUDA_LAUNCHED(op, " state_passing");
   if constexpr (kMma)
     chunk_outputs_mma(a, items, n_chunks, stream);

@@ -50,11 +50,17 @@ struct SsdArgs {
   int64_t sumsq_ld;
 };
 
+// dt from its raw input and the head's bias (split from dt_of for kernels that batch the loads).
 template <typename T>
-__device__ __forceinline__ float dt_of(const SsdArgs<T>& a, int64_t t, int h) {
-  float v = softplus(to_f32(a.dt[t * a.dts + h]) + a.dt_bias.get(h, 0.0f));
+__device__ __forceinline__ float dt_from_raw(const SsdArgs<T>& a, float raw, float bias) {
+  float v = softplus(raw + bias);
   if (a.dt_limited) v = fminf(fmaxf(v, a.dt_min), a.dt_max);
   return v;
+}
+
+template <typename T>
+__device__ __forceinline__ float dt_of(const SsdArgs<T>& a, int64_t t, int h) {
+  return dt_from_raw(a, to_f32(a.dt[t * a.dts + h]), a.dt_bias.get(h, 0.0f));
 }
 
 // A chunk's place: tokens [t0, t0 + L) of the flat batch, of span `span`.

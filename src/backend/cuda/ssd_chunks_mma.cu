@@ -17,7 +17,9 @@
 // under the bf16 rounding of M. Rows of x, B, C and S_in are staged with
 // 16-byte loads when they are 16-byte aligned (SsdArgs::*_vec16), one element at a time
 // otherwise (odd test shapes); out-of-range rows and columns are staged as zeros, so any P, N,
-// Q and partial chunk work.
+// Q and partial chunk work. Each block runs its slabs as a pipeline (slab_pipeline): the next
+// slab's loads are in registers in flight while the current one multiplies. The per-token decay
+// factors a block needs (w, or cs2 and dt) are copied into shared memory once.
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ssd_args.cuh"
 
@@ -34,44 +36,103 @@ struct Operands {
   bf16 b[kTileEdge * kLdTile];
 };
 
-// dst[r][c] = scale(r) · src[r · stride + c] for r < rows, c < cols; 0 elsewhere (64 × 64).
-// Thread e of the block moves packs of 8 consecutive columns: 8 threads cover a 128-byte row,
-// so a warp reads four rows in full 128-byte lines.
+// ---- staging: global -> registers -> shared memory ------------------------------------------
+// A slab is a 64 × 64 bf16 operand tile. Thread e of the block moves packs of 8 consecutive
+// columns (16 bytes): pack q is row (e + 128 q) / 8, columns 8 ((e + 128 q) % 8) .. + 8, so 8
+// threads cover a 128-byte row and a warp reads four rows in full lines.
+//
+// Loading and storing are separate steps so that (1) every 16-byte load of a slab is issued before
+// any is used — a load inside a per-pack branch is not hoisted above the previous pack's store by
+// the compiler, which made each slab wait for 8 round trips one after another — and (2) the loads
+// of the next slab are in flight while the current one multiplies (slab_pipeline).
+constexpr int kPacks = kTileEdge * kTileEdge / 8 / kTileThreads;
+
+struct Packs {
+  uint4 v[kPacks];
+};
+
+__device__ __forceinline__ int pack_row(int q) { return (int(threadIdx.x) + kTileThreads * q) / 8; }
+__device__ __forceinline__ int pack_col(int q) { return (int(threadIdx.x) + kTileThreads * q) % 8 * 8; }
+
+// p[0 .. n) then zeros (n ≤ 8), one element at a time: rows that are not 16-byte aligned, and
+// the last pack of a row whose width is not a multiple of 8.
+__device__ __forceinline__ uint4 gather8(const bf16* p, int n) {
+  const bf16 zero = __float2bfloat16_rn(0.0f);
+  uint32_t w[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) w[k] = mma::pack_bf16x2(2 * k < n ? p[2 * k] : zero, 2 * k + 1 < n ? p[2 * k + 1] : zero);
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Issues the loads of src[r · stride + c] for r < rows, c < cols (zeros elsewhere) into this
+// thread's packs. kLower: only packs that reach the diagonal (c ≤ r); the others stay zero.
+template <bool kLower = false>
+__device__ __forceinline__ void load_slab(Packs& s, const bf16* src, int64_t stride, int rows, int cols, bool vec16) {
+  bool gather[kPacks];
+#pragma unroll
+  for (int q = 0; q < kPacks; ++q) {
+    const int r = pack_row(q), c = pack_col(q);
+    const bool in = r < rows && c < cols && (!kLower || c <= r);
+    const bool full = in && vec16 && c + 8 <= cols;
+    gather[q] = in && !full;
+    s.v[q] = full ? *reinterpret_cast<const uint4*>(src + int64_t(r) * stride + c) : make_uint4(0, 0, 0, 0);
+  }
+#pragma unroll
+  for (int q = 0; q < kPacks; ++q)
+    if (gather[q]) s.v[q] = gather8(src + int64_t(pack_row(q)) * stride + pack_col(q), cols - pack_col(q));
+}
+
+// 8 bf16 values times s, rounded to bf16 again.
+__device__ __forceinline__ uint4 scale_pack(uint4 v, float s) {
+  uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[k]));
+    w[k] = mma::pack_bf16x2(f.x * s, f.y * s);
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Writes this thread's packs into the tile dst (rows of kLdTile), each pack times scale(row)
+// when kScaled. scale must be finite for every row of the tile (the packs of rows past the
+// operand are zeros).
 template <bool kScaled, typename Scale>
-__device__ __forceinline__ void stage_rows(bf16* dst, const bf16* src, int64_t stride, int rows, int cols, bool vec16,
-                                           Scale scale) {
+__device__ __forceinline__ void store_slab(bf16* dst, const Packs& s, Scale&& scale) {
 #pragma unroll
-  for (int q = 0; q < kTileEdge * kTileEdge / 8 / kTileThreads; ++q) {
-    const int e = int(threadIdx.x) + kTileThreads * q;
-    const int r = e / 8, c = (e % 8) * 8;
-    bf16* d = dst + r * kLdTile + c;
-    if (vec16 && r < rows && c + 8 <= cols) {
-      uint4 v = *reinterpret_cast<const uint4*>(src + int64_t(r) * stride + c);
-      if constexpr (kScaled) {
-        const float s = scale(r);
-        __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&v);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const float2 f = __bfloat1622float2(h[k]);
-          h[k] = __floats2bfloat162_rn(f.x * s, f.y * s);
-        }
-      }
-      *reinterpret_cast<uint4*>(d) = v;
-    } else {
-      const float s = kScaled && r < rows ? scale(r) : 1.0f;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const bool in = r < rows && c + k < cols;
-        const bf16 v = in ? src[int64_t(r) * stride + c + k] : __float2bfloat16_rn(0.0f);
-        d[k] = kScaled && in ? __float2bfloat16_rn(__bfloat162float(v) * s) : v;
-      }
-    }
+  for (int q = 0; q < kPacks; ++q) {
+    const int r = pack_row(q), c = pack_col(q);
+    uint4 v = s.v[q];
+    if constexpr (kScaled) v = scale_pack(v, scale(r));
+    *reinterpret_cast<uint4*>(dst + r * kLdTile + c) = v;
+  }
+}
+__device__ __forceinline__ void store_slab(bf16* dst, const Packs& s) {
+  store_slab<false>(dst, s, [](int) { return 1.0f; });
+}
+
+// n slab products with the loads of slab k + 1 in flight while slab k multiplies:
+// load(k, a, b) issues slab k's loads into registers, store(k, a, b) writes them into the shared
+// tiles, multiply(k) multiplies the staged tiles into the accumulators.
+template <typename Load, typename Store, typename Multiply>
+__device__ __forceinline__ void slab_pipeline(int n, Load&& load, Store&& store, Multiply&& multiply) {
+  Packs a, b;
+  if (n > 0) load(0, a, b);
+  for (int k = 0; k < n; ++k) {
+    __syncthreads();  // the products of slab k − 1 are done with the tiles
+    store(k, a, b);
+    __syncthreads();
+    if (k + 1 < n) load(k + 1, a, b);
+    multiply(k);
   }
 }
 
-__device__ __forceinline__ void stage_rows(bf16* dst, const bf16* src, int64_t stride, int rows, int cols, bool vec16) {
-  stage_rows<false>(dst, src, stride, rows, cols, vec16, [](int) { return 1.0f; });
+// Copies v[0 .. n) into the block's shared array dst[0 .. padded), zeros after n (the caller
+// synchronises before reading it).
+__device__ __forceinline__ void stage_floats(float* dst, const float* v, int n, int padded) {
+  for (int j = int(threadIdx.x); j < padded; j += kTileThreads) dst[j] = j < n ? v[j] : 0.0f;
 }
+
+int padded_chunk(int Q) { return (Q + kTileEdge - 1) / kTileEdge * kTileEdge; }
 
 // The lower-triangle tile (ti, tj), tj ≤ ti, numbered row by row: 0 → (0,0), 1 → (1,0), 2 → (1,1)...
 __device__ __forceinline__ void lower_tile(int index, int& ti, int& tj) {
@@ -93,13 +154,15 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
   const bf16* Bg = a.B + (ch.t0 + j0) * a.Bs0 + int64_t(g) * a.Bs1;
   mma::Acc acc;
   mma::zero(acc);
-  for (int n0 = 0; n0 < a.N; n0 += kTileEdge) {
-    __syncthreads();
-    stage_rows(s.a, Cg + n0, a.Cs0, ch.L - i0, a.N - n0, a.C_vec16);
-    stage_rows(s.b, Bg + n0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
-    __syncthreads();
-    mma::slab_mma<true, true>(s.a, s.b, acc);
-  }
+  slab_pipeline(
+      (a.N + kTileEdge - 1) / kTileEdge,
+      [&](int k, Packs& pa, Packs& pb) {
+        const int n0 = k * kTileEdge;
+        load_slab(pa, Cg + n0, a.Cs0, ch.L - i0, a.N - n0, a.C_vec16);
+        load_slab(pb, Bg + n0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
+      },
+      [&](int, const Packs& pa, const Packs& pb) { store_slab(s.a, pa), store_slab(s.b, pb); },
+      [&](int) { mma::slab_mma<true, true>(s.a, s.b, acc); });
   bf16* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
   mma::store_tile(acc, [&](int row, int col, float v) {
     const int i = i0 + row, j = j0 + col;
@@ -108,30 +171,73 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
 }
 
 // ---- stage 3: the chunk's own state S_loc[p, n] = Σ_j w_j x_j[p] B_j[n] ---------------------
+// Dynamic shared memory: w of the chunk's tokens, zero-padded to whole slabs.
 __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16> a, SpanItems items) {
   __shared__ __align__(16) Operands s;
+  extern __shared__ float w_s[];
   const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
   const Chunk ch = chunk_of(items, chunk);
   const int n_tiles_n = (a.N + kTileEdge - 1) / kTileEdge;
   const int p0 = int(blockIdx.y / n_tiles_n) * kTileEdge, n0 = int(blockIdx.y % n_tiles_n) * kTileEdge;
-  const float* w = a.w + (int64_t(chunk) * a.H + h) * a.Q;
+  const int slabs = (ch.L + kTileEdge - 1) / kTileEdge;
+  stage_floats(w_s, a.w + (int64_t(chunk) * a.H + h) * a.Q, ch.L, slabs * kTileEdge);
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
   const bf16* Bg = a.B + ch.t0 * a.Bs0 + int64_t(g) * a.Bs1 + n0;
   mma::Acc acc;
   mma::zero(acc);
-  for (int j0 = 0; j0 < ch.L; j0 += kTileEdge) {
-    __syncthreads();
-    stage_rows<true>(s.a, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16,
-                     [&](int r) { return w[j0 + r]; });
-    stage_rows(s.b, Bg + int64_t(j0) * a.Bs0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
-    __syncthreads();
-    mma::slab_mma<false, false>(s.a, s.b, acc);
-  }
+  slab_pipeline(
+      slabs,
+      [&](int k, Packs& pa, Packs& pb) {
+        const int j0 = k * kTileEdge;
+        load_slab(pa, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16);
+        load_slab(pb, Bg + int64_t(j0) * a.Bs0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
+      },
+      [&](int k, const Packs& pa, const Packs& pb) {
+        const float* wk = w_s + k * kTileEdge;
+        store_slab<true>(s.a, pa, [&](int r) { return wk[r]; });
+        store_slab(s.b, pb);
+      },
+      [&](int) { mma::slab_mma<false, false>(s.a, s.b, acc); });
   float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
   mma::store_tile(acc, [&](int row, int col, float v) {
     const int p = p0 + row, n = n0 + col;
     if (p < a.P && n < a.N) st[int64_t(p) * a.N + n] = v;
   });
+}
+
+// The diagonal slab's M[i][j] = CB[i][j] 2^(cs2_i − cs2_j) dt_j for keys j ≤ i < rows, zero
+// elsewhere, from packs of CB; cs2 and dt of the row tile's own tokens.
+__device__ __forceinline__ void store_mask(bf16* dst, const Packs& s, int rows, const float* cs2, const float* dt) {
+#pragma unroll
+  for (int q = 0; q < kPacks; ++q) {
+    const int r = pack_row(q), c = pack_col(q);
+    uint32_t w[4] = {s.v[q].x, s.v[q].y, s.v[q].z, s.v[q].w};
+    if (r < rows) {  // rows past the chunk stay zero (their padded cs2 could overflow the decay)
+      const float ci = cs2[r];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[k]));
+        const int j = c + 2 * k;
+        w[k] = mma::pack_bf16x2(j <= r ? f.x * exp2f(ci - cs2[j]) * dt[j] : 0.0f,
+                                j + 1 <= r ? f.y * exp2f(ci - cs2[j + 1]) * dt[j + 1] : 0.0f);
+      }
+    }
+    *reinterpret_cast<uint4*>(dst + r * kLdTile + c) = make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
+// acc[i][·] *= u(i) for the tile rows i of this thread's accumulators.
+template <typename RowScale>
+__device__ __forceinline__ void scale_rows(mma::Acc& acc, RowScale&& u) {
+  const mma::TileCoord tc;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float f = u(tc.row(mi, 2 * half));
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) acc[mi][ni][2 * half] *= f, acc[mi][ni][2 * half + 1] *= f;
+    }
 }
 
 // ---- stage 5: outputs of a (chunk, head) tile of 64 rows × 64 channels --------------------
@@ -144,8 +250,16 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
 // u_i = 2^(cs2_i − r) once at the end. Only the diagonal slab (keys inside the row tile, where a strongly
 // decaying head could overflow such factors) builds M[i][j] = CB[i][j] 2^(cs2_i − cs2_j) dt_j
 // element by element.
-__global__ void __launch_bounds__(kTileThreads) chunk_scan_kernel(SsdArgs<bf16> a, SpanItems items) {
+//
+// One pipeline of slabs: the state slabs (C, S_in over n), the key slabs before the row tile
+// (CB, v ∘ X), the diagonal slab (M, X). Dynamic shared memory: cs2 and dt of the keys up to the
+// end of the row tile (zero-padded). The diagonal slab leaves the tile's own rows of X staged,
+// which the D · x term reads.
+// At most 128 registers (4 blocks an SM): measured on the H200 at 16K tokens, 4 blocks 1.14 ms for
+// the whole SSD, 3 blocks (168 registers) 1.24 ms, 2 (201) 1.49 ms.
+__global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf16> a, SpanItems items) {
   __shared__ __align__(16) Operands s;
+  extern __shared__ float decay_s[];
   const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
   const Chunk ch = chunk_of(items, chunk);
   const int n_tiles_p = (a.P + kTileEdge - 1) / kTileEdge;
@@ -153,88 +267,94 @@ __global__ void __launch_bounds__(kTileThreads) chunk_scan_kernel(SsdArgs<bf16> 
   if (i0 >= ch.L) return;  // uniform per block
   const int rows = ch.L - i0;
   const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
-  const float *cs2 = a.cs2 + hb, *dt = a.dtc + hb;  // read through L1: a row's 8 threads share them
-  const float ref = i0 > 0 ? floorf(cs2[i0 - 1]) : 0.0f;
+  float* cs2 = decay_s;                      // [0, i0 + 64)
+  float* dt = decay_s + i0 + kTileEdge;      // [0, i0 + 64)
+  stage_floats(cs2, a.cs2 + hb, min(ch.L, i0 + kTileEdge), i0 + kTileEdge);
+  stage_floats(dt, a.dtc + hb, min(ch.L, i0 + kTileEdge), i0 + kTileEdge);
+  const float ref = i0 > 0 ? floorf(a.cs2[hb + i0 - 1]) : 0.0f;
   const bf16* Ci = a.C + (ch.t0 + i0) * a.Cs0 + int64_t(g) * a.Cs1;
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
   const bf16* s_in = a.st_in16 + ((int64_t(chunk) * a.H + h) * a.P + p0) * a.N;
   const bf16* cb = a.cb + ((int64_t(chunk) * a.G + g) * a.Q + i0) * a.Q;  // row i0
   const bool cb_vec16 = a.Q % 8 == 0;
+  const float s_scale = exp2f(ref);
+  const int n_state = (a.N + kTileEdge - 1) / kTileEdge, n_before = i0 / kTileEdge;
+  const int n_slabs = n_state + n_before + 1;
 
-  // acc = C · (2^r S_in)ᵀ. S_in rows are 16-byte aligned when N % 8 == 0.
   mma::Acc acc;
   mma::zero(acc);
-  const float s_scale = exp2f(ref);
-  for (int n0 = 0; n0 < a.N; n0 += kTileEdge) {
-    __syncthreads();
-    stage_rows(s.a, Ci + n0, a.Cs0, rows, a.N - n0, a.C_vec16);
-    stage_rows<true>(s.b, s_in + n0, a.N, a.P - p0, a.N - n0, a.N % 8 == 0, [&](int) { return s_scale; });
-    __syncthreads();
-    mma::slab_mma<true, true>(s.a, s.b, acc);
-  }
-  // acc += CB[tile rows, j] · (v ∘ X)[j] over the keys before the row tile (full slabs).
-  for (int j0 = 0; j0 < i0; j0 += kTileEdge) {
-    __syncthreads();
-    stage_rows(s.a, cb + j0, a.Q, rows, kTileEdge, cb_vec16);
-    stage_rows<true>(s.b, xh + int64_t(j0) * a.xs0, a.xs0, kTileEdge, a.P - p0, a.x_vec16,
-                     [&](int r) { return exp2f(ref - cs2[j0 + r]) * dt[j0 + r]; });
-    __syncthreads();
-    mma::slab_mma<true, false>(s.a, s.b, acc);
-  }
+  slab_pipeline(
+      n_slabs,
+      [&](int k, Packs& pa, Packs& pb) {
+        if (k < n_state) {  // acc = C · (2^r S_in)ᵀ; S_in rows are 16-byte aligned when N % 8 == 0
+          const int n0 = k * kTileEdge;
+          load_slab(pa, Ci + n0, a.Cs0, rows, a.N - n0, a.C_vec16);
+          load_slab(pb, s_in + n0, a.N, a.P - p0, a.N - n0, a.N % 8 == 0);
+        } else if (k < n_state + n_before) {  // acc += CB[tile rows, j] · (v ∘ X)[j]
+          const int j0 = (k - n_state) * kTileEdge;
+          load_slab(pa, cb + j0, a.Q, rows, kTileEdge, cb_vec16);
+          load_slab(pb, xh + int64_t(j0) * a.xs0, a.xs0, kTileEdge, a.P - p0, a.x_vec16);
+        } else {  // the diagonal slab: keys j ≤ i inside the row tile
+          load_slab<true>(pa, cb + i0, a.Q, rows, rows, cb_vec16);
+          load_slab(pb, xh + int64_t(i0) * a.xs0, a.xs0, rows, a.P - p0, a.x_vec16);
+        }
+      },
+      [&](int k, const Packs& pa, const Packs& pb) {
+        if (k < n_state) {
+          store_slab(s.a, pa);
+          store_slab<true>(s.b, pb, [&](int) { return s_scale; });
+        } else if (k < n_state + n_before) {
+          const int j0 = (k - n_state) * kTileEdge;
+          store_slab(s.a, pa);
+          store_slab<true>(s.b, pb, [&](int r) { return exp2f(ref - cs2[j0 + r]) * dt[j0 + r]; });
+        } else {
+          store_mask(s.a, pa, rows, cs2 + i0, dt + i0);
+          store_slab(s.b, pb);
+        }
+      },
+      [&](int k) {
+        if (k < n_state) return mma::slab_mma<true, true>(s.a, s.b, acc);
+        if (k < n_state + n_before) return mma::slab_mma<true, false>(s.a, s.b, acc);
+        scale_rows(acc, [&](int i) { return i < rows ? exp2f(cs2[i0 + i] - ref) : 0.0f; });
+        mma::slab_mma<true, false>(s.a, s.b, acc);
+      });
+
+  // y = acc + D x, with x from the staged diagonal slab; pairs of columns stored as one bf16x2.
+  const float dskip = a.D.get(h, 0.0f);
+  bf16* yh = a.out + (ch.t0 + i0) * a.os0 + int64_t(h) * a.os1 + p0;
   const mma::TileCoord tc;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int i = tc.row(mi, 2 * half);
-      const float u = i < rows ? exp2f(cs2[i0 + i] - ref) : 0.0f;
+      if (i >= rows) continue;
 #pragma unroll
-      for (int ni = 0; ni < 4; ++ni) acc[mi][ni][2 * half] *= u, acc[mi][ni][2 * half + 1] *= u;
-    }
-
-  // The diagonal slab: M built element by element (8 consecutive j per thread), keys j ≤ i.
-  __syncthreads();
-#pragma unroll
-  for (int q = 0; q < kTileEdge * kTileEdge / 8 / kTileThreads; ++q) {
-    const int e = int(threadIdx.x) + kTileThreads * q;
-    const int r = e / 8, c = (e % 8) * 8;
-    __align__(16) bf16 m[8];
-    if (r < rows && c <= r) {  // some of the 8 keys are on or below the diagonal
-      const bf16* row = cb + int64_t(r) * a.Q + i0 + c;
-      if (cb_vec16 && c + 8 <= rows) {
-        *reinterpret_cast<uint4*>(m) = *reinterpret_cast<const uint4*>(row);
-      } else {
-#pragma unroll
-        for (int k = 0; k < 8; ++k) m[k] = c + k < rows ? row[k] : __float2bfloat16_rn(0.0f);
+      for (int ni = 0; ni < 4; ++ni) {
+        const int p = tc.col(ni, 0);  // even
+        const float y0 = fmaf(dskip, __bfloat162float(s.b[i * kLdTile + p]), acc[mi][ni][2 * half]);
+        const float y1 = fmaf(dskip, __bfloat162float(s.b[i * kLdTile + p + 1]), acc[mi][ni][2 * half + 1]);
+        bf16* at = yh + int64_t(i) * a.os0 + p;
+        if (p0 + p + 1 < a.P && reinterpret_cast<uintptr_t>(at) % 4 == 0) {
+          *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(y0, y1);
+        } else {
+          if (p0 + p < a.P) at[0] = __float2bfloat16_rn(y0);
+          if (p0 + p + 1 < a.P) at[1] = __float2bfloat16_rn(y1);
+        }
       }
-      const float ci = cs2[i0 + r];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const int j = i0 + c + k;
-        m[k] = __float2bfloat16_rn(c + k <= r ? __bfloat162float(m[k]) * exp2f(ci - cs2[j]) * dt[j] : 0.0f);
-      }
-    } else {
-#pragma unroll
-      for (int k = 0; k < 8; ++k) m[k] = __float2bfloat16_rn(0.0f);
     }
-    *reinterpret_cast<uint4*>(s.a + r * kLdTile + c) = *reinterpret_cast<const uint4*>(m);
-  }
-  stage_rows(s.b, xh + int64_t(i0) * a.xs0, a.xs0, rows, a.P - p0, a.x_vec16);
-  __syncthreads();
-  mma::slab_mma<true, false>(s.a, s.b, acc);
-
-  const float dskip = a.D.get(h, 0.0f);
-  bf16* yh = a.out + (ch.t0 + i0) * a.os0 + int64_t(h) * a.os1 + p0;
-  const bf16* xi = xh + int64_t(i0) * a.xs0;
-  mma::store_tile(acc, [&](int i, int p, float v) {
-    if (i < rows && p0 + p < a.P) {
-      const float xv = __bfloat162float(xi[int64_t(i) * a.xs0 + p]);
-      yh[int64_t(i) * a.os0 + p] = __float2bfloat16_rn(fmaf(dskip, xv, v));
-    }
-  });
 }
 
 unsigned tiles(int n) { return unsigned((n + kTileEdge - 1) / kTileEdge); }
+
+// Dynamic shared memory beyond the 48 KB a launch gets without asking: only chunks longer than
+// ~3800 tokens need it.
+template <typename Kernel>
+void allow_shared(Kernel kernel, size_t dynamic_bytes) {
+  if (sizeof(Operands) + dynamic_bytes > 48 * 1024)
+    STATELM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(dynamic_bytes)),
+                       "ssd: ", dynamic_bytes, " bytes of shared memory per block");
+}
 
 }  // namespace
 
@@ -242,12 +362,18 @@ void chunk_states_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_
   const unsigned q_tiles = tiles(a.Q);
   chunk_cb_kernel<<<dim3(unsigned(n_chunks * a.G), q_tiles * (q_tiles + 1) / 2), kTileThreads, 0, stream>>>(a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_cb (mma)");
-  chunk_state_kernel<<<dim3(unsigned(n_chunks * a.H), tiles(a.P) * tiles(a.N)), kTileThreads, 0, stream>>>(a, items);
+  const size_t w_bytes = size_t(padded_chunk(a.Q)) * sizeof(float);
+  allow_shared(chunk_state_kernel, w_bytes);
+  chunk_state_kernel<<<dim3(unsigned(n_chunks * a.H), tiles(a.P) * tiles(a.N)), kTileThreads, w_bytes, stream>>>(
+      a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_state (mma)");
 }
 
 void chunk_outputs_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_chunks, cudaStream_t stream) {
-  chunk_scan_kernel<<<dim3(unsigned(n_chunks * a.H), tiles(a.Q) * tiles(a.P)), kTileThreads, 0, stream>>>(a, items);
+  const size_t decay_bytes = 2 * size_t(padded_chunk(a.Q)) * sizeof(float);
+  allow_shared(chunk_scan_kernel, decay_bytes);
+  chunk_scan_kernel<<<dim3(unsigned(n_chunks * a.H), tiles(a.Q) * tiles(a.P)), kTileThreads, decay_bytes, stream>>>(
+      a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_scan (mma)");
 }
 
