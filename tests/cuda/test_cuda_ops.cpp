@@ -471,6 +471,24 @@ BatchView view_of(const std::vector<SeqSpan>& spans) {
   return b;
 }
 
+// The conv1d of C channels, width K, SiLU, over T tokens and `slots` state slots; x and out are
+// row views offset by 2 columns (the per-channel kernel) or 16-byte aligned rows (aligned: the
+// 16-byte kernel, conv1d_vec_kernel, where C allows it and a span has more than one token).
+std::pair<OpCase, OpFn> conv1d_case(int64_t T, int64_t C, int64_t K, int32_t slots, bool aligned) {
+  OpCase c(std::string("conv1d") + (aligned ? " aligned" : "") + " C=" + std::to_string(C) +
+               " K=" + std::to_string(K) + " T=" + std::to_string(T),
+           9);
+  const int x = aligned ? c.aligned_act("x", {T, C}) : c.act("x", {T, C});
+  const int w = c.dense("weight", Kind::Param, {C, K}, -0.7f, 0.7f);
+  const int bias = c.dense("bias", Kind::Param, {C}, -0.5f, 0.5f);
+  const int state = c.dense("state", Kind::State, {slots, C, K - 1});
+  const int out = aligned ? c.aligned_act("out", {T, C}) : c.act("out", {T, C});
+  OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+    b.conv1d({t[x], t[w], t[bias], t[state], t[out], true}, bv);
+  };
+  return std::make_pair(std::move(c), fn);
+}
+
 TEST(CudaOps, Conv1d) {
   REQUIRE_GPU();
   std::mt19937 rng(8);
@@ -478,22 +496,8 @@ TEST(CudaOps, Conv1d) {
   const auto spans = mixed_spans(rng, kMixed, slots);
   const int64_t T = tokens_of(spans);
   for (int64_t C : {37, 64})
-    for (int64_t K : {4, 2}) {
-      SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
-          [&] {
-            OpCase c("conv1d C=" + std::to_string(C) + " K=" + std::to_string(K), 9);
-            const int x = c.act("x", {T, C});
-            const int w = c.dense("weight", Kind::Param, {C, K}, -0.7f, 0.7f);
-            const int bias = c.dense("bias", Kind::Param, {C}, -0.5f, 0.5f);
-            const int state = c.dense("state", Kind::State, {slots, C, K - 1});
-            const int out = c.act("out", {T, C});
-            OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
-              b.conv1d({t[x], t[w], t[bias], t[state], t[out], true}, bv);
-            };
-            return std::make_pair(std::move(c), fn);
-          },
-          view_of(spans)));
-    }
+    for (int64_t K : {4, 2})
+      SKIP_IF_FAMILY_MISSING(compare_state_dtypes([&] { return conv1d_case(T, C, K, slots, false); }, view_of(spans)));
 }
 
 // Rows 16 bytes aligned and C a multiple of 8: the 16-byte kernel (conv1d_vec_kernel) on a batch
@@ -509,23 +513,8 @@ TEST(CudaOps, Conv1dAligned) {
     const auto spans = mixed_spans(rng, seqs, slots);
     const int64_t T = tokens_of(spans);
     for (int64_t C : {64, 136})
-      for (int64_t K : {4, 2}) {
-        SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
-            [&] {
-              OpCase c("conv1d aligned C=" + std::to_string(C) + " K=" + std::to_string(K) + " T=" + std::to_string(T),
-                       9);
-              const int x = c.aligned_act("x", {T, C});
-              const int w = c.dense("weight", Kind::Param, {C, K}, -0.7f, 0.7f);
-              const int bias = c.dense("bias", Kind::Param, {C}, -0.5f, 0.5f);
-              const int state = c.dense("state", Kind::State, {slots, C, K - 1});
-              const int out = c.aligned_act("out", {T, C});
-              OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
-                b.conv1d({t[x], t[w], t[bias], t[state], t[out], true}, bv);
-              };
-              return std::make_pair(std::move(c), fn);
-            },
-            view_of(spans)));
-      }
+      for (int64_t K : {4, 2})
+        SKIP_IF_FAMILY_MISSING(compare_state_dtypes([&] { return conv1d_case(T, C, K, slots, true); }, view_of(spans)));
   }
 }
 
