@@ -113,21 +113,6 @@ __global__ void __launch_bounds__(kThreads) conv1d_kernel(const T* x, int64_t xs
   }
 }
 
-// Element v of 16 bytes of T held as a uint4 (rows stay packed until used), widened to fp32;
-// v must be a compile-time constant after unrolling. bf16 → fp32 is exact: the bf16 bits become
-// the high half of the float.
-template <typename T>
-__device__ __forceinline__ float unpack(const uint4& r, int v) {
-  const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-  if constexpr (sizeof(T) == 4) {
-    return __uint_as_float(w[v]);
-  } else {
-    static_assert(std::is_same_v<T, bf16>, "16-bit activations are bf16");
-    const uint32_t u = w[v / 2];
-    return __uint_as_float(v % 2 ? u & 0xffff0000u : u << 16);
-  }
-}
-
 // conv1d_kernel with V = 16 / sizeof(T) consecutive channels per thread (C % V == 0; x, out and
 // their row strides 16-byte aligned). Rows are moved as uint4 (one 16-byte access) and kept
 // packed until used, so the loads of the next kGroup tokens stay in flight while the current
@@ -209,9 +194,14 @@ __global__ void __launch_bounds__(kThreads, 3)
   Row cur[kGroup];
   load_group(cur, t0);
 #pragma unroll
-  for (int i = 0; i < H; ++i)
+  for (int i = 0; i < H; ++i) {
+    if (first) {
 #pragma unroll
-    for (int v = 0; v < V; ++v) win[i][v] = first ? old[i][v] : unpack<T>(hist[i], v);
+      for (int v = 0; v < V; ++v) win[i][v] = old[i][v];
+    } else {
+      unpack16<T>(hist[i], win[i]);
+    }
+  }
 
   for (int t = t0; t < t1; t += kGroup) {
     Row next[kGroup];
@@ -219,9 +209,9 @@ __global__ void __launch_bounds__(kThreads, 3)
 #pragma unroll
     for (int r = 0; r < kGroup; ++r) {
       float in[V], o[V];
+      unpack16<T>(cur[r], in);
 #pragma unroll
       for (int v = 0; v < V; ++v) {
-        in[v] = unpack<T>(cur[r], v);
         float acc = b[v];
 #pragma unroll
         for (int k = 0; k < H; ++k) acc = fmaf(wk[k][v], win[k][v], acc);
@@ -251,9 +241,12 @@ __global__ void __launch_bounds__(kThreads, 3)
     }
 #pragma unroll
     for (int i = 0; i < H; ++i)
-      if (sp.len - H + i >= 0)
+      if (sp.len - H + i >= 0) {
+        float f[V];
+        unpack16<T>(last[i], f);
 #pragma unroll
-        for (int v = 0; v < V; ++v) st[v * ss1 + i] = from_f32<S>(unpack<T>(last[i], v));
+        for (int v = 0; v < V; ++v) st[v * ss1 + i] = from_f32<S>(f[v]);
+      }
   }
 }
 

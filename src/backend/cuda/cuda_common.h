@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cuda_bf16.h>
+
+#include <type_traits>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -124,6 +126,25 @@ __device__ __forceinline__ void store_f32(T* p, const float (&in)[VEC]) {
 #pragma unroll
   for (int j = 0; j < VEC; ++j) pk.v[j] = from_f32<T>(in[j]);
   *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
+}
+
+// Widens one 16-byte pack (4 fp32 or 8 bf16 values, as a uint4 register holds them after a
+// vector load) to fp32. Kernels keep loaded rows packed until use, so that loads stay in flight
+// in few registers; this is the one place they are opened.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& v, float (&out)[16 / sizeof(T)]) {
+  if constexpr (sizeof(T) == 4) {
+    out[0] = __uint_as_float(v.x), out[1] = __uint_as_float(v.y), out[2] = __uint_as_float(v.z),
+    out[3] = __uint_as_float(v.w);
+  } else {
+    static_assert(std::is_same_v<T, bf16>, "16-byte packs of fp32 or bf16");
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // bf16 is the high half of an fp32: a shift, no conversion
+      out[2 * i] = __uint_as_float(w[i] << 16);
+      out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
 }
 
 // The widest access (16 bytes = kVec16<T> elements) when every pointer, row stride and the row

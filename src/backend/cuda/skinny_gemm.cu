@@ -36,21 +36,6 @@ constexpr int kThreadsSmallK = 128, kThreadsLargeK = 256;
 constexpr int kRows = 4;       // output features per block
 constexpr int kBatch = 4;      // K-steps of loads each thread issues before it computes
 
-template <typename T>
-__device__ __forceinline__ void unpack(const uint4& v, float (&out)[16 / sizeof(T)]) {
-  if constexpr (sizeof(T) == 4) {
-    out[0] = __uint_as_float(v.x), out[1] = __uint_as_float(v.y), out[2] = __uint_as_float(v.z),
-    out[3] = __uint_as_float(v.w);
-  } else {
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
-      out[2 * i] = f.x, out[2 * i + 1] = f.y;
-    }
-  }
-}
-
 // Block = kRows consecutive features; its threads split K in 16-byte vectors (thread i takes
 // vectors i, i + kThreads, ...), issue kBatch × kRows loads at once (one memory round trip for
 // K up to kThreads · kBatch vectors: 4096 bf16 with 128 threads), then reduce across the block.
@@ -103,11 +88,11 @@ __global__ void __launch_bounds__(kThreads)
         // the compiler may hoist it above pdl_wait() and read the previous step's activations
         // (an unrolled variant did: decode steps went wrong). For the same reason x is not
         // __restrict__, which lets the compiler choose ld.global.nc by itself.
-        unpack<T>(reinterpret_cast<const uint4*>(x + m * ldx)[v], xf);
+        unpack16<T>(reinterpret_cast<const uint4*>(x + m * ldx)[v], xf);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
           float wf[V];
-          unpack<T>(wv[u][r], wf);
+          unpack16<T>(wv[u][r], wf);
 #pragma unroll
           for (int j = 0; j < V; ++j) acc[m][r] = fmaf(xf[j], wf[j], acc[m][r]);
         }

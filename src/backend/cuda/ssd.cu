@@ -59,8 +59,7 @@ constexpr int kThreads = 256;
 // reading one head would touch 32 rows. Each round is then a warp inclusive scan in double plus
 // the total of the rounds before it (carry). a_i = dt_i · A is rounded to float as the CPU
 // rounds it and summed in double (ssd.cu's header says why). w needs the chunk's total cs_{L−1}:
-// from registers when the chunk is one segment (L ≤ 256, the models' chunk), else by re-reading
-// the cs and dt the lane wrote. At most 64 registers (4 blocks, 32 warps per SM): more warps to
+// each lane re-reads the cs and dt it wrote. At most 64 registers (4 blocks, 32 warps per SM): more warps to
 // overlap the rounds' shuffle chains, at no spill.
 constexpr int kCumsumHeads = 8, kCumsumRounds = 8, kCumsumSeg = 32 * kCumsumRounds;
 
@@ -80,8 +79,6 @@ __global__ void __launch_bounds__(kCumsumHeads * 32, 4) chunk_cumsum_kernel(SsdA
   const int hs = min(h0 + sh, a.H - 1);
   const float bias = a.dt_bias.get(hs, 0.0f);
   const int64_t base = (int64_t(blockIdx.x) * a.H + h) * a.Q;
-  float dt[kCumsumRounds] = {};
-  double cs[kCumsumRounds] = {};
   double carry = 0.0;  // cs of the token before the round
   for (int s0 = 0; s0 < ch.L; s0 += kCumsumSeg) {
     if (s0 > 0) __syncthreads();  // the previous segment's reads of dt_s are done
@@ -100,36 +97,29 @@ __global__ void __launch_bounds__(kCumsumHeads * 32, 4) chunk_cumsum_kernel(SsdA
     for (int r = 0; r < kCumsumRounds; ++r) {
       const int i0 = s0 + r * 32, i = i0 + lane;
       if (i0 >= ch.L) break;  // uniform across the warp
-      dt[r] = i < ch.L ? dt_s[r * 32 + lane][warp] : 0.0f;
-      double incl = double(dt[r] * A);  // inclusive prefix sum over the round's lanes
+      const float dt = i < ch.L ? dt_s[r * 32 + lane][warp] : 0.0f;
+      double incl = double(dt * A);  // inclusive prefix sum over the round's lanes
 #pragma unroll
       for (int o = 1; o < 32; o <<= 1) {
         const double v = __shfl_up_sync(0xffffffffu, incl, o);
         if (lane >= o) incl += v;
       }
-      cs[r] = carry + incl;
+      const double cs = carry + incl;
       // The sum up to the round's last token (lane 31's adds the zeros past L in another order):
       // the final carry is then cs_{L−1} bit for bit.
       carry += __shfl_sync(0xffffffffu, incl, min(31, ch.L - 1 - i0));
       if (i < ch.L) {
-        a.dtc[base + i] = dt[r];
-        a.cs[base + i] = cs[r];
-        a.cs2[base + i] = float(cs[r] * 1.4426950408889634);
+        a.dtc[base + i] = dt;
+        a.cs[base + i] = cs;
+        a.cs2[base + i] = float(cs * 1.4426950408889634);
       }
     }
   }
   if (!active) return;
+  // w needs the chunk's total, known only now: each lane reads back the cs and dt it wrote
+  // itself (still in L1/L2), rather than holding a chunk's worth of them in registers.
   const double total = carry;  // cs_{L−1}
-  if (ch.L <= kCumsumSeg) {
-#pragma unroll
-    for (int r = 0; r < kCumsumRounds; ++r) {
-      const int i = r * 32 + lane;
-      if (r * 32 >= ch.L) break;
-      if (i < ch.L) a.w[base + i] = expf(float(total - cs[r])) * dt[r];
-    }
-  } else {
-    for (int i = lane; i < ch.L; i += 32) a.w[base + i] = expf(float(total - a.cs[base + i])) * a.dtc[base + i];
-  }
+  for (int i = lane; i < ch.L; i += 32) a.w[base + i] = expf(float(total - a.cs[base + i])) * a.dtc[base + i];
 }
 
 // ---- stage 4: pass states along each span's chunks ----------------------------------------

@@ -84,12 +84,11 @@ __device__ __forceinline__ void load_slab(Packs& s, const bf16* src, int64_t str
 
 // 8 bf16 values times s, rounded to bf16 again.
 __device__ __forceinline__ uint4 scale_pack(uint4 v, float s) {
-  uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  float f[8];
+  unpack16<bf16>(v, f);
+  uint32_t w[4];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[k]));
-    w[k] = mma::pack_bf16x2(f.x * s, f.y * s);
-  }
+  for (int k = 0; k < 4; ++k) w[k] = mma::pack_bf16x2(f[2 * k] * s, f[2 * k + 1] * s);
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
