@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Turns the output folder of one scripts/gpu-sweep device call into the long-context docs:
 #   bench/make_long_context_docs.sh GPU_OUT_DIR [DOCS_DIR]
+# (GPU_OUT_DIR: the folder the device tool brought back, holding sweep.tgz, or an unpacked one)
 # writes DOCS_DIR/long-context.md (the tables: prefill, decode, memory per sequence, largest
 # batch per context, Jamba's KV at 256K, the memory planner vs measured, the state drift) and its
 # charts DOCS_DIR/long-context/context_{decode,memory,batch}.png (bench/plot_context_sweep.sh),
@@ -10,6 +11,12 @@
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 GPU_OUT_DIR [DOCS_DIR]" >&2; exit 2; }
 src=$(cd "$1" && pwd)
+if [ -f "$src/sweep.tgz" ]; then  # what scripts/gpu-sweep leaves: everything in one archive
+  unpacked=$(mktemp -d)
+  trap 'rm -rf "$unpacked"' EXIT
+  tar xzf "$src/sweep.tgz" -C "$unpacked"
+  src=$unpacked
+fi
 cd "$(dirname "$0")/.."
 docs=${2:-docs}
 mkdir -p "$docs/long-context"
