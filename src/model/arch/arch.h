@@ -50,4 +50,8 @@ namespace statelm {
 AttentionDims read_attention_dims(const ConfigReader& cfg, int64_t d_model);
 // The "model.layers.{L}." naming transformers uses for Llama-like decoders (Llama, Jamba).
 TensorNaming decoder_names();
+// What transformers' decoder configs (Llama, Jamba) share: hidden_size, vocab, rms_norm_eps,
+// tied embeddings, max_position_embeddings (default_max_positions when absent), the special token
+// ids, hidden_act (silu only) and decoder_names(); no layers yet.
+ModelSpec decoder_base_spec(const ConfigReader& cfg, const char* architecture, int64_t default_max_positions);
 }  // namespace statelm

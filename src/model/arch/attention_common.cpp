@@ -1,4 +1,4 @@
-// Attention and naming conventions shared by transformers' decoder families (Llama, Jamba).
+// Config reading and naming conventions shared by transformers' decoder families (Llama, Jamba).
 #include "core/error.h"
 #include "model/arch/arch.h"
 
@@ -18,6 +18,25 @@ AttentionDims read_attention_dims(const ConfigReader& cfg, int64_t d_model) {
   }
   a.qkv_bias = a.o_bias = cfg.bool_or({"attention_bias"}, false);
   return a;
+}
+
+ModelSpec decoder_base_spec(const ConfigReader& cfg, const char* architecture, int64_t default_max_positions) {
+  ModelSpec s;
+  s.architecture = architecture;
+  s.layout = "transformers";
+  s.d_model = positive(cfg, "hidden_size", cfg.get_int({"hidden_size"}));
+  s.vocab_size = positive(cfg, "vocab_size", cfg.get_int({"vocab_size"}));
+  s.norm_eps = float(cfg.float_or({"rms_norm_eps"}, 1e-6));
+  s.tie_embeddings = cfg.bool_or({"tie_word_embeddings"}, false);
+  s.max_position_embeddings = cfg.int_or({"max_position_embeddings"}, default_max_positions);
+  s.bos_token_ids = cfg.int_list_or({"bos_token_id"});
+  s.eos_token_ids = cfg.int_list_or({"eos_token_id"});
+  s.pad_token_id = cfg.int_or({"pad_token_id"}, -1);
+  std::string act = cfg.string_or({"hidden_act"}, "silu");
+  if (act != "silu")
+    fail(ErrorKind::Unsupported, cfg.source(), ": hidden_act \"", act, "\" is not supported (supported: silu)");
+  s.names = decoder_names();
+  return s;
 }
 
 TensorNaming decoder_names() {

@@ -22,22 +22,8 @@ std::vector<std::string> string_list(const ConfigReader& cfg, std::string_view k
 }  // namespace
 
 ModelSpec build_jamba_spec(const ConfigReader& cfg) {
-  ModelSpec s;
-  s.architecture = "jamba";
-  s.layout = "transformers";
-  s.d_model = positive(cfg, "hidden_size", cfg.get_int({"hidden_size"}));
+  ModelSpec s = decoder_base_spec(cfg, "jamba", 262144);
   const int64_t n_layer = layer_count(cfg, "num_hidden_layers");
-  s.vocab_size = positive(cfg, "vocab_size", cfg.get_int({"vocab_size"}));
-  s.norm_eps = float(cfg.float_or({"rms_norm_eps"}, 1e-6));
-  s.tie_embeddings = cfg.bool_or({"tie_word_embeddings"}, false);
-  s.max_position_embeddings = cfg.int_or({"max_position_embeddings"}, 262144);
-  s.bos_token_ids = cfg.int_list_or({"bos_token_id"});
-  s.eos_token_ids = cfg.int_list_or({"eos_token_id"});
-  s.pad_token_id = cfg.int_or({"pad_token_id"}, -1);
-  std::string act = cfg.string_or({"hidden_act"}, "silu");
-  if (act != "silu")
-    fail(ErrorKind::Unsupported, cfg.source(), ": hidden_act \"", act, "\" is not supported (supported: silu)");
-  s.names = decoder_names();
   s.names.final_norm = "model.final_layernorm.weight";
   s.names.ffn_norm = "pre_ff_layernorm.weight";
   s.names.ffn = "feed_forward.";

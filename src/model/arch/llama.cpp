@@ -43,22 +43,8 @@ RopeSpec read_rope(const ConfigReader& cfg, int64_t head_dim) {
 }  // namespace
 
 ModelSpec build_llama_spec(const ConfigReader& cfg) {
-  ModelSpec s;
-  s.architecture = "llama";
-  s.layout = "transformers";
-  s.d_model = positive(cfg, "hidden_size", cfg.get_int({"hidden_size"}));
-  int64_t n_layer = layer_count(cfg, "num_hidden_layers");
-  s.vocab_size = positive(cfg, "vocab_size", cfg.get_int({"vocab_size"}));
-  s.norm_eps = float(cfg.float_or({"rms_norm_eps"}, 1e-6));
-  s.tie_embeddings = cfg.bool_or({"tie_word_embeddings"}, false);
-  s.max_position_embeddings = cfg.int_or({"max_position_embeddings"}, 2048);
-  s.bos_token_ids = cfg.int_list_or({"bos_token_id"});
-  s.eos_token_ids = cfg.int_list_or({"eos_token_id"});
-  s.pad_token_id = cfg.int_or({"pad_token_id"}, -1);
-  std::string act = cfg.string_or({"hidden_act"}, "silu");
-  if (act != "silu")
-    fail(ErrorKind::Unsupported, cfg.source(), ": hidden_act \"", act, "\" is not supported (supported: silu)");
-  s.names = decoder_names();
+  ModelSpec s = decoder_base_spec(cfg, "llama", 2048);
+  const int64_t n_layer = layer_count(cfg, "num_hidden_layers");
 
   AttentionDims attn = read_attention_dims(cfg, s.d_model);
   attn.rope = read_rope(cfg, attn.head_dim);
