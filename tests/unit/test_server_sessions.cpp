@@ -16,6 +16,7 @@
 #include "runtime/generate.h"
 #include "runtime/snapshot.h"
 #include "server/http_server.h"
+#include "unit/test_server_util.h"
 #include "unit/test_support.h"
 
 namespace statelm {
@@ -53,21 +54,9 @@ class SessionServer {
         tokenizer(Tokenizer::from_file(model.path())),
         runner(model.path(), backend, runner_options()),
         scheduler(runner),
-        http(scheduler, tokenizer, server::model_limits(runner, tokenizer), options(store, max_concurrent_requests)) {
-    port = http.bind();
-    if (start_engine) scheduler.start();
-    thread_ = std::thread([this] { http.serve(); });
-  }
-  ~SessionServer() {
-    http.shutdown();
-    scheduler.stop();
-    thread_.join();
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(60, 0);
-    return c;
-  }
+        http(scheduler, tokenizer, server::model_limits(runner, tokenizer), options(store, max_concurrent_requests)),
+        serving(http, scheduler, start_engine) {}
+  httplib::Client client() const { return serving.client(); }
   httplib::Result post(const std::string& path, const json& body = json::object()) const {
     return client().Post(path.c_str(), body.dump(), "application/json");
   }
@@ -97,7 +86,7 @@ class SessionServer {
   ModelRunner runner;
   Scheduler scheduler;
   server::HttpServer http;
-  int port = 0;
+  test_server::ServingThread serving;
 
  private:
   static server::ServerOptions options(SessionStore& store, int max_concurrent_requests) {
@@ -108,7 +97,6 @@ class SessionServer {
     o.sessions = &store;
     return o;
   }
-  std::thread thread_;
 };
 
 // What one greedy request over `context` generates (on a runner of its own): the reference

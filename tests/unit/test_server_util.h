@@ -51,6 +51,38 @@ inline RunnerOptions runner_options(int32_t sequences) {
 
 using Configure = std::function<void(server::ServerOptions&, server::ModelLimits&)>;
 
+// `statelm serve`'s lifecycle around an HttpServer: bound to 127.0.0.1:<any free port> and
+// served on a thread from construction (the engine thread started too, unless asked not to);
+// on destruction shut down and the scheduler stopped, as on SIGTERM. The last member of a test
+// server, so that it is built after and torn down before what it serves.
+class ServingThread {
+ public:
+  ServingThread(server::HttpServer& http, Scheduler& scheduler, bool start_engine = true)
+      : port(http.bind()), http_(http), scheduler_(scheduler) {
+    if (start_engine) scheduler_.start();
+    thread_ = std::thread([this] { http_.serve(); });
+  }
+  ~ServingThread() {
+    http_.shutdown();
+    scheduler_.stop();
+    thread_.join();
+  }
+  ServingThread(const ServingThread&) = delete;
+  ServingThread& operator=(const ServingThread&) = delete;
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(60, 0);
+    return c;
+  }
+
+  const int port;
+
+ private:
+  server::HttpServer& http_;
+  Scheduler& scheduler_;
+  std::thread thread_;
+};
+
 // A server on 127.0.0.1:<any free port>, torn down as `statelm serve` does on SIGTERM.
 class TestServer {
  public:
@@ -60,21 +92,10 @@ class TestServer {
       : tokenizer(Tokenizer::from_file(model.path())),
         runner(model.path(), backend, runner_options),
         scheduler(runner, so),
-        http(scheduler, tokenizer, limits(model, configure), options(model, configure)) {
-    port = http.bind();
-    scheduler.start();
-    thread_ = std::thread([this] { http.serve(); });
-  }
-  ~TestServer() {
-    http.shutdown();
-    scheduler.stop();
-    thread_.join();
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(60, 0);
-    return c;
-  }
+        http(scheduler, tokenizer, limits(model, configure), options(model, configure)),
+        serving(http, scheduler),
+        port(serving.port) {}
+  httplib::Client client() const { return serving.client(); }
   httplib::Result post(const json& body, const std::string& path = "/v1/completions") const {
     return client().Post(path.c_str(), body.dump(), "application/json");
   }
@@ -101,7 +122,8 @@ class TestServer {
   ModelRunner runner;
   Scheduler scheduler;
   server::HttpServer http;
-  int port = 0;
+  ServingThread serving;
+  const int port;
 
  private:
   server::ModelLimits limits(const ModelFolder& model, const Configure& configure) {
@@ -120,7 +142,6 @@ class TestServer {
     if (configure) configure(o, unused);
     return o;
   }
-  std::thread thread_;
 };
 
 // The same prompt through generate() on a runner of its own: the text and finish reason a
