@@ -296,13 +296,13 @@ def main():
             "Every table behind these lines — prefill time and tokens/s, decode ms/step, state + KV per sequence "
             "and the largest batch at 1K–1M tokens for the three shapes, the memory planner against measured device "
             "memory, and how far fp32, bf16 and fp16 recurrent states drift from an fp64 replay over 1M tokens — is in "
-            "[docs/long-context.md](docs/long-context.md), measured by one `scripts/gpu-sweep` device call.")
+            "[docs/long-context.md](docs/long-context.md), measured by `scripts/gpu-sweep` (the page says when and where).")
         sys.stdout.write("\n".join(out).rstrip() + "\n")
         return
 
     out = ["# Long context on one GPU: measured\n"]
     if machine:
-        out.append("Measured by `scripts/gpu-sweep` in one device call — " + "; ".join(machine) + ".\n")
+        out.append("Measured by `scripts/gpu-sweep` — " + "; ".join(machine) + ".\n")
     out.append(
         "Every model runs on random weights of its config's shapes (`bench/configs/`): bf16 weights, activations and "
         "KV cache, fp32 recurrent state. Prefill: one sequence from an empty state in chunks of "
