@@ -59,8 +59,8 @@ constexpr int kThreads = 256;
 // reading one head would touch 32 rows. Each round is then a warp inclusive scan in double plus
 // the total of the rounds before it (carry). a_i = dt_i · A is rounded to float as the CPU
 // rounds it and summed in double (ssd.cu's header says why). w needs the chunk's total cs_{L−1}:
-// each lane re-reads the cs and dt it wrote. At most 64 registers (4 blocks, 32 warps per SM): more warps to
-// overlap the rounds' shuffle chains, at no spill.
+// each lane re-reads the cs and dt it wrote. At most 64 registers (4 blocks, 32 warps per SM):
+// more warps to overlap the rounds' shuffle chains, at no spill.
 constexpr int kCumsumHeads = 8, kCumsumRounds = 8, kCumsumSeg = 32 * kCumsumRounds;
 
 template <typename T>
