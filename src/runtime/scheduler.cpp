@@ -40,6 +40,15 @@ struct Scheduler::Active {
   int64_t prompt_tokens() const { return base + int64_t(req.prompt.size()); }
 
   bool prefill_done() const { return prefilled == int64_t(req.prompt.size()); }
+  // An event of this request, with its token counts as they stand.
+  RequestEvent event() const {
+    RequestEvent e;
+    e.request_id = id;
+    e.prompt_tokens = prompt_tokens();
+    e.completion_tokens = generated;
+    e.cached_tokens = cached_tokens;
+    return e;
+  }
 };
 
 Scheduler::Scheduler(ModelRunner& runner, SchedulerOptions options) : runner_(runner), options_(options) {
@@ -106,7 +115,8 @@ void Scheduler::cancel(uint64_t id) {
 void Scheduler::finish(Active& a, const std::string& reason, const std::string& error) {
   if (a.done) return;
   a.done = true;
-  RequestEvent e;
+  RequestEvent e = a.event();
+  e.finished = true;
   e.finish_reason = reason;
   e.error = error;
   // The final state goes out before the slot is freed, and before the final event, so that a
@@ -121,11 +131,6 @@ void Scheduler::finish(Active& a, const std::string& reason, const std::string& 
     }
   }
   if (a.seq.slot >= 0) runner_.close(a.seq);
-  e.request_id = a.id;
-  e.finished = true;
-  e.prompt_tokens = a.prompt_tokens();
-  e.completion_tokens = a.generated;
-  e.cached_tokens = a.cached_tokens;
   if (!a.req.on_event) return;
   try {
     a.req.on_event(e);
@@ -380,20 +385,16 @@ bool Scheduler::step() {
   for (size_t k = 0; k < sampled.size(); ++k) {
     Active& a = *sampled[k];
     const int32_t token = tokens[k];
-    RequestEvent e;
+    a.history.push_back(token);
+    ++a.generated;
+    ++tokens_out;
+    RequestEvent e = a.event();
+    e.token = token;
     if (a.req.sampling.logprobs >= 0) {  // the full distribution: this row's logits come to the host
       host_row.resize(size_t(vocab));
       runner_.backend().download(logits.rows(rows[k].logits_row, 1), host_row.data());
       e.logprob = token_logprobs(host_row, token, a.req.sampling.logprobs, e.top_logprobs);
     }
-    a.history.push_back(token);
-    ++a.generated;
-    ++tokens_out;
-    e.request_id = a.id;
-    e.token = token;
-    e.prompt_tokens = a.prompt_tokens();
-    e.completion_tokens = a.generated;
-    e.cached_tokens = a.cached_tokens;
     bool keep_going = true;
     try {
       if (a.req.on_event) keep_going = a.req.on_event(e);
