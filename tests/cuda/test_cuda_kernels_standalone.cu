@@ -485,6 +485,10 @@ int main() {
         test_selective_scan(act, st, 70, 16, mixed);
         test_selective_scan(act, st, 37, 24, {1, 1000});  // one long span: the chunked scan
         test_selective_scan(act, st, 40, 64, {5, 1, 513});
+        // Decode steps: the decode kernel (N / 4 a power of two up to 32) and the fallback (N = 12).
+        test_selective_scan(act, st, 70, 16, {1, 1, 1, 1});
+        test_selective_scan(act, st, 37, 128, {1, 1, 1});
+        test_selective_scan(act, st, 33, 12, {1, 1});
         test_ssd(act, st, 6, 20, 2, 24, 32, false, mixed);
         test_ssd(act, st, 4, 64, 1, 128, 256, true, {1, 300, 1, 17});
         test_ssd(act, st, 3, 16, 3, 16, 64, false, {1, 1, 1});  // decode only

@@ -518,46 +518,52 @@ TEST(CudaOps, Conv1dAligned) {
   }
 }
 
+// Mixed spans (the scan kernel, pieces and carries) and a decode step (one token per span: the
+// decode kernel when N / 4 is a power of two up to 32, as for N = 16 and 128; N = 12 falls back).
 TEST(CudaOps, SelectiveScan) {
   REQUIRE_GPU();
   std::mt19937 rng(10);
-  const int32_t slots = int32_t(kMixed.size()) + 1;
-  const auto spans = mixed_spans(rng, kMixed, slots);
-  const int64_t T = tokens_of(spans);
-  for (int64_t Di : {37, 64})
-    for (bool gate : {true, false}) {
-      const int64_t N = 16;
-      SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
-          [&] {
-            OpCase c("selective_scan Di=" + std::to_string(Di) + (gate ? " gated" : ""), 11);
-            const int xz = c.act("xz", {T, 2 * Di});
-            const int dbc = c.act("dbc", {T, 3 + 2 * N});
-            const int delta = c.act("delta", {T, Di}, -2.0f, 1.0f);
-            const int delta_bias = c.dense("delta_bias", Kind::Param, {Di}, -3.0f, 0.0f);
-            const int A = c.dense("A", Kind::Param, {Di, N}, -1.0f, 2.0f);
-            for (float& a : c.data(A)) a = -std::exp(a);
-            const int D = c.dense("D", Kind::Param, {Di});
-            const int state = c.dense("state", Kind::State, {slots, Di, N});
-            const int out = c.act("out", {T, Di});
-            const int64_t di = Di;
-            OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
-              SelectiveScanParams p;
-              p.u = t[xz].cols(0, di);
-              if (gate) p.z = t[xz].cols(di, di);
-              p.delta = t[delta];
-              p.delta_bias = t[delta_bias];
-              p.A = t[A];
-              p.B = t[dbc].cols(3, N);
-              p.C = t[dbc].cols(3 + N, N);
-              p.D = t[D];
-              p.state = t[state];
-              p.out = t[out];
-              b.selective_scan(p, bv);
-            };
-            return std::make_pair(std::move(c), fn);
-          },
-          view_of(spans)));
-    }
+  const std::vector<LenPos> decode = {{1, 4}, {1, 0}, {1, 9}, {1, 1}};
+  for (const auto& seqs : {kMixed, decode})
+    for (int64_t N : {16, 12, 128})
+      for (int64_t Di : {37, 64})
+        for (bool gate : {true, false}) {
+          const int32_t slots = int32_t(seqs.size()) + 1;
+          const auto spans = mixed_spans(rng, seqs, slots);
+          const int64_t T = tokens_of(spans);
+          SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
+              [&] {
+                OpCase c("selective_scan T=" + std::to_string(T) + " N=" + std::to_string(N) + " Di=" + std::to_string(Di) +
+                             (gate ? " gated" : ""),
+                         11);
+                const int xz = c.act("xz", {T, 2 * Di});
+                const int dbc = c.act("dbc", {T, 3 + 2 * N});
+                const int delta = c.act("delta", {T, Di}, -2.0f, 1.0f);
+                const int delta_bias = c.dense("delta_bias", Kind::Param, {Di}, -3.0f, 0.0f);
+                const int A = c.dense("A", Kind::Param, {Di, N}, -1.0f, 2.0f);
+                for (float& a : c.data(A)) a = -std::exp(a);
+                const int D = c.dense("D", Kind::Param, {Di});
+                const int state = c.dense("state", Kind::State, {slots, Di, N});
+                const int out = c.act("out", {T, Di});
+                const int64_t di = Di;
+                OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+                  SelectiveScanParams p;
+                  p.u = t[xz].cols(0, di);
+                  if (gate) p.z = t[xz].cols(di, di);
+                  p.delta = t[delta];
+                  p.delta_bias = t[delta_bias];
+                  p.A = t[A];
+                  p.B = t[dbc].cols(3, N);
+                  p.C = t[dbc].cols(3 + N, N);
+                  p.D = t[D];
+                  p.state = t[state];
+                  p.out = t[out];
+                  b.selective_scan(p, bv);
+                };
+                return std::make_pair(std::move(c), fn);
+              },
+              view_of(spans)));
+        }
 }
 
 // The ssd op's arguments in an OpCase: x | B | C as column ranges of one xbc activation (as the
