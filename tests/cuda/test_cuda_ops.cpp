@@ -718,6 +718,32 @@ TEST(CudaOps, Rope) {
   }
 }
 
+// Decode steps only (every span one token): the launcher spreads a token's pairs over several
+// blocks when they are more than a block's threads (Llama 2.5B's shape: 32 + 8 heads, 40 pairs
+// each), at positions up to 100K (large angles).
+TEST(CudaOps, RopeDecodeSteps) {
+  REQUIRE_GPU();
+  std::mt19937 rng(15);
+  const auto spans = mixed_spans(rng, {{1, 0}, {1, 2047}, {1, 99999}, {1, 517}}, 6);
+  const int64_t T = tokens_of(spans);
+  RopeSpec rope;
+  rope.kind = RopeKind::Default;
+  rope.rotary_dim = 80;
+  SKIP_IF_FAMILY_MISSING(compare_both(
+      [&] {
+        OpCase c("rope decode steps", 16);
+        const int64_t Hq = 32, Hkv = 8, Dh = 80;
+        const int qkv = c.act("qkv", {T, (Hq + 2 * Hkv) * Dh});
+        OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+          b.rope({t[qkv].cols(0, Hq * Dh).unflatten_last(Hq, Dh), t[qkv].cols(Hq * Dh, Hkv * Dh).unflatten_last(Hkv, Dh),
+                  rope},
+                 bv);
+        };
+        return std::make_pair(std::move(c), fn);
+      },
+      view_of(spans)));
+}
+
 // Attention of `spans` over a paged cache of `block`-token blocks, for each shape, both dtypes.
 // Each sequence owns ceil((pos + len) / block) blocks drawn from a shuffled pool, plus table
 // entries pointing at a block of no sequence; cache cells hold random history or poison.

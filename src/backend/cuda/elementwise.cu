@@ -87,7 +87,7 @@ void embed(const int32_t* ids, const Tensor& table, const Tensor& out, cudaStrea
   dispatch_float(out.dtype, "embed", [&](auto tag) {
     using T = decltype(tag);
     const bool vec = vectorizable<T>(d, {{table.data, table.stride[0]}, {out.data, out.stride[0]}});
-    const int threads = row_threads(vec ? d / kVec16<T> : d);
+    const int threads = row_threads(vec ? d / kVec16<T> : d, n);
     if (vec)
       embed_kernel<T, kVec16<T>><<<unsigned(n), threads, 0, stream>>>(ids, table.ptr<const T>(), table.stride[0],
                                                                      out.ptr<T>(), out.stride[0], int(d));
@@ -105,7 +105,7 @@ void swiglu(const Tensor& gate_up, const Tensor& out, cudaStream_t stream) {
     using T = decltype(tag);
     // The up half starts f elements into the row: f % VEC == 0 keeps it aligned too.
     const bool vec = vectorizable<T>(f, {{gate_up.data, gate_up.stride[0]}, {out.data, out.stride[0]}});
-    const int threads = row_threads(vec ? f / kVec16<T> : f);
+    const int threads = row_threads(vec ? f / kVec16<T> : f, n);
     STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), vec ? swiglu_kernel<T, kVec16<T>> : swiglu_kernel<T, 1>,
                                      dim3(unsigned(n)), dim3(unsigned(threads)), stream, gate_up.ptr<const T>(),
                                      gate_up.stride[0], out.ptr<T>(), out.stride[0], int(f)),
@@ -120,7 +120,7 @@ void add(const Tensor& acc, const Tensor& x, cudaStream_t stream) {
   dispatch_float(acc.dtype, "add", [&](auto tag) {
     using T = decltype(tag);
     const bool vec = vectorizable<T>(d, {{acc.data, acc.stride[0]}, {x.data, x.stride[0]}});
-    const int threads = row_threads(vec ? d / kVec16<T> : d);
+    const int threads = row_threads(vec ? d / kVec16<T> : d, n);
     if (vec)
       add_kernel<T, kVec16<T>><<<unsigned(n), threads, 0, stream>>>(acc.ptr<T>(), acc.stride[0], x.ptr<const T>(),
                                                                    x.stride[0], int(d));
@@ -147,7 +147,7 @@ void scale_add_bias(const Tensor& out, const Tensor& bias, const RowScale& scale
   const float* b = bias.defined() ? bias.ptr<const float>() : nullptr;
   dispatch_float(out.dtype, "bias", [&](auto tag) {
     using T = decltype(tag);
-    scale_bias_kernel<T><<<unsigned(n), row_threads(d), 0, stream>>>(out.ptr<T>(), out.stride[0], b, scale, int(d));
+    scale_bias_kernel<T><<<unsigned(n), row_threads(d, n), 0, stream>>>(out.ptr<T>(), out.stride[0], b, scale, int(d));
   });
   STATELM_CUDA_LAUNCHED("scale/bias out ", out.describe(), " bias ", bias.describe());
 }

@@ -161,7 +161,7 @@ void moe(const MoeParams& p, Gemm& gemm, Scratch& scratch, int32_t* host_counts,
   Tensor xp = Tensor::contiguous(scratch.get(size_t(M * D) * es), act, {M, D}, Device::Cuda);
   dispatch_float(act, "moe", [&](auto tag) {
     using T_ = decltype(tag);
-    gather_kernel<T_><<<unsigned(M), row_threads(D), 0, stream>>>(p.x.ptr<const T_>(), p.x.stride[0], token_of,
+    gather_kernel<T_><<<unsigned(M), row_threads(D, M), 0, stream>>>(p.x.ptr<const T_>(), p.x.stride[0], token_of,
                                                                   xp.ptr<T_>(), int(D));
   });
   STATELM_CUDA_LAUNCHED("moe gather x ", p.x.describe());
@@ -193,7 +193,7 @@ void moe(const MoeParams& p, Gemm& gemm, Scratch& scratch, int32_t* host_counts,
   // 6. Weighted combine in expert order.
   dispatch_float(p.out.dtype, "moe", [&](auto tag) {
     using T_ = decltype(tag);
-    combine_kernel<T_><<<unsigned(T), row_threads(D), 0, stream>>>(y.ptr<const float>(), pos, expert, weight, int(k),
+    combine_kernel<T_><<<unsigned(T), row_threads(D, T), 0, stream>>>(y.ptr<const float>(), pos, expert, weight, int(k),
                                                                    p.out.ptr<T_>(), p.out.stride[0], int(D));
   });
   STATELM_CUDA_LAUNCHED("moe combine out ", p.out.describe());
