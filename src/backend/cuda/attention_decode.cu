@@ -43,6 +43,7 @@
 #include "backend/cuda/attention_args.cuh"
 #include "backend/cuda/attention_decode.h"
 #include "backend/cuda/cuda_common.h"
+#include "backend/cuda/pdl.cuh"
 
 namespace statelm::cuda {
 
@@ -215,21 +216,6 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
   const int32_t* table = a.block_tables + int64_t(span) * a.max_blocks;
   const int64_t head = int64_t(g) * a.cs2;
 
-  // q of the group's heads for this lane's dims, pre-scaled; zero past head_dim and the group.
-  float q[GMAX][C::kDims];
-#pragma unroll
-  for (int h = 0; h < GMAX; ++h)
-#pragma unroll
-    for (int j = 0; j < C::kNv; ++j)
-#pragma unroll
-      for (int e = 0; e < C::kVec; ++e) {
-        const int c = j * C::kTpk + t;
-        float val = 0.0f;
-        if (h < a.group && c < n_vecs)
-          val = to_f32(a.q[tok * a.qs0 + int64_t(g * a.group + h) * a.qs1 + c * C::kVec + e]) * a.scale_log2;
-        q[h][j * C::kVec + e] = val;
-      }
-
   WarpState<GMAX, C::kDims> st;
 #pragma unroll
   for (int h = 0; h < GMAX; ++h) {
@@ -286,6 +272,25 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
     if (i < n_mine) issue(i);
     cp_async_commit();  // empty groups too: group i is chunk i
   }
+  // Launched as a programmatic dependent (pdl_chain): the cache rows above were written by
+  // earlier steps, but q and the new k, v come from the kernel ahead (rope), so the first
+  // chunks' loads are in flight before the wait and q is read after it.
+  pdl_wait();
+  // q of the group's heads for this lane's dims, pre-scaled; zero past head_dim and the group.
+  float q[GMAX][C::kDims];
+#pragma unroll
+  for (int h = 0; h < GMAX; ++h)
+#pragma unroll
+    for (int j = 0; j < C::kNv; ++j)
+#pragma unroll
+      for (int e = 0; e < C::kVec; ++e) {
+        const int c = j * C::kTpk + t;
+        float val = 0.0f;
+        if (h < a.group && c < n_vecs)
+          val = to_f32(a.q[tok * a.qs0 + int64_t(g * a.group + h) * a.qs1 + c * C::kVec + e]) * a.scale_log2;
+        q[h][j * C::kVec + e] = val;
+      }
+
   for (int i = 0; i < n_mine; ++i) {
     // Chunk i + kStages − 1 goes where chunk i − 1 was, which this thread has read.
     if (i + kStages - 1 < n_mine) issue(i + kStages - 1);
@@ -301,6 +306,7 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
         [&](int u, float (&f)[C::kDims]) { read_slots(stage, u, 1, f); }, live);
   }
   cp_async_wait<0>();
+  pdl_allow_dependents();  // the merge (or the output projection) may launch and wait
 
   // The new key: stored in the cache, and folded in by warp 0 (key group 0 of one step).
   if (has_new) {
@@ -391,6 +397,8 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
 template <typename T>
 __global__ void __launch_bounds__(kThreads) decode_merge_kernel(DecodeArgs<T> a) {
   __shared__ float weight[kMaxSplits];  // 2^(m_z − M) / L of split z
+  pdl_allow_dependents();  // the output projection may start streaming its weights
+  pdl_wait();              // the partials come from the decode kernel ahead
   const int span = blockIdx.x, g = blockIdx.y, h = blockIdx.z;
   const SeqSpan sp = a.spans[span];
   if (sp.len != 1) return;
@@ -450,11 +458,16 @@ void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaSt
     a.o_part = static_cast<float*>(scratch.get((o_floats + 2 * parts) * sizeof(float)));
     a.ml_part = a.o_part + o_floats;
   }
-  decode_kernel<T, DH, GMAX><<<dim3(unsigned(n_spans), unsigned(a.hkv), unsigned(a.n_splits)), kThreads, C::kSmem,
-                               stream>>>(a);
+  STATELM_CUDA_CHECK(launch_pdl_if_smem(pdl_chain(), decode_kernel<T, DH, GMAX>,
+                                        dim3(unsigned(n_spans), unsigned(a.hkv), unsigned(a.n_splits)), dim3(kThreads),
+                                        C::kSmem, stream, a),
+                     "attention decode launch");
   STATELM_CUDA_LAUNCHED("attention decode, head_dim ", a.dh, " group ", a.group, " splits ", a.n_splits);
   if (a.n_splits > 1) {
-    decode_merge_kernel<T><<<dim3(unsigned(n_spans), unsigned(a.hkv), unsigned(a.group)), kThreads, 0, stream>>>(a);
+    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), decode_merge_kernel<T>,
+                                     dim3(unsigned(n_spans), unsigned(a.hkv), unsigned(a.group)), dim3(kThreads),
+                                     stream, a),
+                       "attention decode merge launch");
     STATELM_CUDA_LAUNCHED("attention decode merge");
   }
 }

@@ -29,21 +29,28 @@ __device__ __forceinline__ void pdl_allow_dependents() {
 #endif
 }
 
-// kernel<<<grid, block, 0, stream>>>(args...), as a programmatic dependent launch when `allow`.
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when `allow`.
 template <typename... Params, typename... Args>
-cudaError_t launch_pdl_if(bool allow, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
-                          Args&&... args) {
+cudaError_t launch_pdl_if_smem(bool allow, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                               cudaStream_t stream, Args&&... args) {
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = allow ? 1 : 0;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = &attr;
   cfg.numAttrs = 1;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+// The same without dynamic shared memory.
+template <typename... Params, typename... Args>
+cudaError_t launch_pdl_if(bool allow, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                          Args&&... args) {
+  return launch_pdl_if_smem(allow, kernel, grid, block, 0, stream, std::forward<Args>(args)...);
 }
 
 // kernel<<<grid, block, 0, stream>>>(args...) as a programmatic dependent launch.
@@ -60,7 +67,7 @@ inline bool env_switch(const char* name) {
 }
 
 // Whether the small kernels between a decode step's linear layers (conv1d, the SSD decode kernel,
-// add_rms_norm, rope, swiglu) launch as programmatic dependents too: each is then resident and waiting when the
+// add_rms_norm, rope, swiglu, attention decode) launch as programmatic dependents too: each is then resident and waiting when the
 // kernel ahead ends, and what it may read early (the SSD's state, the conv window) is in flight
 // before that. STATELM_PDL_CHAIN=0 turns it off (read once; for A/B measurements).
 inline bool pdl_chain() {
