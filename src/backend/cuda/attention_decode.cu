@@ -53,6 +53,7 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kStages = 4;           // chunks in flight per warp (cp.async groups)
 constexpr int kMinSplitKeys = 256;   // keys per split at least: the merge stays small
+constexpr int kShortSplitKeys = 64;  // ... unless the sequence is short (split_keys)
 constexpr int kMaxSplits = 256;
 constexpr int kMaxGroup = 8;
 constexpr unsigned kFull = 0xffffffffu;
@@ -90,14 +91,21 @@ struct DecodeTile {
   static_assert(kRowVecs * kVec == DH && kNv * kTpk == kRowVecs, "a row splits evenly over a key's lanes");
   static_assert(kTpk >= 1 && kTpk <= 32 && 32 % kTpk == 0, "a warp holds whole keys");
   static_assert(GMAX * kDims <= 64, "q and O stay in registers");
-  static_assert(kMinSplitKeys % kRound == 0, "splits are whole block rounds");
+  static_assert(kMinSplitKeys % kRound == 0 && kShortSplitKeys % kRound == 0, "splits are whole block rounds");
 };
 
-// Keys per split of a sequence with n_keys keys: equal whole rounds, at least kMinSplitKeys.
-// The decode kernel and the merge must agree on it.
+// Keys per split of a sequence with n_keys keys: equal whole rounds, at least kMinSplitKeys —
+// unless that would leave more than half of the sequence's splits idle (a short context with
+// few sequences: Llama 2.5B at 2K keys, batch 1, filled 8 of 49 splits), when the keys spread
+// over half the splits, down to kShortSplitKeys. (A flat 64-key minimum was measured faster at
+// 512 and 2K keys but slower at 8K, where 256-key splits already fill the GPU.) The decode
+// kernel and the merge must agree on it.
 __device__ __forceinline__ int split_keys(int n_keys, int n_splits, int round) {
-  const int per = (n_keys + n_splits - 1) / n_splits;
-  return max(kMinSplitKeys, (per + round - 1) / round * round);
+  auto whole_rounds = [&](int keys) { return (keys + round - 1) / round * round; };
+  const int keys = max(kMinSplitKeys, whole_rounds((n_keys + n_splits - 1) / n_splits));
+  const int half = n_splits / 2;
+  if (2 * ((n_keys + keys - 1) / keys) >= n_splits || half < 2) return keys;
+  return max(kShortSplitKeys, whole_rounds((n_keys + half - 1) / half));
 }
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool fill) {
@@ -449,7 +457,8 @@ void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaSt
   // wants all its loads in flight, not a second wave), within the keys.
   const int64_t base = int64_t(n_spans) * a.hkv;
   const int64_t resident = int64_t(per_sm) * sm_count();
-  const int64_t most = std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (max_keys + kMinSplitKeys - 1) / kMinSplitKeys));
+  const int64_t most =
+      std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (max_keys + kShortSplitKeys - 1) / kShortSplitKeys));
   a.n_splits = int(std::clamp<int64_t>(resident / base, 1, most));
   a.key_round = C::kRound;
   if (a.n_splits > 1) {
