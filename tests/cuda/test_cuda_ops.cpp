@@ -684,11 +684,28 @@ TEST(CudaOps, SsdGate) {
   }
 }
 
+// rope of the q and k heads packed in one qkv row per token (Hq, Hkv heads of Dh), both dtypes.
+void compare_rope(const std::string& name, uint32_t seed, const std::vector<SeqSpan>& spans, int64_t Hq, int64_t Hkv,
+                  int64_t Dh, const RopeSpec& rope) {
+  const int64_t T = tokens_of(spans);
+  SKIP_IF_FAMILY_MISSING(compare_both(
+      [&] {
+        OpCase c("rope " + name, seed);
+        const int qkv = c.act("qkv", {T, (Hq + 2 * Hkv) * Dh});
+        OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+          b.rope({t[qkv].cols(0, Hq * Dh).unflatten_last(Hq, Dh), t[qkv].cols(Hq * Dh, Hkv * Dh).unflatten_last(Hkv, Dh),
+                  rope},
+                 bv);
+        };
+        return std::make_pair(std::move(c), fn);
+      },
+      view_of(spans)));
+}
+
 TEST(CudaOps, Rope) {
   REQUIRE_GPU();
   std::mt19937 rng(14);
   const auto spans = mixed_spans(rng, kMixed, int32_t(kMixed.size()));
-  const int64_t T = tokens_of(spans);
   RopeSpec plain;
   plain.kind = RopeKind::Default;
   plain.rotary_dim = 16;
@@ -699,23 +716,9 @@ TEST(CudaOps, Rope) {
   RopeSpec partial = plain;
   partial.rotary_dim = 10;
   partial.theta = 500.0;
-  struct Case { const char* name; int64_t Dh; RopeSpec rope; };
-  for (const Case& rc : {Case{"default", 16, plain}, Case{"llama3", 16, llama3}, Case{"partial 10 of 14", 14, partial}}) {
-    SKIP_IF_FAMILY_MISSING(compare_both(
-        [&] {
-          OpCase c(std::string("rope ") + rc.name, 15);
-          const int64_t Hq = 6, Hkv = 2, Dh = rc.Dh;
-          const int qkv = c.act("qkv", {T, (Hq + 2 * Hkv) * Dh});
-          const RopeSpec rope = rc.rope;
-          OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
-            b.rope({t[qkv].cols(0, Hq * Dh).unflatten_last(Hq, Dh), t[qkv].cols(Hq * Dh, Hkv * Dh).unflatten_last(Hkv, Dh),
-                    rope},
-                   bv);
-          };
-          return std::make_pair(std::move(c), fn);
-        },
-        view_of(spans)));
-  }
+  compare_rope("default", 15, spans, 6, 2, 16, plain);
+  compare_rope("llama3", 15, spans, 6, 2, 16, llama3);
+  compare_rope("partial 10 of 14", 15, spans, 6, 2, 14, partial);
 }
 
 // Decode steps only (every span one token): the launcher spreads a token's pairs over several
@@ -724,24 +727,10 @@ TEST(CudaOps, Rope) {
 TEST(CudaOps, RopeDecodeSteps) {
   REQUIRE_GPU();
   std::mt19937 rng(15);
-  const auto spans = mixed_spans(rng, {{1, 0}, {1, 2047}, {1, 99999}, {1, 517}}, 6);
-  const int64_t T = tokens_of(spans);
   RopeSpec rope;
   rope.kind = RopeKind::Default;
   rope.rotary_dim = 80;
-  SKIP_IF_FAMILY_MISSING(compare_both(
-      [&] {
-        OpCase c("rope decode steps", 16);
-        const int64_t Hq = 32, Hkv = 8, Dh = 80;
-        const int qkv = c.act("qkv", {T, (Hq + 2 * Hkv) * Dh});
-        OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
-          b.rope({t[qkv].cols(0, Hq * Dh).unflatten_last(Hq, Dh), t[qkv].cols(Hq * Dh, Hkv * Dh).unflatten_last(Hkv, Dh),
-                  rope},
-                 bv);
-        };
-        return std::make_pair(std::move(c), fn);
-      },
-      view_of(spans)));
+  compare_rope("decode steps", 16, mixed_spans(rng, {{1, 0}, {1, 2047}, {1, 99999}, {1, 517}}, 6), 32, 8, 80, rope);
 }
 
 // Attention of `spans` over a paged cache of `block`-token blocks, for each shape, both dtypes.
