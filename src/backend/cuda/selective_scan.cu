@@ -67,9 +67,11 @@ __device__ __forceinline__ float exp2_approx(float x) {
 }
 
 constexpr int kLaneStates = 16;  // states a lane owns
-constexpr int kTokenGroup = 4;   // tokens whose u, delta and z a lane holds at once
+// Tokens whose u, delta and z a lane holds at once (and the next group's in flight): 8 spilled
+// at the 128 registers that 4 blocks an SM allow.
+constexpr int kTokenGroup = 4;
 // Tokens of B and C staged in shared memory at once: 32, fewer for wide states so that a
-// thread's share of the next tile (prefetched into registers) stays at 4 values of each.
+// thread's share of the next tile (prefetched into registers) stays at most 4 values of each.
 template <int K>
 constexpr int tile_tokens() {
   return K >= 4 ? kTokenGroup : 32 / K;
@@ -82,8 +84,8 @@ constexpr int kRowFloats = kLaneStates + 4;
 //
 // Loads run one step ahead of their use, since a load waited on at once was the kernel's main
 // stall (ncu: long-scoreboard stalls on the widening of u and delta): the next tile of B and C
-// is in flight in registers while this tile is scanned, and the next 8 tokens' u, delta and z
-// while these 8 are. Reads past the piece's end are clamped to its last token, so every load is
+// is in flight in registers while this tile is scanned, and the next group's u, delta and z
+// while this group's tokens are. Reads past the piece's end are clamped to its last token, so every load is
 // unconditional and the compiler can issue a group's loads together.
 template <typename T, typename S, int K, bool kOut>
 __global__ void __launch_bounds__(kThreads, 4) scan_kernel(ScanArgs<T, S> a, SpanItems items) {
