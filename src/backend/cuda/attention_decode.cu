@@ -11,9 +11,10 @@
 // Work: a block takes (sequence, KV head g, key split z) and all `group` query heads of g, so
 // each K/V row is read from memory once. The splits come from the host (n_splits: enough
 // blocks to fill the GPU once, from the span count, the KV heads and batch.key_capacity, so a
-// recorded graph stays valid); each sequence cuts its own keys 0..pos into n_splits equal
-// ranges on the device (split_keys), so a graph planned for a large capacity still spreads a
-// short sequence over all its blocks, and blocks past the keys return at once.
+// recorded graph stays valid); each sequence cuts its own keys 0..pos into ranges on the device
+// (split_keys: at least 256 keys a range, or for a short sequence half the splits, down to 64
+// keys), so a graph planned for a large capacity still spreads a short sequence over many
+// blocks, and blocks past the keys return at once.
 //
 // Lanes: a row of head_dim elements is read as 16-byte vectors (8 bf16 or 4 fp32). kTpk lanes
 // share a key, each holding kNv vectors of it (lane t of the key holds vectors t, t + kTpk, ...,

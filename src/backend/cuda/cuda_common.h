@@ -153,8 +153,9 @@ template <typename T>
 constexpr int kVec16 = int(16 / sizeof(T));
 
 // Threads for a kernel that walks `n` packs of one row with a block: a multiple of 32, 32..256,
-// or up to 1024 when there are fewer rows (blocks) than SMs: a decode step's few rows are then
-// read in one round trip per thread instead of several (one block per row is all the GPU runs).
+// or up to 1024 when there are fewer than 128 rows (blocks; about the SM count): a decode step's
+// few rows are then read in one round trip per thread instead of several (one block per row is
+// all the GPU runs).
 inline int row_threads(int64_t packs, int64_t rows = int64_t(1) << 40) {
   const int64_t cap = rows < 128 ? 1024 : 256;
   int64_t t = (packs + 31) / 32 * 32;

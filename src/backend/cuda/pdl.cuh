@@ -3,8 +3,11 @@
 //
 // A kernel launched with launch_programmatic() may begin while the previous kernel on its stream
 // still runs: once every block of that kernel has called pdl_allow_dependents() (or exited). The
-// dependent kernel may, before pdl_wait(), only read memory no earlier kernel writes (weights);
-// pdl_wait() returns when the previous kernel has completed and its writes are visible. Kernels
+// dependent kernel may, before pdl_wait(), only read memory that no kernel of the current chain
+// writes: weights, or what an earlier decode step wrote (the KV cache rows before the new
+// position, which attention decode streams early: every step starts with a kernel launched the
+// ordinary way, the embedding, so earlier steps have completed). pdl_wait() returns when the
+// previous kernel has completed and its writes are visible. Kernels
 // launched the ordinary way wait for everything before them as usual, and pdl_wait() returns at
 // once in them, so both instructions are harmless where no dependent launch is involved.
 #pragma once

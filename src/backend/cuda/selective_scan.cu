@@ -6,8 +6,8 @@
 //   y[t, d] = (Σ_n C[t, n] · h[d, n] + D[d] · u[t, d]) · silu(z[t, d])      (gate if z given)
 //
 // Parallelisation. A thread owns one channel's states, or with d_state > 16 a group of K
-// lanes owns it, lane g the 16 states n = 16 g … 16 g + 15 (K = ceil(N / 16), so 1 for every
-// Mamba-1 model released). The recurrence of a (d, n) is a serial chain, but a lane runs 16
+// lanes owns it, lane g the 16 states n = 16 g … 16 g + 15 (K = ceil(N / 16) rounded up to 1, 2,
+// 4 or 8, so 1 for every Mamba-1 model released). The recurrence of a (d, n) is a serial chain, but a lane runs 16
 // independent ones: per state element one exp2 (MUFU) and four FMA-pipe operations, with the
 // per-token work (softplus, gate, loads, addressing) shared by the channel's 16 states. B and C
 // rows are shared by every channel: a block stages a tile of them in shared memory as fp32
