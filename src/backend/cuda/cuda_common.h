@@ -6,10 +6,10 @@
 #pragma once
 
 #include <cuda_bf16.h>
-
-#include <type_traits>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include <cstdint>
 

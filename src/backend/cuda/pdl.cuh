@@ -7,9 +7,9 @@
 // writes: weights, or what an earlier decode step wrote (the KV cache rows before the new
 // position, which attention decode streams early: every step starts with a kernel launched the
 // ordinary way, the embedding, so earlier steps have completed). pdl_wait() returns when the
-// previous kernel has completed and its writes are visible. Kernels
-// launched the ordinary way wait for everything before them as usual, and pdl_wait() returns at
-// once in them, so both instructions are harmless where no dependent launch is involved.
+// previous kernel has completed and its writes are visible. Kernels launched the ordinary way
+// wait for everything before them as usual, and pdl_wait() returns at once in them, so both
+// instructions are harmless where no dependent launch is involved.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -70,9 +70,10 @@ inline bool env_switch(const char* name) {
 }
 
 // Whether the small kernels between a decode step's linear layers (conv1d, the SSD decode kernel,
-// add_rms_norm, rope, swiglu, attention decode) launch as programmatic dependents too: each is then resident and waiting when the
-// kernel ahead ends, and what it may read early (the SSD's state, the conv window) is in flight
-// before that. STATELM_PDL_CHAIN=0 turns it off (read once; for A/B measurements).
+// add_rms_norm, rope, swiglu, attention decode) launch as programmatic dependents too: each is
+// then resident and waiting when the kernel ahead ends, and what it may read early (the SSD's
+// state, the conv window, the KV cache) is in flight before that. STATELM_PDL_CHAIN=0 turns it
+// off (read once; for A/B measurements).
 inline bool pdl_chain() {
   static const bool on = env_switch("STATELM_PDL_CHAIN");
   return on;

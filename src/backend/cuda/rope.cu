@@ -101,10 +101,8 @@ void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream) {
   // 2.5B's 40 heads · 40 pairs at 256 threads); spread over blocks, each thread rotates one pair.
   // Longer items keep one block each: their work already fills the GPU, and every block of an
   // item recomputes the item's angles.
-  int max_len = 0;
-  for (const SeqSpan& s : batch.spans) max_len = std::max(max_len, int(s.len));
   const int64_t pairs = (p.q.shape[1] + p.k.shape[1]) * half;
-  const unsigned ny = max_len == 1 ? unsigned((pairs + kThreads - 1) / kThreads) : 1u;
+  const unsigned ny = longest_span(batch) == 1 ? unsigned((pairs + kThreads - 1) / kThreads) : 1u;
   dispatch_float(p.q.dtype, "rope", [&](auto tag) {
     using T = decltype(tag);
     STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), rope_kernel<T>, dim3(unsigned(n_items), ny), dim3(kThreads), stream,

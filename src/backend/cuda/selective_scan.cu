@@ -6,13 +6,14 @@
 //   y[t, d] = (Σ_n C[t, n] · h[d, n] + D[d] · u[t, d]) · silu(z[t, d])      (gate if z given)
 //
 // Parallelisation. A thread owns one channel's states, or with d_state > 16 a group of K
-// lanes owns it, lane g the 16 states n = 16 g … 16 g + 15 (K = ceil(N / 16) rounded up to 1, 2,
-// 4 or 8, so 1 for every Mamba-1 model released). The recurrence of a (d, n) is a serial chain, but a lane runs 16
-// independent ones: per state element one exp2 (MUFU) and four FMA-pipe operations, with the
-// per-token work (softplus, gate, loads, addressing) shared by the channel's 16 states. B and C
-// rows are shared by every channel: a block stages a tile of them in shared memory as fp32
-// (widened once per block, not per lane), and lanes read them as float4 broadcasts. u, delta
-// and z go straight from global memory; a warp's 32 channels make each a 64-byte access.
+// lanes owns it, lane g the 16 states n = 16 g … 16 g + 15 (K = ceil(N / 16) rounded up to 1,
+// 2, 4 or 8, so 1 for every Mamba-1 model released). The recurrence of a (d, n) is a serial
+// chain, but a lane runs 16 independent ones: per state element one exp2 (MUFU) and four
+// FMA-pipe operations, with the per-token work (softplus, gate, loads, addressing) shared by the
+// channel's 16 states. B and C rows are shared by every channel: a block stages a tile of them
+// in shared memory as fp32 (widened once per block, not per lane), and lanes read them as
+// float4 broadcasts. u, delta and z go straight from global memory; a warp's 32 channels make
+// each a 64-byte access.
 // (The earlier kernel, a lane per state with shuffles to share a token's dt, ran ~4× slower:
 // 1.50 ms against 0.38 ms for the mamba-2.8b layer at 4K tokens, H200.)
 //
@@ -85,8 +86,8 @@ constexpr int kRowFloats = kLaneStates + 4;
 // Loads run one step ahead of their use, since a load waited on at once was the kernel's main
 // stall (ncu: long-scoreboard stalls on the widening of u and delta): the next tile of B and C
 // is in flight in registers while this tile is scanned, and the next group's u, delta and z
-// while this group's tokens are. Reads past the piece's end are clamped to its last token, so every load is
-// unconditional and the compiler can issue a group's loads together.
+// while this group's tokens are. Reads past the piece's end are clamped to its last token, so
+// every load is unconditional and the compiler can issue a group's loads together.
 template <typename T, typename S, int K, bool kOut>
 __global__ void __launch_bounds__(kThreads, 4) scan_kernel(ScanArgs<T, S> a, SpanItems items) {
   constexpr int TT = tile_tokens<K>();
@@ -231,8 +232,8 @@ __global__ void __launch_bounds__(kThreads, 4) scan_kernel(ScanArgs<T, S> a, Spa
 
 // Decode steps (every span one token): the scan kernel above, with a lane per 16 states, would
 // give a batch of one only Di threads to read the state with. Here a thread owns 4 consecutive
-// states of a channel, moved as one vector;
-// the L = N / 4 lanes of a channel sum C·h with log2 L shuffles, and lane 0 gates and stores y.
+// states of a channel, moved as one vector; the L = N / 4 lanes of a channel sum C·h with
+// log2 L shuffles, and lane 0 gates and stores y.
 // Grid: channels / (kThreads / L) × spans. out may alias u, delta or z: lane 0 stores after the
 // shuffles, which every lane of its channel reaches after reading them.
 template <typename T, typename S, int L>
@@ -272,11 +273,10 @@ __global__ void __launch_bounds__(kThreads) scan_decode_kernel(ScanArgs<T, S> a,
 // up to a warp, and every channel's states on a 4-element (vector) boundary.
 template <typename S>
 bool decode_fits(const BatchView& batch, int N, const Tensor& state) {
-  for (const SeqSpan& s : batch.spans)
-    if (s.len != 1) return false;
   const int L = N / 4;
-  return N % 4 == 0 && L >= 1 && L <= 32 && (L & (L - 1)) == 0 && state.stride[0] % 4 == 0 &&
-         state.stride[1] % 4 == 0 && reinterpret_cast<uintptr_t>(state.data) % (4 * sizeof(S)) == 0;
+  return longest_span(batch) == 1 && N % 4 == 0 && L >= 1 && L <= 32 && (L & (L - 1)) == 0 &&
+         state.stride[0] % 4 == 0 && state.stride[1] % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(state.data) % (4 * sizeof(S)) == 0;
 }
 
 template <typename T, typename S, int L>
@@ -364,8 +364,7 @@ void run(const SelectiveScanParams& p, const BatchView& batch, Scratch& scratch,
   // Pieces: whole spans when they alone give the GPU a wave of blocks, else pieces sized so
   // that the blocks fill about one wave (at least 128 tokens each: shorter pieces would spend
   // more on the second scan and the carry than they gain).
-  int max_len = 0;
-  for (const SeqSpan& s : batch.spans) max_len = std::max(max_len, int(s.len));
+  const int max_len = longest_span(batch);
   const int64_t blocks_y = (Di + kThreads / K - 1) / (kThreads / K);
   // One wave measured best (0.38 ms at 4K tokens against 0.43 / 0.45 ms for 2 / 4 waves).
   const int64_t wave = int64_t(sm_count()) * resident_blocks<T, S, K>();

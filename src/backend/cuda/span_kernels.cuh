@@ -16,6 +16,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "backend/cuda/cuda_common.h"
@@ -35,6 +36,13 @@ struct SpanItems {
 
 inline int64_t items_of_span(const SeqSpan& s, const SpanItems& m) {
   return s.len >= m.min_len && s.len > 0 ? (int64_t(s.len) + m.per_item - 1) / m.per_item : 0;
+}
+
+// Host side: the longest span of the batch (0 for none); 1 means a batch of decode steps only.
+inline int longest_span(const BatchView& batch) {
+  int longest = 0;
+  for (const SeqSpan& s : batch.spans) longest = std::max(longest, int(s.len));
+  return longest;
 }
 
 // Host side: counts the items of `batch` and fills the map; identity when it applies.
