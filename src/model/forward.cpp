@@ -117,9 +117,10 @@ void Forward::attention(const AttentionDims& a, const AttentionWeights& w, const
   Tensor q = qkv.cols(0, qd).unflatten_last(a.n_heads, Dh);
   Tensor k = qkv.cols(qd, kvd).unflatten_last(a.n_kv_heads, Dh);
   Tensor v = qkv.cols(qd + kvd, kvd).unflatten_last(a.n_kv_heads, Dh);
-  backend_.rope({q, k, a.rope}, b);
   Tensor o = scratch(kMixer + 1, {T, qd});
-  AttentionParams p{q, k, v, c.k, c.v, o.unflatten_last(a.n_heads, Dh), 1.0f / std::sqrt(float(Dh))};
+  // The rotation travels with the attention op: a CUDA decode step rotates q and the new k as
+  // its attention kernel reads them, with no rope kernel of its own.
+  AttentionParams p{q, k, v, c.k, c.v, o.unflatten_last(a.n_heads, Dh), 1.0f / std::sqrt(float(Dh)), a.rope};
   backend_.attention(p, b);
   dump(layer, "attention", o);
   backend_.matmul(o, w.o, w.o_bias, out);

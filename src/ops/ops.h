@@ -122,9 +122,12 @@ struct RopeParams {
   RopeSpec rope;
 };
 
-// Causal attention with grouped KV heads over the paged cache. The span's new k/v are written
-// into the cache at positions pos..pos+len-1 first; each query then attends to positions
-// 0..its own. out = softmax(q k^T * scale) v.
+// Causal attention with grouped KV heads over the paged cache. q and k are first rotated by
+// `rope` (as Backend::rope; None: taken as they are); the span's new k/v are written into the
+// cache at positions pos..pos+len-1; each query then attends to positions 0..its own.
+// out = softmax(q k^T * scale) v. With a rope, what q and k hold afterwards is unspecified
+// (rotated or not, per backend and span): the op may rotate them in place or on the fly, as a
+// CUDA decode step does, where a kernel of its own for it would cost more than the rotation.
 struct AttentionParams {
   Tensor q;        // [T, Hq, Dh]
   Tensor k, v;     // [T, Hkv, Dh]
@@ -132,6 +135,7 @@ struct AttentionParams {
   Tensor v_cache;  // [n_blocks, block_size, Hkv, Dh]
   Tensor out;      // [T, Hq, Dh]
   float scale = 1.0f;
+  RopeSpec rope;   // kind None: no rotation
 };
 
 // Mixture of SwiGLU experts: p = softmax(x router^T); the top_k experts by p each add

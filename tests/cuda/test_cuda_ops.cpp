@@ -98,6 +98,8 @@ float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 
 enum class Kind {
   Act,     // activation: compute dtype, a column slice of a wider matrix
+  ActIn,   // an input activation the op may leave in any state (attention's q, k under a rope):
+           // an Act whose slice is not compared afterwards (its slack columns still are)
   ActF32,  // an activation that is fp32 on every backend (e.g. logits)
   Weight,  // weight matrix: compute dtype, contiguous
   Param,   // per-channel parameter: fp32, contiguous
@@ -118,7 +120,10 @@ struct Arg {
     for (size_t i = 1; i < shape.size(); ++i) n *= shape[i];
     return n;
   }
-  bool sliced() const { return kind == Kind::Act || kind == Kind::ActF32; }
+  bool sliced() const { return kind == Kind::Act || kind == Kind::ActIn || kind == Kind::ActF32; }
+  bool in_compute_dtype() const {
+    return kind == Kind::Act || kind == Kind::ActIn || kind == Kind::Weight || kind == Kind::Cache;
+  }
 };
 
 using OpFn = std::function<void(Backend&, const std::vector<Tensor>&, BatchView&)>;
@@ -129,7 +134,7 @@ class OpCase {
 
   // Activation [rows, ...] as columns [2, 2 + inner) of a [rows, inner + 5] matrix.
   int act(const std::string& n, std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f, Kind k = Kind::Act) {
-    Arg a{n, k, std::move(shape)};
+    Arg a{n, k, std::move(shape), 0, 0, {}};
     a.col0 = 2;
     a.row_len = a.inner() + 5;
     a.data = random(size_t(a.rows() * a.row_len), lo, hi);
@@ -147,7 +152,7 @@ class OpCase {
     return i;
   }
   int dense(const std::string& n, Kind k, std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
-    Arg a{n, k, std::move(shape)};
+    Arg a{n, k, std::move(shape), 0, 0, {}};
     a.row_len = a.inner();
     a.data = random(size_t(a.rows() * a.row_len), lo, hi);
     return push(std::move(a));
@@ -164,7 +169,7 @@ class OpCase {
     std::vector<Buffer> storage;
     std::vector<Tensor> ts;
     for (const Arg& a : args_) {
-      const bool compute = a.kind == Kind::Act || a.kind == Kind::Weight || a.kind == Kind::Cache;
+      const bool compute = a.in_compute_dtype();
       const DType t = dtype_of(a, dtype, state_dtype);
       Tensor full = Tensor::contiguous(nullptr, t, {a.rows(), a.row_len}, b.device());
       storage.push_back(b.allocate(full.nbytes()));
@@ -226,7 +231,7 @@ class OpCase {
           (inside ? w_in : w_slack).push_back(want[i][at]);
           (inside ? g_in : g_slack).push_back(got[i][at]);
         }
-      test::expect_close(g_in, w_in, tol, a.name);
+      if (a.kind != Kind::ActIn) test::expect_close(g_in, w_in, tol, a.name);
       EXPECT_EQ(g_slack, w_slack) << a.name << ": values beside the slice changed";
     }
   }
@@ -234,7 +239,7 @@ class OpCase {
  private:
   static DType dtype_of(const Arg& a, DType dtype, DType state_dtype) {
     if (a.kind == Kind::State) return state_dtype;
-    const bool compute = a.kind == Kind::Act || a.kind == Kind::Weight || a.kind == Kind::Cache;
+    const bool compute = a.in_compute_dtype();
     return compute ? dtype : DType::F32;
   }
   std::vector<float> random(size_t n, float lo, float hi) { return test::random_vector(rng_, n, lo, hi); }
@@ -736,12 +741,14 @@ TEST(CudaOps, RopeDecodeSteps) {
 // Attention of `spans` over a paged cache of `block`-token blocks, for each shape, both dtypes.
 // Each sequence owns ceil((pos + len) / block) blocks drawn from a shuffled pool, plus table
 // entries pointing at a block of no sequence; cache cells hold random history or poison.
-// key_capacity: what a recorded graph plans for (0: the batch's own keys).
+// key_capacity: what a recorded graph plans for (0: the batch's own keys). With a rope the op
+// rotates q and k itself (the CPU in place, CUDA's decode kernel as it reads them), so q and k
+// are not compared afterwards: the output and the cache (rotated keys) are.
 struct AttnShape {
   int64_t Hq, Hkv, Dh;
 };
 void compare_attention(std::mt19937& rng, const std::vector<SeqSpan>& spans, int32_t block,
-                       const std::vector<AttnShape>& shapes, int32_t key_capacity = 0) {
+                       const std::vector<AttnShape>& shapes, int32_t key_capacity = 0, const RopeSpec& rope = {}) {
   const int64_t T = tokens_of(spans);
   int32_t max_blocks = 0, n_blocks = 1;
   for (const SeqSpan& s : spans) {
@@ -765,9 +772,11 @@ void compare_attention(std::mt19937& rng, const std::vector<SeqSpan>& spans, int
         [&] {
           OpCase c("attention Hq=" + std::to_string(s.Hq) + " Hkv=" + std::to_string(s.Hkv) + " Dh=" +
                        std::to_string(s.Dh) + " block=" + std::to_string(block) + " spans=" +
-                       std::to_string(spans.size()) + " capacity=" + std::to_string(key_capacity),
+                       std::to_string(spans.size()) + " capacity=" + std::to_string(key_capacity) +
+                       " rotary_dim=" + std::to_string(rope.kind == RopeKind::None ? 0 : rope.rotary_dim),
                    17);
-          const int qkv = c.act("qkv", {T, (s.Hq + 2 * s.Hkv) * s.Dh}, -2.0f, 2.0f);
+          const int qkv = c.act("qkv", {T, (s.Hq + 2 * s.Hkv) * s.Dh}, -2.0f, 2.0f,
+                                rope.kind == RopeKind::None ? Kind::Act : Kind::ActIn);
           const int kc = c.dense("k_cache", Kind::Cache, {n_blocks, block, s.Hkv, s.Dh});
           const int vc = c.dense("v_cache", Kind::Cache, {n_blocks, block, s.Hkv, s.Dh});
           const int out = c.act("out", {T, s.Hq * s.Dh});
@@ -781,6 +790,7 @@ void compare_attention(std::mt19937& rng, const std::vector<SeqSpan>& spans, int
             p.v_cache = t[vc];
             p.out = t[out].unflatten_last(sh.Hq, sh.Dh);
             p.scale = float(1.0 / std::sqrt(double(sh.Dh)));
+            p.rope = rope;
             b.attention(p, batch);
           };
           return std::make_pair(std::move(c), fn);
@@ -818,6 +828,33 @@ TEST(CudaOps, PagedAttentionDecode) {
   }
   const auto spans = decode_spans(rng, {5000, 2, 300, 4097, 64});
   compare_attention(rng, spans, 16, {{32, 8, 128}, {8, 1, 80}}, 1 << 16);
+}
+
+// Attention with the rotary embedding in the op (AttentionParams::rope): the prefill spans are
+// rotated by the rope kernel, the decode spans by the decode kernel as it reads q and the new k.
+// Mixed spans, then decode steps only at short and long contexts; head_dim 80 fully rotated (Llama
+// 2.5B's shape), partial rotation with llama3 scaling, head_dim 16 with the default rope.
+TEST(CudaOps, PagedAttentionRope) {
+  REQUIRE_GPU();
+  std::mt19937 rng(20);
+  RopeSpec full;
+  full.kind = RopeKind::Default;
+  full.rotary_dim = 80;
+  RopeSpec partial;
+  partial.kind = RopeKind::Llama3;
+  partial.rotary_dim = 40;
+  partial.theta = 500000.0;
+  partial.factor = 8.0;
+  partial.original_max_position = 64;
+  RopeSpec small = full;
+  small.rotary_dim = 16;
+  const auto mixed = mixed_spans(rng, kMixed, int32_t(kMixed.size()));
+  compare_attention(rng, mixed, 16, {{8, 2, 80}}, 0, full);
+  compare_attention(rng, mixed, 16, {{6, 2, 64}}, 0, partial);
+  compare_attention(rng, mixed, 7, {{6, 2, 16}}, 0, small);
+  const auto decode = decode_spans(rng, {1, 33, 1000, 5000});
+  compare_attention(rng, decode, 16, {{8, 2, 80}, {32, 8, 80}}, 0, full);
+  compare_attention(rng, decode, 16, {{6, 2, 64}, {8, 1, 128}}, 1 << 14, partial);
 }
 
 // So many (sequence, KV head) blocks that the decode kernel does not split the keys: the

@@ -64,6 +64,7 @@ void CpuBackend::attention(const AttentionParams& p, const BatchView& batch) {
                     p.k_cache.shape[3] == dh && p.k_cache.is_contiguous() && p.v_cache.is_contiguous(),
                 "attention shapes: q ", p.q.describe(), " k ", p.k.describe(), " cache ", p.k_cache.describe());
   const int64_t group = hq / hkv;
+  rope({p.q, p.k, p.rope}, batch);  // in place; nothing when the kind is None
 
   // 1. Append the new keys and values: tokens of a span attend to earlier tokens of the same span.
   for (size_t s = 0; s < batch.spans.size(); ++s) {

@@ -363,10 +363,12 @@ void attention(const AttentionParams& p, const BatchView& batch, Scratch& scratc
                   "attention: span beyond its block table");
   if (batch.spans.empty()) return;
 
-  // The decode kernel takes the one-token spans (and appends their k, v); the rest stay here.
+  // The decode kernel takes the one-token spans (rotates their q and k, appends their k, v);
+  // the rest stay here, rotated in place first.
   const bool decode = decode_attention_supported(p) &&
                       std::any_of(batch.spans.begin(), batch.spans.end(), [](const SeqSpan& s) { return s.len == 1; });
   const int min_len = decode ? 2 : 1;
+  rope({p.q, p.k, p.rope}, batch, stream, min_len);
   if (decode) decode_attention(p, batch, scratch, stream);
 
   dispatch_float(p.q.dtype, "attention", [&](auto tag) {

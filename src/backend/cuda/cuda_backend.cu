@@ -181,6 +181,12 @@ void check_float(const Tensor& t, const char* op, const char* what) {
                 t.describe());
 }
 
+// A rotation of head_dim-wide heads: even rotary_dim within the head (or none).
+void check_rope(const RopeSpec& r, int64_t head_dim, const char* op) {
+  STATELM_CHECK(r.kind == RopeKind::None || (r.rotary_dim > 0 && r.rotary_dim <= head_dim && r.rotary_dim % 2 == 0),
+                op, ": rotary_dim ", r.rotary_dim, " of head_dim ", head_dim);
+}
+
 // The arguments matmul and matmul_row_rms share: out[t, n] = x[t, k] · w[n, k]ᵀ (+ bias).
 void check_matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op) {
   const int64_t t = x.shape[0], k = x.shape[1], n = w.shape[0];
@@ -589,9 +595,7 @@ void CudaBackend::rope(const RopeParams& p, const BatchView& batch) {
   check_view(p.q, {T, Hq, Dh}, "rope", "q");
   check_float(p.q, "rope", "q");
   check_act(p.k, p.q.dtype, {T, Hkv, Dh}, "rope", "k");
-  STATELM_CHECK(p.rope.kind == RopeKind::None || (p.rope.rotary_dim > 0 && p.rope.rotary_dim <= Dh &&
-                                                  p.rope.rotary_dim % 2 == 0),
-                "rope: rotary_dim ", p.rope.rotary_dim, " of head_dim ", Dh);
+  check_rope(p.rope, Dh, "rope");
   check_spans(batch, T, -1, "rope");
   if (T == 0 || p.rope.kind == RopeKind::None) return;
   BatchView tmp;
@@ -619,6 +623,7 @@ void CudaBackend::attention(const AttentionParams& p, const BatchView& batch) {
   STATELM_CHECK(Hkv > 0 && Hq % Hkv == 0, op, ": ", Hq, " query heads over ", Hkv, " KV heads");
   STATELM_CHECK(batch.block_tables && batch.block_size == bs && batch.max_blocks_per_seq > 0, op,
                 ": the batch needs block tables of block size ", bs);
+  check_rope(p.rope, Dh, op);
   check_spans(batch, T, -1, op);
   for (const SeqSpan& sp : batch.spans)
     STATELM_CHECK(int64_t(sp.pos) + sp.len <= int64_t(batch.max_blocks_per_seq) * bs, op, ": span at ", sp.pos, "+",

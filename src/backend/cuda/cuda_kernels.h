@@ -33,7 +33,8 @@ void ssd(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
 // Columns of SsdGate::sumsq that ssd writes: one partial sum per decode block (heads × blocks
 // per head).
 int64_t ssd_gate_partials(int64_t heads, int64_t head_dim);
-void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream);
+// Spans shorter than min_len are left as they are (attention's decode kernel rotates its own).
+void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream, int min_len = 1);
 void attention(const AttentionParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream);
 
 // Forces the tile height of bf16 prefill attention on tensor cores (attention_prefill.cu): 64 or

@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(T* q, int64_t qs0, int64
 
 }  // namespace
 
-void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream) {
+void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream, int min_len) {
   if (p.rope.kind == RopeKind::None) return;
   const int64_t half = p.rope.rotary_dim / 2;
   STATELM_CHECK(p.q.ndim == 3 && p.k.ndim == 3 && p.q.stride[2] == 1 && p.k.stride[2] == 1 &&
@@ -93,7 +93,7 @@ void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream) {
   STATELM_CHECK(p.q.dtype == p.k.dtype, "rope: q and k dtypes differ");
   if (half == 0 || batch.spans.empty()) return;
   int64_t n_items = 0;
-  const SpanItems items = plan_items(batch, kTokens, 1, &n_items);
+  const SpanItems items = plan_items(batch, kTokens, min_len, &n_items);
   if (n_items == 0) return;
   const InvFreq inv = inv_freq_table(p.rope);
   // A decode step (every item one token) is one block's worth of pairs or a little more, and a
