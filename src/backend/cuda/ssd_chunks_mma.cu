@@ -20,6 +20,8 @@
 // Q and partial chunk work. Each block runs its slabs as a pipeline (slab_pipeline): the next
 // slab's loads are in registers in flight while the current one multiplies. The per-token decay
 // factors a block needs (w, or cs2 and dt) are copied into shared memory once.
+#include <type_traits>
+
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ssd_args.cuh"
 
@@ -66,8 +68,19 @@ __device__ __forceinline__ uint4 gather8(const bf16* p, int n) {
 
 // Issues the loads of src[r · stride + c] for r < rows, c < cols (zeros elsewhere) into this
 // thread's packs. kLower: only packs that reach the diagonal (c ≤ r); the others stay zero.
-template <bool kLower = false>
+// kFull: the caller knows the slab is whole (rows, cols ≥ 64) and its rows 16-byte aligned, so
+// no pack is checked: one address per thread, the packs 16 rows apart.
+template <bool kLower = false, bool kFull = false>
 __device__ __forceinline__ void load_slab(Packs& s, const bf16* src, int64_t stride, int rows, int cols, bool vec16) {
+  if constexpr (kFull) {
+    const bf16* p = src + int64_t(pack_row(0)) * stride + pack_col(0);
+    const int64_t step = int64_t(kTileThreads / 8) * stride;  // pack q + 1 is 16 rows further
+#pragma unroll
+    for (int q = 0; q < kPacks; ++q)
+      s.v[q] = !kLower || pack_col(q) <= pack_row(q) ? *reinterpret_cast<const uint4*>(p + q * step)
+                                                     : make_uint4(0, 0, 0, 0);
+    return;
+  }
   bool gather[kPacks];
 #pragma unroll
   for (int q = 0; q < kPacks; ++q) {
@@ -184,19 +197,27 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
   const bf16* Bg = a.B + ch.t0 * a.Bs0 + int64_t(g) * a.Bs1 + n0;
   mma::Acc acc;
   mma::zero(acc);
-  slab_pipeline(
-      slabs,
-      [&](int k, Packs& pa, Packs& pb) {
-        const int j0 = k * kTileEdge;
-        load_slab(pa, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16);
-        load_slab(pb, Bg + int64_t(j0) * a.Bs0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
-      },
-      [&](int k, const Packs& pa, const Packs& pb) {
-        const float* wk = w_s + k * kTileEdge;
-        store_slab<true>(s.a, pa, [&](int r) { return wk[r]; });
-        store_slab(s.b, pb);
-      },
-      [&](int) { mma::slab_mma<false, false>(s.a, s.b, acc); });
+  auto pipeline = [&](auto full_tag) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    slab_pipeline(
+        slabs,
+        [&](int k, Packs& pa, Packs& pb) {
+          const int j0 = k * kTileEdge;
+          load_slab<false, kFull>(pa, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16);
+          load_slab<false, kFull>(pb, Bg + int64_t(j0) * a.Bs0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
+        },
+        [&](int k, const Packs& pa, const Packs& pb) {
+          const float* wk = w_s + k * kTileEdge;
+          store_slab<true>(s.a, pa, [&](int r) { return wk[r]; });
+          store_slab(s.b, pb);
+        },
+        [&](int) { mma::slab_mma<false, false>(s.a, s.b, acc); });
+  };
+  // Whole slabs, 16-byte rows: unchecked staging (load_slab's kFull), uniform per block.
+  if (ch.L % kTileEdge == 0 && a.P - p0 >= kTileEdge && a.N - n0 >= kTileEdge && a.x_vec16 && a.B_vec16)
+    pipeline(std::true_type{});
+  else
+    pipeline(std::false_type{});
   float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
   mma::store_tile(acc, [&](int row, int col, float v) {
     const int p = p0 + row, n = n0 + col;
@@ -245,7 +266,7 @@ __device__ __forceinline__ void scale_rows(mma::Acc& acc, RowScale&& u) {
 // 2^(cs2_i − cs2_j) = 2^(cs2_i − r) · 2^(r − cs2_j), where the second factor is ≤ 1 and the first
 // < 2, since cs2 does not increase along the chunk (A < 0). So the keys before the tile are a plain
 // product CB · (v ∘ X) with v_j = 2^(r − cs2_j) dt_j scaling X's rows as they are staged, the
-// state term is C · (2^r S_in)ᵀ (an integer power of two: exact in bf16), and both are scaled by
+// state term is 2^r (C · S_inᵀ) (an integer power of two on the fp32 sum: exact), and both are scaled by
 // u_i = 2^(cs2_i − r) once at the end. Only the diagonal slab (keys inside the row tile, where a strongly
 // decaying head could overflow such factors) builds M[i][j] = CB[i][j] 2^(cs2_i − cs2_j) dt_j
 // element by element.
@@ -266,11 +287,17 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
   if (i0 >= ch.L) return;  // uniform per block
   const int rows = ch.L - i0;
   const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
-  float* cs2 = decay_s;                      // [0, i0 + 64)
-  float* dt = decay_s + i0 + kTileEdge;      // [0, i0 + 64)
-  stage_floats(cs2, a.cs2 + hb, min(ch.L, i0 + kTileEdge), i0 + kTileEdge);
-  stage_floats(dt, a.dtc + hb, min(ch.L, i0 + kTileEdge), i0 + kTileEdge);
   const float ref = i0 > 0 ? floorf(a.cs2[hb + i0 - 1]) : 0.0f;
+  // cs2 of the keys up to the end of the row tile; in place of dt, v_j = 2^(r − cs2_j) dt_j for
+  // the keys before the tile and dt_j for the tile's own (zero-padded).
+  float* cs2 = decay_s;                  // [0, i0 + 64)
+  float* dtv = decay_s + i0 + kTileEdge;  // [0, i0 + 64)
+  for (int j = int(threadIdx.x); j < i0 + kTileEdge; j += kTileThreads) {
+    const bool in = j < min(ch.L, i0 + kTileEdge);
+    const float c = in ? a.cs2[hb + j] : 0.0f, d = in ? a.dtc[hb + j] : 0.0f;
+    cs2[j] = c;
+    dtv[j] = j < i0 ? exp2f(ref - c) * d : d;
+  }
   const bf16* Ci = a.C + (ch.t0 + i0) * a.Cs0 + int64_t(g) * a.Cs1;
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
   const bf16* s_in = a.st_in16 + ((int64_t(chunk) * a.H + h) * a.P + p0) * a.N;
@@ -279,44 +306,59 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
   const float s_scale = exp2f(ref);
   const int n_state = (a.N + kTileEdge - 1) / kTileEdge, n_before = i0 / kTileEdge;
   const int n_slabs = n_state + n_before + 1;
+  // A whole tile (the common case: every block of a long prompt but a sequence's last chunk)
+  // stages its slabs unchecked (load_slab's kFull); the choice is uniform per block.
+  const bool full = rows >= kTileEdge && a.P - p0 >= kTileEdge && a.N % kTileEdge == 0 && a.C_vec16 && a.x_vec16 &&
+                    cb_vec16;
 
   mma::Acc acc;
   mma::zero(acc);
-  slab_pipeline(
-      n_slabs,
-      [&](int k, Packs& pa, Packs& pb) {
-        if (k < n_state) {  // acc = C · (2^r S_in)ᵀ; S_in rows are 16-byte aligned when N % 8 == 0
-          const int n0 = k * kTileEdge;
-          load_slab(pa, Ci + n0, a.Cs0, rows, a.N - n0, a.C_vec16);
-          load_slab(pb, s_in + n0, a.N, a.P - p0, a.N - n0, a.N % 8 == 0);
-        } else if (k < n_state + n_before) {  // acc += CB[tile rows, j] · (v ∘ X)[j]
-          const int j0 = (k - n_state) * kTileEdge;
-          load_slab(pa, cb + j0, a.Q, rows, kTileEdge, cb_vec16);
-          load_slab(pb, xh + int64_t(j0) * a.xs0, a.xs0, kTileEdge, a.P - p0, a.x_vec16);
-        } else {  // the diagonal slab: keys j ≤ i inside the row tile
-          load_slab<true>(pa, cb + i0, a.Q, rows, rows, cb_vec16);
-          load_slab(pb, xh + int64_t(i0) * a.xs0, a.xs0, rows, a.P - p0, a.x_vec16);
-        }
-      },
-      [&](int k, const Packs& pa, const Packs& pb) {
-        if (k < n_state) {
-          store_slab(s.a, pa);
-          store_slab<true>(s.b, pb, [&](int) { return s_scale; });
-        } else if (k < n_state + n_before) {
-          const int j0 = (k - n_state) * kTileEdge;
-          store_slab(s.a, pa);
-          store_slab<true>(s.b, pb, [&](int r) { return exp2f(ref - cs2[j0 + r]) * dt[j0 + r]; });
-        } else {
-          store_mask(s.a, pa, rows, cs2 + i0, dt + i0);
-          store_slab(s.b, pb);
-        }
-      },
-      [&](int k) {
-        if (k < n_state) return mma::slab_mma<true, true>(s.a, s.b, acc);
-        if (k < n_state + n_before) return mma::slab_mma<true, false>(s.a, s.b, acc);
-        scale_rows(acc, [&](int i) { return i < rows ? exp2f(cs2[i0 + i] - ref) : 0.0f; });
-        mma::slab_mma<true, false>(s.a, s.b, acc);
-      });
+  auto pipeline = [&](auto full_tag) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    slab_pipeline(
+        n_slabs,
+        [&](int k, Packs& pa, Packs& pb) {
+          if (k < n_state) {  // acc = C · S_inᵀ; S_in rows are 16-byte aligned when N % 8 == 0
+            const int n0 = k * kTileEdge;
+            load_slab<false, kFull>(pa, Ci + n0, a.Cs0, rows, a.N - n0, a.C_vec16);
+            load_slab<false, kFull>(pb, s_in + n0, a.N, a.P - p0, a.N - n0, a.N % 8 == 0);
+          } else if (k < n_state + n_before) {  // acc += CB[tile rows, j] · (v ∘ X)[j]
+            const int j0 = (k - n_state) * kTileEdge;
+            load_slab<false, kFull>(pa, cb + j0, a.Q, rows, kTileEdge, cb_vec16);
+            load_slab<false, kFull>(pb, xh + int64_t(j0) * a.xs0, a.xs0, kTileEdge, a.P - p0, a.x_vec16);
+          } else {  // the diagonal slab: keys j ≤ i inside the row tile
+            load_slab<true, kFull>(pa, cb + i0, a.Q, rows, rows, cb_vec16);
+            load_slab<false, kFull>(pb, xh + int64_t(i0) * a.xs0, a.xs0, rows, a.P - p0, a.x_vec16);
+          }
+        },
+        [&](int k, const Packs& pa, const Packs& pb) {
+          if (k < n_state) {
+            store_slab(s.a, pa), store_slab(s.b, pb);
+          } else if (k < n_state + n_before) {
+            const float* vk = dtv + (k - n_state) * kTileEdge;
+            store_slab(s.a, pa);
+            store_slab<true>(s.b, pb, [&](int r) { return vk[r]; });
+          } else {
+            store_mask(s.a, pa, rows, cs2 + i0, dtv + i0);
+            store_slab(s.b, pb);
+          }
+        },
+        [&](int k) {
+          if (k < n_state) {
+            mma::slab_mma<true, true>(s.a, s.b, acc);
+            // 2^r S_in, exactly (a power of two), on the fp32 sum rather than on bf16 operands
+            if (k == n_state - 1) scale_rows(acc, [&](int) { return s_scale; });
+            return;
+          }
+          if (k < n_state + n_before) return mma::slab_mma<true, false>(s.a, s.b, acc);
+          scale_rows(acc, [&](int i) { return i < rows ? exp2f(cs2[i0 + i] - ref) : 0.0f; });
+          mma::slab_mma<true, false>(s.a, s.b, acc);
+        });
+  };
+  if (full)
+    pipeline(std::true_type{});
+  else
+    pipeline(std::false_type{});
 
   // y = acc + D x, with x from the staged diagonal slab; pairs of columns stored as one bf16x2.
   const float dskip = a.D.get(h, 0.0f);
