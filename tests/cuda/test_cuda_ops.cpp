@@ -689,6 +689,14 @@ TEST(CudaOps, SsdGate) {
   }
 }
 
+// The default (unscaled) RoPE over the first rotary_dim dims of a head.
+RopeSpec default_rope(int64_t rotary_dim) {
+  RopeSpec r;
+  r.kind = RopeKind::Default;
+  r.rotary_dim = rotary_dim;
+  return r;
+}
+
 // rope of the q and k heads packed in one qkv row per token (Hq, Hkv heads of Dh), both dtypes.
 void compare_rope(const std::string& name, uint32_t seed, const std::vector<SeqSpan>& spans, int64_t Hq, int64_t Hkv,
                   int64_t Dh, const RopeSpec& rope) {
@@ -711,9 +719,7 @@ TEST(CudaOps, Rope) {
   REQUIRE_GPU();
   std::mt19937 rng(14);
   const auto spans = mixed_spans(rng, kMixed, int32_t(kMixed.size()));
-  RopeSpec plain;
-  plain.kind = RopeKind::Default;
-  plain.rotary_dim = 16;
+  const RopeSpec plain = default_rope(16);
   RopeSpec llama3 = plain;
   llama3.kind = RopeKind::Llama3;
   llama3.factor = 8.0;
@@ -732,10 +738,8 @@ TEST(CudaOps, Rope) {
 TEST(CudaOps, RopeDecodeSteps) {
   REQUIRE_GPU();
   std::mt19937 rng(15);
-  RopeSpec rope;
-  rope.kind = RopeKind::Default;
-  rope.rotary_dim = 80;
-  compare_rope("decode steps", 16, mixed_spans(rng, {{1, 0}, {1, 2047}, {1, 99999}, {1, 517}}, 6), 32, 8, 80, rope);
+  compare_rope("decode steps", 16, mixed_spans(rng, {{1, 0}, {1, 2047}, {1, 99999}, {1, 517}}, 6), 32, 8, 80,
+               default_rope(80));
 }
 
 // Attention of `spans` over a paged cache of `block`-token blocks, for each shape, both dtypes.
@@ -837,17 +841,12 @@ TEST(CudaOps, PagedAttentionDecode) {
 TEST(CudaOps, PagedAttentionRope) {
   REQUIRE_GPU();
   std::mt19937 rng(20);
-  RopeSpec full;
-  full.kind = RopeKind::Default;
-  full.rotary_dim = 80;
-  RopeSpec partial;
+  const RopeSpec full = default_rope(80), small = default_rope(16);
+  RopeSpec partial = default_rope(40);
   partial.kind = RopeKind::Llama3;
-  partial.rotary_dim = 40;
   partial.theta = 500000.0;
   partial.factor = 8.0;
   partial.original_max_position = 64;
-  RopeSpec small = full;
-  small.rotary_dim = 16;
   const auto mixed = mixed_spans(rng, kMixed, int32_t(kMixed.size()));
   compare_attention(rng, mixed, 16, {{8, 2, 80}}, 0, full);
   compare_attention(rng, mixed, 16, {{6, 2, 64}}, 0, partial);
