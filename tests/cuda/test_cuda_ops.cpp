@@ -151,6 +151,11 @@ class OpCase {
     a.data = random(size_t(a.rows() * a.row_len), lo, hi);
     return i;
   }
+  // aligned_act or act.
+  int act_aligned_if(bool aligned, const std::string& n, std::vector<int64_t> shape, float lo = -1.0f,
+                     float hi = 1.0f) {
+    return aligned ? aligned_act(n, std::move(shape), lo, hi) : act(n, std::move(shape), lo, hi);
+  }
   int dense(const std::string& n, Kind k, std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
     Arg a{n, k, std::move(shape), 0, 0, {}};
     a.row_len = a.inner();
@@ -331,35 +336,44 @@ TEST(CudaOps, RmsNorm) {
       }
 }
 
+// Unaligned rows (one element per access) and 16-byte aligned ones (packs), as wide as a prefill's
+// 256 threads hold in registers (RowPacks: 2560 = a 2.5B model's d_model) and wider (12288: the
+// packs past the cached ones are re-read), at decode (1 row) and prefill (130 rows) row counts.
 TEST(CudaOps, AddRmsNorm) {
   REQUIRE_GPU();
-  for (int64_t T : {1, 65})
-    for (int64_t D : {37, 256}) {
-      compare_both([&] {
-        OpCase c("add_rms_norm T=" + std::to_string(T) + " D=" + std::to_string(D), 3);
-        const int r = c.act("residual", {T, D}, -3.0f, 3.0f);
-        const int x = c.act("x", {T, D});
-        const int w = c.dense("weight", Kind::Param, {D}, 0.5f, 1.5f);
-        const int out = c.act("out", {T, D});
-        OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
-          b.add_rms_norm(t[r], t[x], t[w], 1e-6f, t[out]);
-        };
-        return std::make_pair(std::move(c), fn);
-      });
-    }
+  struct Shape { int64_t T, D; bool aligned; };
+  for (const Shape s : {Shape{1, 37, false}, Shape{65, 256, false}, Shape{1, 2560, true}, Shape{130, 2560, true},
+                        Shape{130, 12288, true}}) {
+    const int64_t T = s.T, D = s.D;
+    compare_both([&] {
+      OpCase c("add_rms_norm T=" + std::to_string(T) + " D=" + std::to_string(D) + (s.aligned ? " aligned" : ""), 3);
+      const int r = c.act_aligned_if(s.aligned, "residual", {T, D}, -3.0f, 3.0f);
+      const int x = c.act_aligned_if(s.aligned, "x", {T, D});
+      const int w = c.dense("weight", Kind::Param, {D}, 0.5f, 1.5f);
+      const int out = c.act_aligned_if(s.aligned, "out", {T, D});
+      OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+        b.add_rms_norm(t[r], t[x], t[w], 1e-6f, t[out]);
+      };
+      return std::make_pair(std::move(c), fn);
+    });
+  }
 }
 
+// As AddRmsNorm: unaligned and aligned rows, one group or several, Mamba-2 2.7B's 5120 channels
+// (cached in registers) and 10240 (past them), decode and prefill row counts.
 TEST(CudaOps, GatedRmsNorm) {
   REQUIRE_GPU();
-  struct Shape { int64_t T, D, group; };
-  for (const Shape s : {Shape{1, 45, 45}, Shape{7, 45, 15}, Shape{300, 128, 64}, Shape{63, 256, 256}}) {
+  struct Shape { int64_t T, D, group; bool aligned; };
+  for (const Shape s : {Shape{1, 45, 45, false}, Shape{7, 45, 15, false}, Shape{300, 128, 64, false},
+                        Shape{63, 256, 256, false}, Shape{3, 5120, 5120, true}, Shape{130, 5120, 5120, true},
+                        Shape{130, 4096, 1024, true}, Shape{130, 10240, 10240, true}}) {
     compare_both([&] {
       OpCase c("gated_rms_norm T=" + std::to_string(s.T) + " D=" + std::to_string(s.D) + " group=" +
-                   std::to_string(s.group),
+                   std::to_string(s.group) + (s.aligned ? " aligned" : ""),
                4);
-      const int yz = c.act("yz", {s.T, 2 * s.D}, -2.0f, 2.0f);
+      const int yz = c.act_aligned_if(s.aligned, "yz", {s.T, 2 * s.D}, -2.0f, 2.0f);
       const int w = c.dense("weight", Kind::Param, {s.D}, 0.5f, 1.5f);
-      const int out = c.act("out", {s.T, s.D});
+      const int out = c.act_aligned_if(s.aligned, "out", {s.T, s.D});
       const int64_t D = s.D, group = s.group;
       OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
         b.gated_rms_norm(t[yz].cols(0, D), t[yz].cols(D, D), t[w], group, 1e-5f, t[out]);
@@ -854,6 +868,11 @@ TEST(CudaOps, PagedAttentionRope) {
   const auto decode = decode_spans(rng, {1, 33, 1000, 5000});
   compare_attention(rng, decode, 16, {{8, 2, 80}, {32, 8, 80}}, 0, full);
   compare_attention(rng, decode, 16, {{6, 2, 64}, {8, 1, 128}}, 1 << 14, partial);
+  // 16 query heads per KV head: no decode kernel, the rope kernel rotates every span; a full
+  // 128-dim rotation (64 pairs, the decode kernel's largest table).
+  compare_attention(rng, mixed, 16, {{16, 1, 64}}, 0, default_rope(64));
+  compare_attention(rng, mixed, 16, {{8, 2, 128}}, 0, default_rope(128));
+  compare_attention(rng, decode, 16, {{8, 2, 128}}, 0, default_rope(128));
 }
 
 // So many (sequence, KV head) blocks that the decode kernel does not split the keys: the

@@ -548,6 +548,7 @@ bool decode_attention_supported(const AttentionParams& p) {
 }
 
 void decode_attention(const AttentionParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream) {
+  STATELM_CHECK(decode_attention_supported(p), "attention decode: unsupported shapes, q ", p.q.describe());
   int n_decode = 0, max_keys = batch.key_capacity;
   for (const SeqSpan& s : batch.spans)
     if (s.len == 1) {

@@ -70,9 +70,10 @@ inline bool env_switch(const char* name) {
 }
 
 // Whether the small kernels between a decode step's linear layers (conv1d, the SSD decode kernel,
-// add_rms_norm, rope, swiglu, attention decode) launch as programmatic dependents too: each is
-// then resident and waiting when the kernel ahead ends, and what it may read early (the SSD's
-// state, the conv window, the KV cache) is in flight before that. STATELM_PDL_CHAIN=0 turns it
+// add_rms_norm, rope, swiglu, the attention decode merge) launch as programmatic dependents too:
+// each is then resident and waiting when the kernel ahead ends, and what it may read early (the
+// SSD's state, the conv window) is in flight before that. The attention decode kernel itself
+// launches the ordinary way (attention_decode.cu says why). STATELM_PDL_CHAIN=0 turns it
 // off (read once; for A/B measurements).
 inline bool pdl_chain() {
   static const bool on = env_switch("STATELM_PDL_CHAIN");
