@@ -228,9 +228,15 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
 // The diagonal slab's M[i][j] = CB[i][j] 2^(cs2_i − cs2_j) dt_j for keys j ≤ i < rows, zero
 // elsewhere, from packs of CB; cs2 and dt of the row tile's own tokens.
 __device__ __forceinline__ void store_mask(bf16* dst, const Packs& s, int rows, const float* cs2, const float* dt) {
+  // A thread's packs all cover the same 8 key columns (pack_col does not depend on q): their cs2
+  // and dt are read once.
+  const int c = pack_col(0);
+  float cs2_j[8], dt_j[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) cs2_j[k] = cs2[c + k], dt_j[k] = dt[c + k];
 #pragma unroll
   for (int q = 0; q < kPacks; ++q) {
-    const int r = pack_row(q), c = pack_col(q);
+    const int r = pack_row(q);
     uint32_t w[4] = {s.v[q].x, s.v[q].y, s.v[q].z, s.v[q].w};
     if (r < rows) {  // rows past the chunk stay zero (their padded cs2 could overflow the decay)
       const float ci = cs2[r];
@@ -238,8 +244,8 @@ __device__ __forceinline__ void store_mask(bf16* dst, const Packs& s, int rows, 
       for (int k = 0; k < 4; ++k) {
         const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[k]));
         const int j = c + 2 * k;
-        w[k] = mma::pack_bf16x2(j <= r ? f.x * exp2f(ci - cs2[j]) * dt[j] : 0.0f,
-                                j + 1 <= r ? f.y * exp2f(ci - cs2[j + 1]) * dt[j + 1] : 0.0f);
+        w[k] = mma::pack_bf16x2(j <= r ? f.x * exp2f(ci - cs2_j[2 * k]) * dt_j[2 * k] : 0.0f,
+                                j + 1 <= r ? f.y * exp2f(ci - cs2_j[2 * k + 1]) * dt_j[2 * k + 1] : 0.0f);
       }
     }
     *reinterpret_cast<uint4*>(dst + r * kLdTile + c) = make_uint4(w[0], w[1], w[2], w[3]);
@@ -360,23 +366,25 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
   else
     pipeline(std::false_type{});
 
-  // y = acc + D x, with x from the staged diagonal slab; pairs of columns stored as one bf16x2.
+  // y = acc + D x, with x from the staged diagonal slab; pairs of columns stored as one bf16x2
+  // (without per-pair checks in a whole tile whose rows of y start on 4 bytes).
   const float dskip = a.D.get(h, 0.0f);
   bf16* yh = a.out + (ch.t0 + i0) * a.os0 + int64_t(h) * a.os1 + p0;
+  const bool pairs = full && reinterpret_cast<uintptr_t>(yh) % 4 == 0 && a.os0 % 2 == 0;
   const mma::TileCoord tc;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int i = tc.row(mi, 2 * half);
-      if (i >= rows) continue;
+      if (!pairs && i >= rows) continue;
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni) {
         const int p = tc.col(ni, 0);  // even
         const float y0 = fmaf(dskip, __bfloat162float(s.b[i * kLdTile + p]), acc[mi][ni][2 * half]);
         const float y1 = fmaf(dskip, __bfloat162float(s.b[i * kLdTile + p + 1]), acc[mi][ni][2 * half + 1]);
         bf16* at = yh + int64_t(i) * a.os0 + p;
-        if (p0 + p + 1 < a.P && reinterpret_cast<uintptr_t>(at) % 4 == 0) {
+        if (pairs || (p0 + p + 1 < a.P && reinterpret_cast<uintptr_t>(at) % 4 == 0)) {
           *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(y0, y1);
         } else {
           if (p0 + p < a.P) at[0] = __float2bfloat16_rn(y0);
