@@ -41,18 +41,17 @@
 //
 // RoPE (AttentionParams::rope): q and the new k are rotated here as they are read, so a decode
 // step has no rope kernel (one launch and one dependent wait less per layer). The block fills a
-// table of cos/sin at pos before its dependent wait, with rope.cu's arithmetic (f = inv_freq_i ·
-// pos in fp32, sincosf), and rounds each rotated element to T as rope.cu stores it: the same
-// values as the rope kernel followed by this one.
+// table of cos/sin at pos before its dependent wait, rotates with rope.cu's arithmetic
+// (rope_math.cuh) and rounds each rotated element to T as rope.cu stores it: the same values as
+// the rope kernel followed by this one.
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "backend/cuda/attention_args.cuh"
 #include "backend/cuda/attention_decode.h"
 #include "backend/cuda/cuda_common.h"
 #include "backend/cuda/pdl.cuh"
-#include "model/rope_frequencies.h"
+#include "backend/cuda/rope_math.cuh"
 
 namespace statelm::cuda {
 
@@ -65,7 +64,6 @@ constexpr int kMinSplitKeys = 256;   // keys per split at least: the merge stays
 constexpr int kShortSplitKeys = 64;  // ... unless the sequence is short (split_keys)
 constexpr int kMaxSplits = 256;
 constexpr int kMaxGroup = 8;
-constexpr int kMaxRopeHalf = 64;     // rotary_dim ≤ head_dim ≤ 128
 constexpr unsigned kFull = 0xffffffffu;
 
 template <typename T>
@@ -75,8 +73,8 @@ struct DecodeArgs : attn::PagedAttnArgs<T> {
   int key_round;         // keys per block round: split lengths are multiples of it
   float* o_part;         // [span][hkv][split][group][dh] unnormalised O of each split
   float* ml_part;        // [span][hkv][split][group][2]  its (m, l)
-  int rope_half;         // rotary pairs per head (rotary_dim / 2; 0: no rotation)
-  float rope_inv[kMaxRopeHalf];  // their inverse frequencies (model/rope_frequencies.h)
+  int rope_half;         // rotary pairs per head (rotary_dim / 2 ≤ DH / 2; 0: no rotation)
+  InvFreq rope_inv;      // their inverse frequencies
 };
 
 // The lane layout and pipeline of one instantiation (see the file comment). DH: head_dim padded
@@ -293,17 +291,18 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
     cp_async_commit();  // empty groups too: group i is chunk i
   }
   // cos/sin of the rotary pairs at pos (they need only the position).
-  __shared__ float rope_cos[kMaxRopeHalf], rope_sin[kMaxRopeHalf];
+  __shared__ float rope_cos[DH / 2], rope_sin[DH / 2];
   const int half = a.rope_half;
-  for (int i = tid; i < half; i += kThreads) sincosf(a.rope_inv[i] * float(pos), &rope_sin[i], &rope_cos[i]);
+  for (int i = tid; i < half; i += kThreads) rope_angle(a.rope_inv, i, pos, &rope_sin[i], &rope_cos[i]);
   __syncthreads();
   // Element d of a head row src of q or the new k, rotated (as rope.cu rotates and stores it).
   auto rotated = [&](const T* src, int d) -> float {
     const float x = to_f32(src[d]);
     if (d >= 2 * half) return x;
-    const int i = d < half ? d : d - half;
-    const float y = to_f32(src[d < half ? d + half : d - half]);
-    return to_f32(from_f32<T>(d < half ? x * rope_cos[i] - y * rope_sin[i] : x * rope_cos[i] + y * rope_sin[i]));
+    const bool first = d < half;
+    const int i = first ? d : d - half;
+    const float partner = to_f32(src[first ? d + half : d - half]);
+    return to_f32(from_f32<T>(rope_rotate(x, partner, rope_cos[i], rope_sin[i], first)));
   };
 
   // q and the new k, v come from the kernel ahead (the qkv projection, or rope); the cache rows
@@ -539,7 +538,7 @@ bool decode_attention_supported(const AttentionParams& p) {
   const size_t es = dtype_size(p.q.dtype);
   const int64_t vec = int64_t(16 / es);
   if (hkv < 1 || hq % hkv != 0 || hq / hkv > kMaxGroup || dh > 128 || dh % vec != 0) return false;
-  if (p.rope.kind != RopeKind::None && p.rope.rotary_dim / 2 > kMaxRopeHalf) return false;
+  if (p.rope.kind != RopeKind::None && p.rope.rotary_dim > dh) return false;  // its cos/sin table: DH / 2
   for (const Tensor* c : {&p.k_cache, &p.v_cache})
     if (reinterpret_cast<uintptr_t>(c->data) % 16 != 0 || c->stride[0] % vec != 0 || c->stride[1] % vec != 0 ||
         c->stride[2] % vec != 0)
@@ -563,9 +562,8 @@ void decode_attention(const AttentionParams& p, const BatchView& batch, Scratch&
     attn::fill_paged_args(a, p, batch);
     a.spans = batch.device_spans;
     if (p.rope.kind != RopeKind::None) {
-      const std::vector<float> inv = rope_inv_freq(p.rope);
-      a.rope_half = int(inv.size());
-      std::copy(inv.begin(), inv.end(), a.rope_inv);
+      a.rope_half = int(p.rope.rotary_dim / 2);
+      a.rope_inv = inv_freq_table(p.rope);
     }
     if (a.dh <= 64)
       launch_group<T, 64>(a, n_spans, max_keys, scratch, stream);

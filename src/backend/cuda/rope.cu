@@ -8,61 +8,43 @@
 // (default, linear, llama3) folded in, is computed on the host by exactly the CPU's code (fp32
 // pow, then the llama3 wavelength bands in double) and passed by value, so both backends rotate
 // by the same frequencies; f is the same fp32 product, and only sin/cos differ (CUDA's sincosf
-// is within 2 ulp).
+// is within 2 ulp). The arithmetic is rope_math.cuh's, which the attention decode kernel shares.
 //
 // Parallelisation: a block per item of kTokens tokens of a span (several per item in a decode
 // step); the block first fills a table of cos/sin per (token, pair) in shared memory, then
 // rotates its (token, head, pair)s of q and k with consecutive threads on consecutive pairs
 // (coalesced halves of each head row).
-#include <cmath>
-#include <algorithm>
-#include <vector>
-
-#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/pdl.cuh"
+#include "backend/cuda/rope_math.cuh"
 #include "backend/cuda/span_kernels.cuh"
-#include "model/rope_frequencies.h"
 
 namespace statelm::cuda {
 
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTokens = 8;     // tokens per item
-constexpr int kMaxHalf = 128;  // rotary_dim ≤ 256
-
-struct InvFreq {
-  float v[kMaxHalf];
-};
-
-// model/rope_frequencies.h's values (the CPU's too), passed to the kernel by value.
-InvFreq inv_freq_table(const RopeSpec& r) {
-  InvFreq out{};
-  const std::vector<float> inv = rope_inv_freq(r);
-  std::copy(inv.begin(), inv.end(), out.v);
-  return out;
-}
+constexpr int kTokens = 8;  // tokens per item
 
 template <typename T>
 __device__ __forceinline__ void rotate_pair(T* row, int i, int half, float c, float s) {
   const float a = to_f32(row[i]), b = to_f32(row[i + half]);
-  row[i] = from_f32<T>(a * c - b * s);
-  row[i + half] = from_f32<T>(b * c + a * s);
+  row[i] = from_f32<T>(rope_rotate(a, b, c, s, true));
+  row[i + half] = from_f32<T>(rope_rotate(b, a, c, s, false));
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) rope_kernel(T* q, int64_t qs0, int64_t qs1, int hq, T* k, int64_t ks0,
                                                          int64_t ks1, int hkv, int half, InvFreq inv, SpanItems items) {
-  __shared__ float cos_t[kTokens][kMaxHalf];
-  __shared__ float sin_t[kTokens][kMaxHalf];
+  __shared__ float cos_t[kTokens][kMaxRopeHalf];
+  __shared__ float sin_t[kTokens][kMaxRopeHalf];
   const ItemRef it = find_item(items, blockIdx.x);
   const SeqSpan sp = items.spans[it.span];
   const int t0 = it.piece * kTokens;
   const int n_tok = min(kTokens, sp.len - t0);
   for (int e = threadIdx.x; e < n_tok * half; e += kThreads) {
     const int t = e / half, i = e % half;
-    const float f = inv.v[i] * float(sp.pos + t0 + t);
-    sincosf(f, &sin_t[t][i], &cos_t[t][i]);
+    rope_angle(inv, i, sp.pos + t0 + t, &sin_t[t][i], &cos_t[t][i]);
   }
   // Launched as a programmatic dependent (pdl_chain): the angles above need only the positions;
   // q and k come from the kernel ahead.
@@ -88,17 +70,16 @@ void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream, int 
   STATELM_CHECK(p.q.ndim == 3 && p.k.ndim == 3 && p.q.stride[2] == 1 && p.k.stride[2] == 1 &&
                     p.q.shape[2] == p.k.shape[2] && 2 * half <= p.q.shape[2],
                 "rope: q ", p.q.describe(), " k ", p.k.describe(), " rotary_dim ", p.rope.rotary_dim);
-  STATELM_CHECK(half <= kMaxHalf, "rope: CUDA kernel supports rotary_dim <= ", 2 * kMaxHalf, ", got ",
-                p.rope.rotary_dim);
   STATELM_CHECK(p.q.dtype == p.k.dtype, "rope: q and k dtypes differ");
   if (half == 0 || batch.spans.empty()) return;
   int64_t n_items = 0;
   const SpanItems items = plan_items(batch, kTokens, min_len, &n_items);
   if (n_items == 0) return;
   const InvFreq inv = inv_freq_table(p.rope);
-  // A decode step (every item one token) is one block's worth of pairs or a little more, and a
-  // block walking them in turn waits on a load round trip per pass (6.3 µs under ncu for Llama
-  // 2.5B's 40 heads · 40 pairs at 256 threads); spread over blocks, each thread rotates one pair.
+  // A decode step (every item one token; here when attention's decode kernel cannot rotate it on
+  // the fly) is one block's worth of pairs or a little more, and a block walking them in turn
+  // waits on a load round trip per pass (6.3 µs under ncu for Llama 2.5B's 40 heads · 40 pairs at
+  // 256 threads); spread over blocks, each thread rotates one pair.
   // Longer items keep one block each: their work already fills the GPU, and every block of an
   // item recomputes the item's angles.
   const int64_t pairs = (p.q.shape[1] + p.k.shape[1]) * half;

@@ -79,20 +79,20 @@ __device__ __forceinline__ void load_slab(Packs& s, const bf16* src, int64_t str
     for (int q = 0; q < kPacks; ++q)
       s.v[q] = !kLower || pack_col(q) <= pack_row(q) ? *reinterpret_cast<const uint4*>(p + q * step)
                                                      : make_uint4(0, 0, 0, 0);
-    return;
-  }
-  bool gather[kPacks];
+  } else {
+    bool gather[kPacks];
 #pragma unroll
-  for (int q = 0; q < kPacks; ++q) {
-    const int r = pack_row(q), c = pack_col(q);
-    const bool in = r < rows && c < cols && (!kLower || c <= r);
-    const bool full = in && vec16 && c + 8 <= cols;
-    gather[q] = in && !full;
-    s.v[q] = full ? *reinterpret_cast<const uint4*>(src + int64_t(r) * stride + c) : make_uint4(0, 0, 0, 0);
-  }
+    for (int q = 0; q < kPacks; ++q) {
+      const int r = pack_row(q), c = pack_col(q);
+      const bool in = r < rows && c < cols && (!kLower || c <= r);
+      const bool full = in && vec16 && c + 8 <= cols;
+      gather[q] = in && !full;
+      s.v[q] = full ? *reinterpret_cast<const uint4*>(src + int64_t(r) * stride + c) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
-  for (int q = 0; q < kPacks; ++q)
-    if (gather[q]) s.v[q] = gather8(src + int64_t(pack_row(q)) * stride + pack_col(q), cols - pack_col(q));
+    for (int q = 0; q < kPacks; ++q)
+      if (gather[q]) s.v[q] = gather8(src + int64_t(pack_row(q)) * stride + pack_col(q), cols - pack_col(q));
+  }
 }
 
 // 8 bf16 values times s, rounded to bf16 again.
@@ -151,6 +151,16 @@ __device__ __forceinline__ void lower_tile(int index, int& ti, int& tj) {
   ti = 0;
   while (index > ti) index -= ++ti;
   tj = index;
+}
+
+// f(std::true_type{}) or f(std::false_type{}): a block-uniform choice (a whole tile or not) made
+// a compile-time one inside f.
+template <typename F>
+__device__ __forceinline__ void branch_on(bool flag, F&& f) {
+  if (flag)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
 }
 
 // ---- stage 2: CB = C Bᵀ per (chunk, group), tiles on or below the diagonal ----------------
@@ -214,10 +224,8 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
         [&](int) { mma::slab_mma<false, false>(s.a, s.b, acc); });
   };
   // Whole slabs, 16-byte rows: unchecked staging (load_slab's kFull), uniform per block.
-  if (ch.L % kTileEdge == 0 && a.P - p0 >= kTileEdge && a.N - n0 >= kTileEdge && a.x_vec16 && a.B_vec16)
-    pipeline(std::true_type{});
-  else
-    pipeline(std::false_type{});
+  branch_on(ch.L % kTileEdge == 0 && a.P - p0 >= kTileEdge && a.N - n0 >= kTileEdge && a.x_vec16 && a.B_vec16,
+            pipeline);
   float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
   mma::store_tile(acc, [&](int row, int col, float v) {
     const int p = p0 + row, n = n0 + col;
@@ -361,10 +369,7 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
           mma::slab_mma<true, false>(s.a, s.b, acc);
         });
   };
-  if (full)
-    pipeline(std::true_type{});
-  else
-    pipeline(std::false_type{});
+  branch_on(full, pipeline);
 
   // y = acc + D x, with x from the staged diagonal slab; pairs of columns stored as one bf16x2
   // (without per-pair checks in a whole tile whose rows of y start on 4 bytes).
