@@ -425,12 +425,14 @@ TEST(CudaOps, Matmul) {
         }
 }
 
-// Decode-size products (T <= 8) take the weight-streaming kernel (skinny_gemm.cu) when rows are
-// 16-byte aligned: every token count, K with and without a partial last unrolled step, N with
-// a partial last warp, x as a column slice at an aligned offset, bias on and off.
+// Decode-size products take the weight-streaming kernels when rows are 16-byte aligned: bf16
+// batches of 2 to 16 tokens the tensor-core one (skinny_gemm_mma.cu: one and two n8 tiles of
+// tokens, partly filled), up to 8 tokens the FMA one (skinny_gemm.cu; fp32, and one bf16
+// token). K with and without a partial last slice or unrolled step (296 = 9 slices of 32 and 8
+// left), N with a partial last block, x as a column slice at an aligned offset, bias on and off.
 TEST(CudaOps, MatmulDecodeSizes) {
   REQUIRE_GPU();
-  for (int64_t T = 1; T <= 9; ++T)
+  for (int64_t T : {1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 33, 47, 64, 65})
     for (int64_t K : {256, 296, 4104})
       for (int64_t N : {1, 29, 257})
         for (bool f32_out : {false, true}) {
@@ -447,7 +449,10 @@ TEST(CudaOps, MatmulDecodeSizes) {
             OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
               const Tensor bias_t = bias ? t[bi] : Tensor{};
               if (b.device() == Device::Cuda) {
-                EXPECT_EQ(cuda::skinny_gemm_fits(t[x].cols(8, k), t[w], bias_t), T <= cuda::kSkinnyMaxTokens)
+                const Tensor xs = t[x].cols(8, k);
+                const bool mma = xs.dtype == DType::BF16 && T >= 2 && T <= cuda::kSkinnyMmaMaxTokens;
+                EXPECT_EQ(cuda::skinny_gemm_mma_fits(xs, t[w], bias_t), mma) << "T=" << T << " K=" << k;
+                EXPECT_EQ(cuda::skinny_gemm_fits(xs, t[w], bias_t), T <= cuda::kSkinnyMaxTokens)
                     << "T=" << T << " K=" << k;
               }
               b.matmul(t[x].cols(8, k), t[w], bias_t, t[out]);
@@ -455,6 +460,32 @@ TEST(CudaOps, MatmulDecodeSizes) {
             return std::make_pair(std::move(c), fn);
           });
         }
+}
+
+// matmul_row_rms at decode batch sizes: the row scale read by the tensor-core kernel (one and two
+// n8 tiles of tokens, 40 partial sums a row), by the FMA kernel (one token) and by cuBLASLt's
+// row scale kernel (30, 64 tokens), against the CPU.
+TEST(CudaOps, MatmulRowRmsDecodeBatches) {
+  REQUIRE_GPU();
+  for (int64_t T : {1, 2, 13, 16, 30, 64})
+    for (int64_t K : {320, 5120}) {
+      const int64_t N = 77, partials = 40;
+      compare_both([&] {
+        OpCase c("matmul_row_rms T=" + std::to_string(T) + " K=" + std::to_string(K), 8);
+        const int x = c.aligned_act("x", {T, K});
+        const int w = c.dense("weight", Kind::Weight, {N, K}, -0.2f, 0.2f);
+        const int bias = c.dense("bias", Kind::Param, {N});
+        const int sums = c.dense("sumsq", Kind::Param, {T, partials}, 0.0f, 2.0f);
+        const int out = c.act("out", {T, N});
+        OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+          if (b.device() == Device::Cuda && t[x].dtype == DType::BF16 && T > 1 && T <= cuda::kSkinnyMmaMaxTokens) {
+            EXPECT_TRUE(cuda::skinny_gemm_mma_fits(t[x], t[w], t[bias])) << "T=" << T;
+          }
+          b.matmul_row_rms(t[x], t[w], t[bias], {t[sums], K, 1e-5f}, t[out]);
+        };
+        return std::make_pair(std::move(c), fn);
+      });
+    }
 }
 
 TEST(CudaOps, Moe) {
@@ -1035,6 +1066,24 @@ class CudaFixtureModel : public ::testing::TestWithParam<ModelParam> {
   }
   std::string dir() const { return test::fixture(std::string("models/") + GetParam().model).string(); }
   double tol() const { return GetParam().dtype == DType::BF16 ? kBf16ModelTol : 1e-4; }
+
+  // Per token of `ids`: how far the CPU's logits move (against transformers' fp32 `ref_logits`)
+  // when only the weights are rounded to bf16. Tokens that move by more than tol() / 2 are
+  // ill-conditioned at bf16 (kBf16ModelTol says why): no bf16 comparison can hold them.
+  std::vector<double> bf16_sensitivity(const std::vector<int32_t>& ids, const std::vector<float>& ref_logits) {
+    CpuBackend cpu;
+    ModelRunner rounded(dir(), cpu);
+    round_weights_to_bf16(rounded);
+    Sequence cs = rounded.open();
+    Sequence* cseqs[] = {&cs};
+    const std::vector<float> cpu_rounded = rounded.step(cseqs, std::span(&ids, 1), true);
+    rounded.close(cs);
+    return per_token_error(cpu_rounded, ref_logits, size_t(rounded.spec().vocab_size));
+  }
+  size_t ill_conditioned_tokens(const std::vector<double>& sensitivity) const {
+    return size_t(std::count_if(sensitivity.begin(), sensitivity.end(), [&](double e) { return e > tol() / 2; }));
+  }
+
   std::unique_ptr<CudaBackend> backend;
 };
 
@@ -1043,12 +1092,6 @@ TEST_P(CudaFixtureModel, LogitsMatchTransformers) {
     test::FixtureReference ref = load_reference(GetParam().model);
     ModelRunner runner(dir(), *backend);
     const bool bf16 = GetParam().dtype == DType::BF16;
-    CpuBackend cpu;
-    std::unique_ptr<ModelRunner> rounded;  // bf16: the CPU in fp32 with bf16-rounded weights
-    if (bf16) {
-      rounded = std::make_unique<ModelRunner>(dir(), cpu);
-      round_weights_to_bf16(*rounded);
-    }
     const size_t vocab = size_t(runner.spec().vocab_size);
     for (size_t i = 0; i < ref.inputs.size(); ++i) {
       Sequence seq = runner.open();
@@ -1059,11 +1102,7 @@ TEST_P(CudaFixtureModel, LogitsMatchTransformers) {
         EXPECT_LE(relative_error(logits, ref.logits[i]), tol()) << GetParam().model << " sequence " << i;
         continue;
       }
-      Sequence cs = rounded->open();
-      Sequence* cseqs[] = {&cs};
-      const std::vector<float> cpu_rounded = rounded->step(cseqs, std::span(&ref.inputs[i], 1), true);
-      rounded->close(cs);
-      const auto sensitivity = per_token_error(cpu_rounded, ref.logits[i], vocab);
+      const auto sensitivity = bf16_sensitivity(ref.inputs[i], ref.logits[i]);
       const auto err = per_token_error(logits, ref.logits[i], vocab);
       size_t skipped = 0;
       double worst = 0;
@@ -1117,11 +1156,21 @@ TEST_P(CudaFixtureModel, GreedyTokensMatchWhereTheMarginAllows) {
   });
 }
 
+// In bf16 the pieces and the whole run through different kernels (decode-size GEMMs, chunked
+// SSD boundaries) that round differently; a fixture that is ill-conditioned at bf16 (MoE routing
+// near-ties, kBf16ModelTol) turns that rounding into O(tol) logit moves, so it is skipped here
+// as in LogitsMatchTransformers: its fp32 run holds the invariant at 1e-4.
 TEST_P(CudaFixtureModel, PrefillThenDecodeEqualsOneForward) {
   SKIP_IF_FAMILY_MISSING({
     test::FixtureReference ref = load_reference(GetParam().model);
     ModelRunner runner(dir(), *backend);
     const std::vector<int32_t>& ids = ref.inputs[0];
+    if (GetParam().dtype == DType::BF16) {
+      const size_t ill = ill_conditioned_tokens(bf16_sensitivity(ids, ref.logits[0]));
+      if (ill * 10 > ids.size())
+        GTEST_SKIP() << GetParam().model << ": " << ill << " of " << ids.size()
+                     << " tokens ill-conditioned at bf16 (LogitsMatchTransformers); the fp32 case holds the invariant";
+    }
     Sequence whole = runner.open();
     Sequence* w[] = {&whole};
     std::vector<float> full = runner.step(w, std::span(&ids, 1), true);

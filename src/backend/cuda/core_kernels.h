@@ -58,6 +58,13 @@ bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Row
 // Whether skinny_gemm takes these operands (the tests check that their decode cases reach it).
 bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias);
 
+// Decode batches on the tensor cores (skinny_gemm_mma.cu): the same product for bf16 and
+// 2 <= T <= kSkinnyMmaMaxTokens. False (nothing launched) when the operands do not allow it.
+constexpr int kSkinnyMmaMaxTokens = 16;
+bool skinny_gemm_mma(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+                     cudaStream_t stream);
+bool skinny_gemm_mma_fits(const Tensor& x, const Tensor& w, const Tensor& bias);
+
 // out[T, N] = x[T, K] w[N, K]^T (+ bias) through cuBLASLt: bf16 x bf16 on the tensor cores with
 // fp32 accumulation and bf16 or fp32 out, or fp32 x fp32 in full fp32 (no TF32: the fp32 path
 // is the accuracy reference). One per backend: it owns the handle, the workspace and the cache

@@ -14,8 +14,9 @@
 // uses CUBLAS_COMPUTE_32F too, which is true fp32, not TF32: the fp32 path is the one tested to
 // 1e-4 against transformers. The bias (fp32) is added by a small kernel after the GEMM.
 //
-// Decode steps (at most kSkinnyMaxTokens tokens) go to skinny_gemm.cu instead, which streams the
-// weights faster than the algorithms cuBLASLt picks for such shapes.
+// Decode steps go to the weight-streaming kernels instead, which read the weights faster than the
+// algorithms cuBLASLt picks for such shapes: bf16 batches of 2 to kSkinnyMmaMaxTokens tokens to
+// skinny_gemm_mma.cu (tensor cores), one token (and fp32 up to kSkinnyMaxTokens) to skinny_gemm.cu.
 //
 // Plans. The matmul descriptor, the three layouts and the algorithm chosen by cuBLASLt's
 // heuristic are cached per (m, n, k, leading dimensions, types, alignments): a decode step or a
@@ -191,7 +192,12 @@ void Gemm::run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tenso
                const RowScale& scale) {
   const int64_t T = x.shape[0], K = x.shape[1], N = w.shape[0];
   if (T == 0 || N == 0) return;
-  if (T <= kSkinnyMaxTokens && skinny_gemm(x, w, bias, scale, out, stream_)) {  // decode: stream the weights
+  // Decode: stream the weights (a batch of bf16 rows on the tensor cores).
+  if (T <= kSkinnyMmaMaxTokens && skinny_gemm_mma(x, w, bias, scale, out, stream_)) {
+    STATELM_CUDA_LAUNCHED(op, " (skinny, mma) x ", x.describe(), " w ", w.describe(), " out ", out.describe());
+    return;
+  }
+  if (T <= kSkinnyMaxTokens && skinny_gemm(x, w, bias, scale, out, stream_)) {
     STATELM_CUDA_LAUNCHED(op, " (skinny) x ", x.describe(), " w ", w.describe(), " out ", out.describe());
     return;
   }
