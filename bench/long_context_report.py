@@ -60,6 +60,16 @@ def sci(x):
     return "—" if x is None else f"{x:.1e}"
 
 
+def prefill_chunks(sweeps):
+    """The sweeps' prefill chunk sizes in words: one figure, or one per model where they differ."""
+    chunks = [(key, s["prefill_chunk"]) for key, _ in MODELS if (s := sweeps.get(key))]
+    if not chunks:
+        return "4096 tokens"
+    if len({c for _, c in chunks}) == 1:
+        return f"{chunks[0][1]} tokens"
+    return ", ".join(f"{c} tokens ({label(key, sweeps[key])})" for key, c in chunks)
+
+
 def label(key, sweep):
     name = dict(MODELS).get(key, key)
     if sweep and "tests/fixtures" in sweep.get("model", ""):
@@ -306,7 +316,7 @@ def main():
     out.append(
         "Every model runs on random weights of its config's shapes (`bench/configs/`): bf16 weights, activations and "
         "KV cache, fp32 recurrent state. Prefill: one sequence from an empty state in chunks of "
-        f"{next((s['prefill_chunk'] for s in sweeps.values() if s), 4096)} tokens (activation memory stays that of "
+        f"{prefill_chunks(sweeps)} (activation memory stays that of "
         "one chunk at any length). Decode: batch 1 at each context, on a sequence fast-forwarded to it (KV blocks "
         "reserved, contents zero — a step's cost depends on how many keys it reads, not their values; no O(L²) "
         "prefill first). Max batch: the memory planner's count of sequences whose state + KV fit beside the weights "

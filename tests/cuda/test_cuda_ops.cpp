@@ -686,11 +686,11 @@ TEST(CudaOps, Ssd) {
 
 // Mamba-2's gated norm split across the SSD and out_proj (ops.h, SsdGate): ssd with the gate,
 // then matmul_row_rms, against the CPU. A decode batch gates inside the decode kernel (P = 8:
-// warps past the head's channels; P = 40: a partial last block; N = 7: the scalar path) and
-// out_proj is the weight-streaming kernel (x rows aligned; K = 15 is not: cuBLASLt and the row
-// scale kernel); the mixed batch gates after the chunked stages (gate_rows_kernel), out_proj on
-// cuBLASLt. The partial sums themselves are laid out per backend and compared only through
-// out_proj's output.
+// warps past the head's channels; P = 40: a partial last block; N = 7: the scalar path; N = 128
+// and 24 below) and out_proj is the weight-streaming kernel (x rows aligned; K = 15 is not:
+// cuBLASLt and the row scale kernel); the mixed batch gates after the chunked stages
+// (gate_rows_kernel), out_proj on cuBLASLt. The partial sums themselves are laid out per backend
+// and compared only through out_proj's output.
 TEST(CudaOps, SsdGate) {
   REQUIRE_GPU();
   std::mt19937 rng(31);
@@ -700,7 +700,11 @@ TEST(CudaOps, SsdGate) {
     const int32_t slots = int32_t(seqs.size()) + 1;
     const auto spans = mixed_spans(rng, seqs, slots);
     const int64_t T = tokens_of(spans);
-    for (const Shape s : {Shape{4, 8, 2, 16}, Shape{6, 40, 1, 32}, Shape{3, 5, 3, 7}}) {
+    // N = 128: a 2-byte state row is half a warp of 16-byte accesses; with P = 7 a warp's last
+    // pass has one valid row of two. N = 24: 16-byte accesses for fp32 (6 lanes), one element
+    // per access for 2-byte states (24 is not a multiple of 8).
+    for (const Shape s : {Shape{4, 8, 2, 16}, Shape{6, 40, 1, 32}, Shape{3, 5, 3, 7}, Shape{2, 7, 1, 128},
+                          Shape{2, 6, 2, 24}}) {
       const int64_t Di = s.H * s.P, Dout = 37;
       SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
           [&] {
@@ -723,7 +727,8 @@ TEST(CudaOps, SsdGate) {
               p.gate = {t[z], t[norm], partials};
               b.ssd(p, bv);
               if (b.device() == Device::Cuda && all_decode) {
-                EXPECT_EQ(cuda::skinny_gemm_fits(t[y], t[w], t[bias]), (Di * 2) % 16 == 0) << "K=" << Di;
+                const bool rows_aligned = (Di * int64_t(dtype_size(t[y].dtype))) % 16 == 0;
+                EXPECT_EQ(cuda::skinny_gemm_fits(t[y], t[w], t[bias]), rows_aligned) << "K=" << Di;
               }
               b.matmul_row_rms(t[y], t[w], t[bias], {partials, Di, 1e-5f}, t[out]);
             };

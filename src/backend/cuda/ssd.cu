@@ -190,9 +190,12 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdArgs<T> a, S
 // Pure state traffic: each (slot, head) state is read and written once (168 MB per sequence
 // for the 2.7B model in fp32), so the kernel is shaped for memory parallelism: a warp owns
 // kRowsPerWarp head channels p (N-wide state rows) and issues all of their loads before it
-// computes; 4 warps per block; a grid of spans × heads × P / (4 · kRowsPerWarp) blocks. Each lane
-// moves 4 consecutive state elements per access (N % 4 == 0; other N take one element per
-// access). B, C, x and dt are tiny and come through L1.
+// computes; 4 warps per block; a grid of spans × heads × P / (4 · kRowsPerWarp) blocks (one short
+// block per item: a wave-sized grid walking the items with the next item's loads in flight was
+// measured much slower, bench/RESULTS.md). Each lane moves 16 bytes of a row per access: 4 fp32
+// or 8 bf16/fp16 state elements, a 2-byte row of 128 then being half a warp (against 8-byte
+// accesses: bf16 state b=16 / 128 15.9 → 15.5 / 118.2 → 116.5 µs on the H200); N not a multiple
+// of that, or past 128, takes one element per access. B, C, x and dt are tiny and come through L1.
 constexpr int kDecodeWarps = 4, kRowsPerWarp = 4, kDecodeRows = kDecodeWarps * kRowsPerWarp;
 
 // The decode kernel's output for head channel c = h · P + p of token t: y, or with a gate
@@ -210,7 +213,7 @@ __device__ __forceinline__ float emit_y(const SsdArgs<T>& a, int64_t t, int h, i
   return u * u;
 }
 
-template <typename T, typename S, bool kVec4>
+template <typename T, typename S, int kVec>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a, S* state, int64_t ss0, int64_t ss1,
                                                                    int64_t ss2, const SeqSpan* spans) {
   const SeqSpan sp = spans[blockIdx.x];
@@ -226,38 +229,46 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(SsdArgs<T> a,
   const T* Bg = a.B + t * a.Bs0 + int64_t(g) * a.Bs1;
   const T* Cg = a.C + t * a.Cs0 + int64_t(g) * a.Cs1;
   S* st = state + int64_t(sp.slot) * ss0 + int64_t(h) * ss1 + int64_t(min(p0, a.P - 1)) * ss2;
-  float sq = 0.0f;  // lane 0: the gate's sum of squares over the warp's rows
-  if constexpr (kVec4) {  // N <= 128: lane covers state elements [4 lane, 4 lane + 4)
-    const int n = lane * 4;
+  float sq = 0.0f;  // the gate's sum of squares over the rows this lane emits
+  if constexpr (kVec > 1) {
+    // N <= 128, one pass over N (y summed in registers, never re-read from out): a row is
+    // kLanes lanes, each covering state elements [kVec l, kVec l + kVec) with one 16-byte
+    // (fp32: 4 elements; 2-byte states: 8) access, so a warp holds kRowsAtOnce rows at a time.
+    constexpr int kLanes = 128 / kVec, kRowsAtOnce = 32 / kLanes, kPasses = kRowsPerWarp / kRowsAtOnce;
+    const int n = (lane % kLanes) * kVec, sub = lane / kLanes;
     const bool active = n < a.N;
-    float s[kRowsPerWarp][4], b[4] = {}, c[4] = {};
+    float s[kPasses][kVec], b[kVec] = {}, c[kVec] = {};
 #pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r)
-      if (active && r < rows) load_f32<S, 4>(st + int64_t(r) * ss2 + n, s[r]);
+    for (int i = 0; i < kPasses; ++i)
+      if (active && i * kRowsAtOnce + sub < rows) load_f32<S, kVec>(st + int64_t(i * kRowsAtOnce + sub) * ss2 + n, s[i]);
     // Launched as a programmatic dependent (pdl.cuh): the state (last written by the previous
     // step) is in flight; dt, x, B and C come from the kernels ahead.
     pdl_wait();
     const float dt = dt_of(a, t, h), dA = expf(dt * A);
     if (active) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = to_f32(Bg[n + j]), c[j] = to_f32(Cg[n + j]);
+      for (int j = 0; j < kVec; ++j) b[j] = to_f32(Bg[n + j]), c[j] = to_f32(Cg[n + j]);
     }
 #pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      if (r >= rows) break;  // uniform across the warp
-      const float xp = to_f32(xh[p0 + r]), xdt = xp * dt;
+    for (int i = 0; i < kPasses; ++i) {
+      if (i * kRowsAtOnce >= rows) break;  // uniform across the warp
+      const int r = i * kRowsAtOnce + sub;
+      const bool row_ok = r < rows;
+      const float xp = row_ok ? to_f32(xh[p0 + r]) : 0.0f, xdt = xp * dt;
       float acc = 0.0f;
-      if (active) {
+      if (active && row_ok) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          s[r][j] = fmaf(dA, s[r][j], xdt * b[j]);
-          acc = fmaf(c[j], s[r][j], acc);
+        for (int j = 0; j < kVec; ++j) {
+          s[i][j] = fmaf(dA, s[i][j], xdt * b[j]);
+          acc = fmaf(c[j], s[i][j], acc);
         }
-        store_f32<S, 4>(st + int64_t(r) * ss2 + n, s[r]);
+        store_f32<S, kVec>(st + int64_t(r) * ss2 + n, s[i]);
       }
-      acc = warp_sum(acc);
-      if (lane == 0) sq += emit_y(a, t, h, p0 + r, fmaf(dskip, xp, acc));
+#pragma unroll
+      for (int o = kLanes / 2; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);  // the row's lanes
+      if (lane % kLanes == 0 && row_ok) sq += emit_y(a, t, h, p0 + r, fmaf(dskip, xp, acc));
     }
+    if constexpr (kRowsAtOnce > 1) sq = warp_sum(sq);  // lane 0: the warp's rows
   } else {
     pdl_wait();
     const float dt = dt_of(a, t, h), dA = expf(dt * A);
@@ -370,12 +381,13 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
   };
   if (any_decode) {
     const dim3 grid(unsigned(n_spans), unsigned(a.H), unsigned((a.P + kDecodeRows - 1) / kDecodeRows));
-    // 4-element state accesses need N % 4 == 0 and every row start aligned to 4 elements.
-    const bool vec4 = a.N % 4 == 0 && ss2 % 4 == 0 && ss1 % 4 == 0 && ss0 % 4 == 0 &&
-                      reinterpret_cast<uintptr_t>(state) % (4 * sizeof(S)) == 0;
-    // ... and one pass over N (N <= 128): y is summed in registers, never re-read from out.
-    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), vec4 && a.N <= 128 ? decode_kernel<T, S, true> : decode_kernel<T, S, false>,
-                                     grid, dim3(kDecodeWarps * 32), stream, decode_args, state, ss0, ss1, ss2,
+    // 16-byte state accesses (4 fp32 or 8 two-byte elements) need N a multiple of them and every
+    // row start aligned to them; the vector path also needs one pass over N (N <= 128).
+    constexpr int kVec = 16 / int(sizeof(S));
+    const bool vec = a.N % kVec == 0 && a.N <= 128 && ss2 % kVec == 0 && ss1 % kVec == 0 && ss0 % kVec == 0 &&
+                     reinterpret_cast<uintptr_t>(state) % 16 == 0;
+    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), vec ? decode_kernel<T, S, kVec> : decode_kernel<T, S, 1>, grid,
+                                     dim3(kDecodeWarps * 32), stream, decode_args, state, ss0, ss1, ss2,
                                      batch.device_spans),
                        op, " decode, x ", p.x.describe());
     STATELM_CUDA_LAUNCHED(op, " decode, x ", p.x.describe(), " state ", p.state.describe());
