@@ -67,7 +67,7 @@ def prefill_chunks(sweeps):
         return "4096 tokens"
     if len({c for _, c in chunks}) == 1:
         return f"{chunks[0][1]} tokens"
-    return ", ".join(f"{c} tokens ({label(key, sweeps[key])})" for key, c in chunks)
+    return "; ".join(f"{c} tokens for {label(key, sweeps[key])}" for key, c in chunks)
 
 
 def label(key, sweep):

@@ -427,9 +427,10 @@ TEST(CudaOps, Matmul) {
 
 // Decode-size products take the weight-streaming kernels when rows are 16-byte aligned: bf16
 // batches of 2 to 16 tokens the tensor-core one (skinny_gemm_mma.cu: one and two n8 tiles of
-// tokens, partly filled), up to 8 tokens the FMA one (skinny_gemm.cu; fp32, and one bf16
-// token). K with and without a partial last slice or unrolled step (296 = 9 slices of 32 and 8
-// left), N with a partial last block, x as a column slice at an aligned offset, bias on and off.
+// tokens, partly filled, offered first), other products of up to 8 tokens the FMA one
+// (skinny_gemm.cu); the test asserts which kernels accept each case. K with and without a
+// partial last slice or unrolled step (296 = 9 slices of 32 and 8 left), N with a partial last
+// block, x as a column slice at an aligned offset, bias on and off.
 TEST(CudaOps, MatmulDecodeSizes) {
   REQUIRE_GPU();
   for (int64_t T : {1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 33, 47, 64, 65})
@@ -687,7 +688,7 @@ TEST(CudaOps, Ssd) {
 // Mamba-2's gated norm split across the SSD and out_proj (ops.h, SsdGate): ssd with the gate,
 // then matmul_row_rms, against the CPU. A decode batch gates inside the decode kernel (P = 8:
 // warps past the head's channels; P = 40: a partial last block; N = 7: the scalar path; N = 128
-// and 24 below) and out_proj is the weight-streaming kernel (x rows aligned; K = 15 is not:
+// and 24 below) and out_proj a weight-streaming kernel (x rows aligned; K = 15 is not:
 // cuBLASLt and the row scale kernel); the mixed batch gates after the chunked stages
 // (gate_rows_kernel), out_proj on cuBLASLt. The partial sums themselves are laid out per backend
 // and compared only through out_proj's output.
@@ -701,8 +702,8 @@ TEST(CudaOps, SsdGate) {
     const auto spans = mixed_spans(rng, seqs, slots);
     const int64_t T = tokens_of(spans);
     // N = 128: a 2-byte state row is half a warp of 16-byte accesses; with P = 7 a warp's last
-    // pass has one valid row of two. N = 24: 16-byte accesses for fp32 (6 lanes), one element
-    // per access for 2-byte states (24 is not a multiple of 8).
+    // pass has one valid row of two. N = 24: 16-byte accesses with part of a row's lanes idle
+    // (fp32: 6 of 32; 2-byte states: 3 of 16).
     for (const Shape s : {Shape{4, 8, 2, 16}, Shape{6, 40, 1, 32}, Shape{3, 5, 3, 7}, Shape{2, 7, 1, 128},
                           Shape{2, 6, 2, 24}}) {
       const int64_t Di = s.H * s.P, Dout = 37;
@@ -728,7 +729,9 @@ TEST(CudaOps, SsdGate) {
               b.ssd(p, bv);
               if (b.device() == Device::Cuda && all_decode) {
                 const bool rows_aligned = (Di * int64_t(dtype_size(t[y].dtype))) % 16 == 0;
-                EXPECT_EQ(cuda::skinny_gemm_fits(t[y], t[w], t[bias]), rows_aligned) << "K=" << Di;
+                const bool streamed = cuda::skinny_gemm_mma_fits(t[y], t[w], t[bias]) ||
+                                      cuda::skinny_gemm_fits(t[y], t[w], t[bias]);
+                EXPECT_EQ(streamed, rows_aligned) << "K=" << Di;
               }
               b.matmul_row_rms(t[y], t[w], t[bias], {partials, Di, 1e-5f}, t[out]);
             };
@@ -1076,20 +1079,23 @@ class CudaFixtureModel : public ::testing::TestWithParam<ModelParam> {
   // when only the weights are rounded to bf16. Tokens that move by more than tol() / 2 are
   // ill-conditioned at bf16 (kBf16ModelTol says why): no bf16 comparison can hold them.
   std::vector<double> bf16_sensitivity(const std::vector<int32_t>& ids, const std::vector<float>& ref_logits) {
-    CpuBackend cpu;
-    ModelRunner rounded(dir(), cpu);
-    round_weights_to_bf16(rounded);
-    Sequence cs = rounded.open();
+    if (!rounded_) {  // the CPU in fp32 with bf16-rounded weights, built once per test
+      rounded_ = std::make_unique<ModelRunner>(dir(), cpu_);
+      round_weights_to_bf16(*rounded_);
+    }
+    Sequence cs = rounded_->open();
     Sequence* cseqs[] = {&cs};
-    const std::vector<float> cpu_rounded = rounded.step(cseqs, std::span(&ids, 1), true);
-    rounded.close(cs);
-    return per_token_error(cpu_rounded, ref_logits, size_t(rounded.spec().vocab_size));
+    const std::vector<float> cpu_rounded = rounded_->step(cseqs, std::span(&ids, 1), true);
+    rounded_->close(cs);
+    return per_token_error(cpu_rounded, ref_logits, size_t(rounded_->spec().vocab_size));
   }
-  size_t ill_conditioned_tokens(const std::vector<double>& sensitivity) const {
-    return size_t(std::count_if(sensitivity.begin(), sensitivity.end(), [&](double e) { return e > tol() / 2; }));
-  }
+  bool ill_conditioned(double sensitivity) const { return sensitivity > tol() / 2; }
 
   std::unique_ptr<CudaBackend> backend;
+
+ private:
+  CpuBackend cpu_;
+  std::unique_ptr<ModelRunner> rounded_;
 };
 
 TEST_P(CudaFixtureModel, LogitsMatchTransformers) {
@@ -1112,7 +1118,7 @@ TEST_P(CudaFixtureModel, LogitsMatchTransformers) {
       size_t skipped = 0;
       double worst = 0;
       for (size_t t = 0; t < err.size(); ++t) {
-        if (sensitivity[t] > tol() / 2) {
+        if (ill_conditioned(sensitivity[t])) {
           ++skipped;
           continue;
         }
@@ -1162,16 +1168,21 @@ TEST_P(CudaFixtureModel, GreedyTokensMatchWhereTheMarginAllows) {
 }
 
 // In bf16 the pieces and the whole run through different kernels (decode-size GEMMs, chunked
-// SSD boundaries) that round differently; a fixture that is ill-conditioned at bf16 (MoE routing
-// near-ties, kBf16ModelTol) turns that rounding into O(tol) logit moves, so it is skipped here
-// as in LogitsMatchTransformers: its fp32 run holds the invariant at 1e-4.
+// SSD boundaries) that round differently. Tokens that are ill-conditioned at bf16 (MoE routing
+// near-ties, kBf16ModelTol) turn that rounding into O(tol) logit moves, so they are left out of
+// the bf16 comparison, and a fixture with more than 10% of them is skipped, as in
+// LogitsMatchTransformers; its fp32 case holds the invariant at 1e-4 for every token.
 TEST_P(CudaFixtureModel, PrefillThenDecodeEqualsOneForward) {
   SKIP_IF_FAMILY_MISSING({
     test::FixtureReference ref = load_reference(GetParam().model);
     ModelRunner runner(dir(), *backend);
     const std::vector<int32_t>& ids = ref.inputs[0];
+    const size_t vocab = size_t(runner.spec().vocab_size);
+    std::vector<bool> skip(ids.size(), false);
     if (GetParam().dtype == DType::BF16) {
-      const size_t ill = ill_conditioned_tokens(bf16_sensitivity(ids, ref.logits[0]));
+      const auto sensitivity = bf16_sensitivity(ids, ref.logits[0]);
+      for (size_t t = 0; t < skip.size(); ++t) skip[t] = ill_conditioned(sensitivity[t]);
+      const auto ill = size_t(std::count(skip.begin(), skip.end(), true));
       if (ill * 10 > ids.size())
         GTEST_SKIP() << GetParam().model << ": " << ill << " of " << ids.size()
                      << " tokens ill-conditioned at bf16 (LogitsMatchTransformers); the fp32 case holds the invariant";
@@ -1189,7 +1200,12 @@ TEST_P(CudaFixtureModel, PrefillThenDecodeEqualsOneForward) {
         std::vector<float> l = runner.step(s, std::span(&part, 1), true);
         pieces.insert(pieces.end(), l.begin(), l.end());
       }
-      EXPECT_LE(relative_error(pieces, full), tol()) << GetParam().model << " chunk " << chunk;
+      EXPECT_EQ(pieces.size(), full.size()) << GetParam().model << " chunk " << chunk;
+      const auto err = per_token_error(pieces, full, vocab);  // over the whole sequence's max |logit|
+      double worst = 0;
+      for (size_t t = 0; t < err.size(); ++t)
+        if (!skip[t]) worst = std::max(worst, err[t]);
+      EXPECT_LE(worst, tol()) << GetParam().model << " chunk " << chunk;
       runner.close(seq);
     }
   });

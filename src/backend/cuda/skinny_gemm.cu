@@ -17,8 +17,9 @@
 // is issued before the kernel waits for the one ahead (a norm, which lets it start at once), so
 // in a decode step the weight stream overlaps the small kernels instead of following them.
 //
-// Used when T ≤ kMaxTokens and every row is 16-byte aligned (K, the strides and the pointers);
-// Gemm::run sends everything else to cuBLASLt.
+// Used when T ≤ kSkinnyMaxTokens and every row is 16-byte aligned (K, the strides and the
+// pointers); Gemm::run offers bf16 batches of 2-16 tokens to skinny_gemm_mma.cu first (which
+// takes every one this kernel would) and sends what neither takes to cuBLASLt.
 #include <algorithm>
 
 #include "backend/cuda/core_kernels.h"

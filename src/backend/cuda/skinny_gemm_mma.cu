@@ -4,8 +4,8 @@
 //
 // A decode batch of T sequences still reads each weight once per step, so the product should
 // stream w at the copy bandwidth, as skinny_gemm.cu does for one token. That kernel spends T
-// FMAs per weight per thread and becomes compute-bound past a few tokens (34-48% of the copy
-// rate at T = 4-8 on the 2.7B model's in_proj and out_proj), and cuBLASLt's choice for T = 16
+// FMAs per weight per thread and becomes compute-bound past a few tokens (2.7B in_proj / out_proj:
+// 64% / 48% of the copy rate at T = 4, 39% / 34% at T = 8), and cuBLASLt's choice for T = 16
 // ran out_proj as a split-K GEMM, a reduction kernel and the row scale kernel (17.6 µs for
 // 26 MB in ncu). Here every warp multiplies with mma.sync m16n8k16, the weights as the m16
 // side (16 features a block) and the tokens as the n8 side, fed straight from global loads:
@@ -27,9 +27,12 @@
 // loads is in flight before the wait for the kernel ahead, x and the row sums are read after it.
 //
 // Measured (H200, kernel bench, 2.7B in_proj 10576 × 2560 / out_proj 2560 × 5120): T = 2-8
-// 14.5-15.0 / 9.5-10.1 µs (86-88% / 61-65% of the copy rate), against 14.5-32.3 / 9.0-18.3 µs
-// before; T = 16 18.2 / 11.9 µs (cuBLASLt: 15.2 / 10.8 + 3.4 for the split-K reduction + the
-// row scale kernel). One token stays on skinny_gemm.cu (13.5 / 8.3 µs, against 14.4 / 9.6 here).
+// 14.5-15.0 / 9.5-10.1 µs (86-88% / 61-65% of the copy rate), against 14.5-32.4 / 9.0-18.3 µs
+// before; T = 16 18.2 / 11.9 µs (cuBLASLt: 15.2 / 10.8 µs, and after out_proj its split-K
+// reduction and the row scale kernel, 3.4 + 4.1 µs in ncu). At T = 16 in_proj (no row scale) is
+// slower here than on cuBLASLt; the decode step is faster as a whole (4.60 → 4.42 ms at b16), and
+// in_proj alone on cuBLASLt was not measured. One token stays on skinny_gemm.cu (13.5 / 8.3 µs,
+// against 14.4 / 9.6 here).
 // Past 16 tokens every block re-reads all of x (16 features a block), so cuBLASLt keeps them.
 #include <algorithm>
 
