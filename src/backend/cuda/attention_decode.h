@@ -19,9 +19,10 @@ bool decode_attention_supported(const AttentionParams& p);
 
 // For every span of length 1 in `batch`: rotates its q and k by p.rope (as rope.cu would), stores
 // its k (rotated) and v in the cache at position pos and writes out = softmax(q K^T scale) V over
-// the keys 0..pos; q and k themselves are not written. Requires decode_attention_supported(p). Spans of other lengths are left
-// alone (neither their cache nor their output is touched). The grid depends on the number of
-// spans, the heads and batch.key_capacity, never on the device-side lengths (graph-safe).
+// the keys 0..pos; q and k themselves are not written. Requires decode_attention_supported(p).
+// Spans of other lengths are left alone (neither their cache nor their output is touched). The
+// grid depends on the number of spans, the heads and batch.key_capacity, never on the
+// device-side lengths (graph-safe).
 void decode_attention(const AttentionParams& p, const BatchView& batch, Scratch& scratch, cudaStream_t stream);
 
 }  // namespace statelm::cuda

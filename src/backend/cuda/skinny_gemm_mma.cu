@@ -52,6 +52,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
     skinny_mma_kernel(const bf16* x, int64_t ldx, int M, const bf16* __restrict__ w, int64_t ldw, TO* __restrict__ out,
                       int64_t ldo, const float* __restrict__ bias, RowScale scale, int N, int K, bool trigger) {
   constexpr int MR = 8 * NTok;
+  // Each warp's fp32 partial products, [feature][token]; the + 1 spreads a warp's stores (8
+  // features × 4 token pairs) over more banks than a power-of-two pitch would.
   __shared__ float partial[kWarps][kFeatures][MR + 1];
   __shared__ float inv_rms[MR];
   const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5), g = lane >> 2, q = lane & 3;
