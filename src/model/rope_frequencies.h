@@ -12,6 +12,12 @@
 
 namespace statelm {
 
+// Whether a rotation fits heads of head_dim: the rotated part is a whole number of pairs, none
+// past the head. Kind None rotates nothing and always fits. Both backends' rope ops check this.
+inline bool rope_fits_head(const RopeSpec& r, int64_t head_dim) {
+  return r.kind == RopeKind::None || (r.rotary_dim > 0 && r.rotary_dim % 2 == 0 && r.rotary_dim <= head_dim);
+}
+
 inline std::vector<float> rope_inv_freq(const RopeSpec& r) {
   const int64_t half = r.rotary_dim / 2;
   std::vector<float> inv(static_cast<size_t>(half));

@@ -703,9 +703,10 @@ TEST(CudaOps, SsdGate) {
     const int64_t T = tokens_of(spans);
     // N = 128: a 2-byte state row is half a warp of 16-byte accesses; with P = 7 a warp's last
     // pass has one valid row of two. N = 24: 16-byte accesses with part of a row's lanes idle
-    // (fp32: 6 of 32; 2-byte states: 3 of 16).
+    // (fp32: 6 of 32; 2-byte states: 3 of 16). N = 20: 2-byte states fall back to 8-byte
+    // accesses (4 elements), which 20 divides and 8 does not.
     for (const Shape s : {Shape{4, 8, 2, 16}, Shape{6, 40, 1, 32}, Shape{3, 5, 3, 7}, Shape{2, 7, 1, 128},
-                          Shape{2, 6, 2, 24}}) {
+                          Shape{2, 6, 2, 24}, Shape{3, 4, 1, 20}}) {
       const int64_t Di = s.H * s.P, Dout = 37;
       SKIP_IF_FAMILY_MISSING(compare_state_dtypes(
           [&] {

@@ -37,8 +37,7 @@ void CpuBackend::rope(const RopeParams& p, const BatchView& batch) {
   const int64_t half = p.rope.rotary_dim / 2;
   const std::vector<float> inv = rope_inv_freq(p.rope);
   STATELM_CHECK(p.q.ndim == 3 && p.k.ndim == 3 && p.q.stride[2] == 1 && p.k.stride[2] == 1, "rope q/k layout");
-  STATELM_CHECK(p.rope.rotary_dim > 0 && p.rope.rotary_dim % 2 == 0 && p.rope.rotary_dim <= p.q.shape[2] &&
-                    p.q.shape[2] == p.k.shape[2],
+  STATELM_CHECK(rope_fits_head(p.rope, p.q.shape[2]) && p.q.shape[2] == p.k.shape[2],
                 "rope: rotary_dim ", p.rope.rotary_dim, " of head_dim q ", p.q.shape[2], ", k ", p.k.shape[2]);
   for (size_t s = 0; s < batch.spans.size(); ++s) {
     const SeqSpan& sp = batch.spans[s];

@@ -49,6 +49,10 @@ RowScale row_scale_of(const RowRms& rms);
 // out[t, n] = out[t, n] / rms[t] + bias[n] (bias F32, optional; scale optional).
 void scale_add_bias(const Tensor& out, const Tensor& bias, const RowScale& scale, cudaStream_t stream);
 
+// The operands both decode-size kernels below take: 1 <= T <= max_tokens rows of x, x and w of
+// one dtype, rows of whole 16-byte packs starting on 16 bytes, sizes within int, bias F32.
+bool skinny_operands_fit(const Tensor& x, const Tensor& w, const Tensor& bias, int64_t max_tokens);
+
 // Decode-size linear layers (skinny_gemm.cu): out[T, N] = x[T, K] w[N, K]^T (+ bias) for
 // 1 <= T <= kSkinnyMaxTokens, streaming w at the copy bandwidth. False (nothing launched) when
 // the shapes or alignments do not allow it.

@@ -18,6 +18,7 @@
 #include "backend/cuda/cuda_common.h"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/device_info.h"
+#include "model/rope_frequencies.h"
 
 namespace statelm {
 
@@ -183,8 +184,7 @@ void check_float(const Tensor& t, const char* op, const char* what) {
 
 // A rotation of head_dim-wide heads: even rotary_dim within the head (or none).
 void check_rope(const RopeSpec& r, int64_t head_dim, const char* op) {
-  STATELM_CHECK(r.kind == RopeKind::None || (r.rotary_dim > 0 && r.rotary_dim <= head_dim && r.rotary_dim % 2 == 0),
-                op, ": rotary_dim ", r.rotary_dim, " of head_dim ", head_dim);
+  STATELM_CHECK(rope_fits_head(r, head_dim), op, ": rotary_dim ", r.rotary_dim, " of head_dim ", head_dim);
 }
 
 // The arguments matmul and matmul_row_rms share: out[t, n] = x[t, k] · w[n, k]ᵀ (+ bias).

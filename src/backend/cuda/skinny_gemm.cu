@@ -157,14 +157,18 @@ void launch_for_tokens(int64_t tokens, const Tensor& x, const Tensor& w, const f
 
 }  // namespace
 
-bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias) {
+bool skinny_operands_fit(const Tensor& x, const Tensor& w, const Tensor& bias, int64_t max_tokens) {
   const int64_t T = x.shape[0], K = x.shape[1];
-  if (T < 1 || T > kSkinnyMaxTokens || x.dtype != w.dtype || K > (int64_t(1) << 30) || w.shape[0] > (int64_t(1) << 30))
+  if (T < 1 || T > max_tokens || x.dtype != w.dtype || K > (int64_t(1) << 30) || w.shape[0] > (int64_t(1) << 30))
     return false;
   if (bias.defined() && (bias.dtype != DType::F32 || !bias.is_contiguous())) return false;
   const size_t es = dtype_size(x.dtype);
   return (size_t(K) * es) % 16 == 0 && aligned_for(x.data, x.stride[0], es, 16) &&
          aligned_for(w.data, w.stride[0], es, 16);
+}
+
+bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  return skinny_operands_fit(x, w, bias, kSkinnyMaxTokens);
 }
 
 bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,

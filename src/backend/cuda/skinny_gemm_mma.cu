@@ -159,11 +159,7 @@ void launch(const Tensor& x, const Tensor& w, const float* bias, const RowScale&
 }  // namespace
 
 bool skinny_gemm_mma_fits(const Tensor& x, const Tensor& w, const Tensor& bias) {
-  const int64_t T = x.shape[0], K = x.shape[1];
-  if (T < 2 || T > kSkinnyMmaMaxTokens || x.dtype != DType::BF16 || w.dtype != DType::BF16) return false;
-  if (K > (int64_t(1) << 30) || w.shape[0] > (int64_t(1) << 30)) return false;
-  if (bias.defined() && (bias.dtype != DType::F32 || !bias.is_contiguous())) return false;
-  return (K * 2) % 16 == 0 && aligned_for(x.data, x.stride[0], 2, 16) && aligned_for(w.data, w.stride[0], 2, 16);
+  return x.shape[0] >= 2 && x.dtype == DType::BF16 && skinny_operands_fit(x, w, bias, kSkinnyMmaMaxTokens);
 }
 
 bool skinny_gemm_mma(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,

@@ -382,11 +382,17 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
   if (any_decode) {
     const dim3 grid(unsigned(n_spans), unsigned(a.H), unsigned((a.P + kDecodeRows - 1) / kDecodeRows));
     // 16-byte state accesses (4 fp32 or 8 two-byte elements) need N a multiple of them and every
-    // row start aligned to them; the vector path also needs one pass over N (N <= 128).
+    // row start aligned to them, and the vector path one pass over N (N <= 128); 2-byte states
+    // that miss 16 bytes may still take 4 elements (8 bytes) per access; else one element.
     constexpr int kVec = 16 / int(sizeof(S));
-    const bool vec = a.N % kVec == 0 && a.N <= 128 && ss2 % kVec == 0 && ss1 % kVec == 0 && ss0 % kVec == 0 &&
-                     reinterpret_cast<uintptr_t>(state) % 16 == 0;
-    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), vec ? decode_kernel<T, S, kVec> : decode_kernel<T, S, 1>, grid,
+    auto takes = [&](int vec) {
+      return a.N % vec == 0 && a.N <= 128 && ss2 % vec == 0 && ss1 % vec == 0 && ss0 % vec == 0 &&
+             reinterpret_cast<uintptr_t>(state) % (vec * sizeof(S)) == 0;
+    };
+    const auto kernel = takes(kVec) ? decode_kernel<T, S, kVec>
+                        : takes(4)  ? decode_kernel<T, S, 4>
+                                    : decode_kernel<T, S, 1>;
+    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), kernel, grid,
                                      dim3(kDecodeWarps * 32), stream, decode_args, state, ss0, ss1, ss2,
                                      batch.device_spans),
                        op, " decode, x ", p.x.describe());
