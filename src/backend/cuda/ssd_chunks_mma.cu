@@ -197,10 +197,11 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
 __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16> a, SpanItems items) {
   __shared__ __align__(16) Operands s;
   extern __shared__ float w_s[];
-  const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
+  const int n_tiles_n = (a.N + kTileEdge - 1) / kTileEdge, n_tiles = (a.P + kTileEdge - 1) / kTileEdge * n_tiles_n;
+  const int item = int(blockIdx.x) / n_tiles, tile = int(blockIdx.x) % n_tiles;  // see chunk_scan_kernel
+  const int chunk = item / a.H, h = item % a.H, g = h / (a.H / a.G);
   const Chunk ch = chunk_of(items, chunk);
-  const int n_tiles_n = (a.N + kTileEdge - 1) / kTileEdge;
-  const int p0 = int(blockIdx.y / n_tiles_n) * kTileEdge, n0 = int(blockIdx.y % n_tiles_n) * kTileEdge;
+  const int p0 = tile / n_tiles_n * kTileEdge, n0 = tile % n_tiles_n * kTileEdge;
   const int slabs = (ch.L + kTileEdge - 1) / kTileEdge;
   stage_floats(w_s, a.w + (int64_t(chunk) * a.H + h) * a.Q, ch.L, slabs * kTileEdge);
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
@@ -294,10 +295,15 @@ __device__ __forceinline__ void scale_rows(mma::Acc& acc, RowScale&& u) {
 __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf16> a, SpanItems items) {
   __shared__ __align__(16) Operands s;
   extern __shared__ float decay_s[];
-  const int chunk = blockIdx.x / a.H, h = blockIdx.x % a.H, g = h / (a.H / a.G);
+  // The tiles of one (chunk, head) are neighbours in the grid, so the blocks that re-read its X
+  // and S_in slabs run in the same wave and find them in L2 (with the item in the slow grid
+  // index, a wave held one row tile of many heads and each re-read came from DRAM); the row
+  // tiles with the most slabs start first.
+  const int n_tiles_p = (a.P + kTileEdge - 1) / kTileEdge, n_tiles = (a.Q + kTileEdge - 1) / kTileEdge * n_tiles_p;
+  const int item = int(blockIdx.x) / n_tiles, tile = n_tiles - 1 - int(blockIdx.x) % n_tiles;
+  const int chunk = item / a.H, h = item % a.H, g = h / (a.H / a.G);
   const Chunk ch = chunk_of(items, chunk);
-  const int n_tiles_p = (a.P + kTileEdge - 1) / kTileEdge;
-  const int i0 = int(blockIdx.y / n_tiles_p) * kTileEdge, p0 = int(blockIdx.y % n_tiles_p) * kTileEdge;
+  const int i0 = tile / n_tiles_p * kTileEdge, p0 = tile % n_tiles_p * kTileEdge;
   if (i0 >= ch.L) return;  // uniform per block
   const int rows = ch.L - i0;
   const int64_t hb = (int64_t(chunk) * a.H + h) * a.Q;
@@ -371,12 +377,38 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
   };
   branch_on(full, pipeline);
 
-  // y = acc + D x, with x from the staged diagonal slab; pairs of columns stored as one bf16x2
-  // (without per-pair checks in a whole tile whose rows of y start on 4 bytes).
+  // y = acc + D x, with x from the staged diagonal slab.
   const float dskip = a.D.get(h, 0.0f);
   bf16* yh = a.out + (ch.t0 + i0) * a.os0 + int64_t(h) * a.os1 + p0;
-  const bool pairs = full && reinterpret_cast<uintptr_t>(yh) % 4 == 0 && a.os0 % 2 == 0;
   const mma::TileCoord tc;
+  if (full && reinterpret_cast<uintptr_t>(yh) % 16 == 0 && a.os0 % 8 == 0) {
+    // A whole tile whose rows of y start on 16 bytes goes out through shared memory (the A
+    // tile, free after the last product) in 16-byte packs of full 32-byte sectors: an
+    // accumulator's bf16 pairs fill only half a sector per store instruction.
+    __syncthreads();  // every warp is done reading s.a
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = tc.row(mi, 2 * half);
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          const int p = tc.col(ni, 0);
+          const float y0 = fmaf(dskip, __bfloat162float(s.b[i * kLdTile + p]), acc[mi][ni][2 * half]);
+          const float y1 = fmaf(dskip, __bfloat162float(s.b[i * kLdTile + p + 1]), acc[mi][ni][2 * half + 1]);
+          *reinterpret_cast<__nv_bfloat162*>(s.a + i * kLdTile + p) = __floats2bfloat162_rn(y0, y1);
+        }
+      }
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < kPacks; ++q) {
+      const int r = pack_row(q), c = pack_col(q);
+      *reinterpret_cast<uint4*>(yh + int64_t(r) * a.os0 + c) = *reinterpret_cast<const uint4*>(s.a + r * kLdTile + c);
+    }
+    return;
+  }
+  // Otherwise pairs of columns stored as one bf16x2 where they start on 4 bytes.
+  const bool pairs = full && reinterpret_cast<uintptr_t>(yh) % 4 == 0 && a.os0 % 2 == 0;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -418,16 +450,15 @@ void chunk_states_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_
   STATELM_CUDA_LAUNCHED("ssd chunk_cb (mma)");
   const size_t w_bytes = size_t(padded_chunk(a.Q)) * sizeof(float);
   allow_shared(chunk_state_kernel, w_bytes);
-  chunk_state_kernel<<<dim3(unsigned(n_chunks * a.H), tiles(a.P) * tiles(a.N)), kTileThreads, w_bytes, stream>>>(
-      a, items);
+  chunk_state_kernel<<<unsigned(n_chunks * a.H * tiles(a.P) * tiles(a.N)), kTileThreads, w_bytes, stream>>>(a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_state (mma)");
 }
 
 void chunk_outputs_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_chunks, cudaStream_t stream) {
   const size_t decay_bytes = 2 * size_t(padded_chunk(a.Q)) * sizeof(float);
   allow_shared(chunk_scan_kernel, decay_bytes);
-  chunk_scan_kernel<<<dim3(unsigned(n_chunks * a.H), tiles(a.Q) * tiles(a.P)), kTileThreads, decay_bytes, stream>>>(
-      a, items);
+  chunk_scan_kernel<<<unsigned(n_chunks * a.H * tiles(a.Q) * tiles(a.P)), kTileThreads, decay_bytes, stream>>>(a,
+                                                                                                              items);
   STATELM_CUDA_LAUNCHED("ssd chunk_scan (mma)");
 }
 
