@@ -194,8 +194,9 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdArgs<T> a, S
 // block per item: a wave-sized grid walking the items with the next item's loads in flight was
 // measured much slower, bench/RESULTS.md). Each lane moves 16 bytes of a row per access: 4 fp32
 // or 8 bf16/fp16 state elements, a 2-byte row of 128 then being half a warp (against 8-byte
-// accesses: bf16 state b=16 / 128 15.9 → 15.5 / 118.2 → 116.5 µs on the H200); N not a multiple
-// of that, or past 128, takes one element per access. B, C, x and dt are tiny and come through L1.
+// accesses: bf16 state b=16 / 128 15.9 → 15.5 / 118.2 → 116.5 µs on the H200); a 2-byte state
+// whose N is a multiple of 4 but not of 8 takes 4 elements (8 bytes), and any other N, or N past
+// 128, one element per access. B, C, x and dt are tiny and come through L1.
 constexpr int kDecodeWarps = 4, kRowsPerWarp = 4, kDecodeRows = kDecodeWarps * kRowsPerWarp;
 
 // The decode kernel's output for head channel c = h · P + p of token t: y, or with a gate
