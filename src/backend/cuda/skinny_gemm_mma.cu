@@ -30,9 +30,10 @@
 // 14.5-15.0 / 9.5-10.1 µs (86-88% / 61-65% of the copy rate), against 14.5-32.4 / 9.0-18.3 µs
 // before; T = 16 18.2 / 11.9 µs (cuBLASLt: 15.2 / 10.8 µs, and after out_proj its split-K
 // reduction and the row scale kernel, 3.4 + 4.1 µs in ncu). At T = 16 in_proj (no row scale) is
-// slower here than on cuBLASLt; the decode step is faster as a whole (4.60 → 4.42 ms at b16), and
-// in_proj alone on cuBLASLt was not measured. One token stays on skinny_gemm.cu (13.5 / 8.3 µs,
-// against 14.4 / 9.6 here).
+// slower here than on cuBLASLt, yet it stays here: sending the unscaled 9-16-token products to
+// cuBLASLt made the decode step slower (b12 3.91 → 4.07, b16 4.45 → 4.60 ms; its kernels are not
+// programmatic dependents, so the next kernel's prologue no longer overlaps them). One token
+// stays on skinny_gemm.cu (13.5 / 8.3 µs, against 14.4 / 9.6 here).
 // Past 16 tokens every block re-reads all of x (16 features a block), so cuBLASLt keeps them.
 #include <algorithm>
 

@@ -393,9 +393,8 @@ void run(const SsdParams& p, const BatchView& batch, Scratch& scratch, cudaStrea
     const auto kernel = takes(kVec) ? decode_kernel<T, S, kVec>
                         : takes(4)  ? decode_kernel<T, S, 4>
                                     : decode_kernel<T, S, 1>;
-    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), kernel, grid,
-                                     dim3(kDecodeWarps * 32), stream, decode_args, state, ss0, ss1, ss2,
-                                     batch.device_spans),
+    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), kernel, grid, dim3(kDecodeWarps * 32), stream, decode_args, state,
+                                     ss0, ss1, ss2, batch.device_spans),
                        op, " decode, x ", p.x.describe());
     STATELM_CUDA_LAUNCHED(op, " decode, x ", p.x.describe(), " state ", p.state.describe());
   }
