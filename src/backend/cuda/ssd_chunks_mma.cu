@@ -1,6 +1,7 @@
-// Mamba-2 SSD chunk products on bf16 tensor cores (mma.sync, fp32 accumulation), for bf16
-// activations. Stages 2, 3 and 5 of ssd.cu's algorithm, each a product of 64 × 64 tiles per
-// block of 4 warps (mma.cuh), operands staged in shared memory 64 deep along the reduced index:
+// Mamba-2 SSD chunk products on Hopper's warpgroup tensor cores (wgmma, fp32 accumulation), for
+// bf16 activations. Stages 2, 3 and 5 of ssd.cu's algorithm, each a product of 64 × 64 tiles per
+// block of one warpgroup (wgmma.cuh), operands staged in shared memory 64 deep along the reduced
+// index, in the swizzled tile layout the tensor cores read directly:
 //
 //   2. CB[i][j]     = Σ_n C[i][n] B[j][n]              A = C  [i][n], B = B [j][n]  (both K-major)
 //   3. S_loc[p][n]  = Σ_j (w_j x[j][p]) B[j][n]        A = wx [j][p], B = B [j][n]  (MN-major)
@@ -17,44 +18,56 @@
 // under the bf16 rounding of M. Rows of x, B, C and S_in are staged with
 // 16-byte loads when they are 16-byte aligned (SsdArgs::*_vec16), one element at a time
 // otherwise (odd test shapes); out-of-range rows and columns are staged as zeros, so any P, N,
-// Q and partial chunk work. Each block runs its slabs as a pipeline (slab_pipeline): the next
-// slab's loads are in registers in flight while the current one multiplies. The per-token decay
-// factors a block needs (w, or cs2 and dt) are copied into shared memory once.
+// Q and partial chunk work. Each block runs its slabs through a ring of shared-memory stages
+// (ring_pipeline): the copies of the next slabs are in flight while the current one multiplies.
+// The per-token decay factors a block needs (w, or cs2 and dt) are copied into shared memory once.
 #include <type_traits>
 
 #include "backend/cuda/mma.cuh"
+#include "backend/cuda/wgmma.cuh"
 #include "backend/cuda/ssd_args.cuh"
 
 namespace statelm::cuda::ssd_detail {
 
 namespace {
 
-using mma::kLdTile;
-using mma::kTileEdge;
-using mma::kTileThreads;
+using wgmma::Major;
+using wgmma::swizzled;
+constexpr int kTileEdge = wgmma::kEdge;
+constexpr int kTileThreads = wgmma::kThreads;
 
-struct Operands {
-  bf16 a[kTileEdge * kLdTile];
-  bf16 b[kTileEdge * kLdTile];
-};
-
-// ---- staging: global -> registers -> shared memory ------------------------------------------
+// ---- staging: global -> shared memory, a ring of slabs in flight ---------------------------
 // A slab is a 64 × 64 bf16 operand tile. Thread e of the block moves packs of 8 consecutive
 // columns (16 bytes): pack q is row (e + 128 q) / 8, columns 8 ((e + 128 q) % 8) .. + 8, so 8
 // threads cover a 128-byte row and a warp reads four rows in full lines.
 //
-// Loading and storing are separate steps so that (1) every 16-byte load of a slab is issued before
-// any is used — a load inside a per-pack branch is not hoisted above the previous pack's store by
-// the compiler, which made each slab wait for 8 round trips one after another — and (2) the loads
-// of the next slab are in flight while the current one multiplies (slab_pipeline).
+// Slabs go straight from global to shared memory by 16-byte asynchronous copies (cp.async), a
+// ring of kStages slabs deep: while slab k multiplies, the copies of the next kStages − 1 are in
+// flight and hold no registers. Measured before this (H200, 16K tokens): with one slab in flight
+// in registers the tensor cores waited on L2 latency, and moving the products from mma.sync to
+// wgmma alone left chunk_scan at 407 µs against 390. The slabs that need a per-row factor or the
+// mask (w x, v x, M) are rewritten in place by the thread that copied each pack (its own copies
+// are complete after its cp.async wait: no barrier needed) before the block synchronises.
 constexpr int kPacks = kTileEdge * kTileEdge / 8 / kTileThreads;
+constexpr int kStages = 3;
 
-struct Packs {
-  uint4 v[kPacks];
+struct Stage {
+  bf16 a[wgmma::kTileElems];
+  bf16 b[wgmma::kTileElems];
 };
+constexpr size_t kRingBytes = kStages * sizeof(Stage);
+constexpr size_t kRingAlign = 1024;  // the swizzle's period: each tile starts on it
 
 __device__ __forceinline__ int pack_row(int q) { return (int(threadIdx.x) + kTileThreads * q) / 8; }
 __device__ __forceinline__ int pack_col(int q) { return (int(threadIdx.x) + kTileThreads * q) % 8 * 8; }
+
+// The ring at the start of the block's dynamic shared memory, rounded up to 1024 bytes (the
+// launch asks for kRingAlign more); what follows it is the kernel's float arrays.
+__device__ __forceinline__ Stage* ring_of(unsigned char* dynamic) {
+  const uint32_t at = static_cast<uint32_t>(__cvta_generic_to_shared(dynamic));
+  return reinterpret_cast<Stage*>(dynamic + ((kRingAlign - at % kRingAlign) % kRingAlign));
+}
+__device__ __forceinline__ float* floats_after_ring(Stage* ring) { return reinterpret_cast<float*>(ring + kStages); }
 
 // p[0 .. n) then zeros (n ≤ 8), one element at a time: rows that are not 16-byte aligned, and
 // the last pack of a row whose width is not a multiple of 8.
@@ -66,32 +79,23 @@ __device__ __forceinline__ uint4 gather8(const bf16* p, int n) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Issues the loads of src[r · stride + c] for r < rows, c < cols (zeros elsewhere) into this
-// thread's packs. kLower: only packs that reach the diagonal (c ≤ r); the others stay zero.
-// kFull: the caller knows the slab is whole (rows, cols ≥ 64) and its rows 16-byte aligned, so
-// no pack is checked: one address per thread, the packs 16 rows apart.
+// Starts copying src[r · stride + c] for r < rows, c < cols into the swizzled tile dst, zeros
+// elsewhere: asynchronous 16-byte copies for whole packs of 16-byte aligned rows, ordinary loads
+// and stores for the rest (odd test shapes). kLower: only packs that reach the diagonal (c ≤ r);
+// the others are zeros. kFull: the caller knows the slab is whole (rows, cols ≥ 64) and its rows
+// 16-byte aligned, so no pack is checked.
 template <bool kLower = false, bool kFull = false>
-__device__ __forceinline__ void load_slab(Packs& s, const bf16* src, int64_t stride, int rows, int cols, bool vec16) {
-  if constexpr (kFull) {
-    const bf16* p = src + int64_t(pack_row(0)) * stride + pack_col(0);
-    const int64_t step = int64_t(kTileThreads / 8) * stride;  // pack q + 1 is 16 rows further
+__device__ __forceinline__ void copy_slab(bf16* dst, const bf16* src, int64_t stride, int rows, int cols, bool vec16) {
 #pragma unroll
-    for (int q = 0; q < kPacks; ++q)
-      s.v[q] = !kLower || pack_col(q) <= pack_row(q) ? *reinterpret_cast<const uint4*>(p + q * step)
-                                                     : make_uint4(0, 0, 0, 0);
-  } else {
-    bool gather[kPacks];
-#pragma unroll
-    for (int q = 0; q < kPacks; ++q) {
-      const int r = pack_row(q), c = pack_col(q);
-      const bool in = r < rows && c < cols && (!kLower || c <= r);
-      const bool full = in && vec16 && c + 8 <= cols;
-      gather[q] = in && !full;
-      s.v[q] = full ? *reinterpret_cast<const uint4*>(src + int64_t(r) * stride + c) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int q = 0; q < kPacks; ++q)
-      if (gather[q]) s.v[q] = gather8(src + int64_t(pack_row(q)) * stride + pack_col(q), cols - pack_col(q));
+  for (int q = 0; q < kPacks; ++q) {
+    const int r = pack_row(q), c = pack_col(q);
+    bf16* to = dst + swizzled(r, c);
+    const bf16* from = src + int64_t(r) * stride + c;
+    const bool in = (kFull || (r < rows && c < cols)) && (!kLower || c <= r);
+    if (in && (kFull || (vec16 && c + 8 <= cols)))
+      mma::cp_async16(to, from, true);
+    else
+      *reinterpret_cast<uint4*>(to) = in ? gather8(from, cols - c) : make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -105,36 +109,36 @@ __device__ __forceinline__ uint4 scale_pack(uint4 v, float s) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Writes this thread's packs into the tile dst (rows of kLdTile), each pack times scale(row)
-// when kScaled. scale must be finite for every row of the tile (the packs of rows past the
-// operand are zeros).
-template <bool kScaled, typename Scale>
-__device__ __forceinline__ void store_slab(bf16* dst, const Packs& s, Scale&& scale) {
+// Rows of this thread's packs of the staged tile times scale(row), in place. scale must be
+// finite for every row of the tile (the packs of rows past the operand are zeros).
+template <typename Scale>
+__device__ __forceinline__ void scale_slab(bf16* tile, Scale&& scale) {
 #pragma unroll
   for (int q = 0; q < kPacks; ++q) {
-    const int r = pack_row(q), c = pack_col(q);
-    uint4 v = s.v[q];
-    if constexpr (kScaled) v = scale_pack(v, scale(r));
-    *reinterpret_cast<uint4*>(dst + r * kLdTile + c) = v;
+    uint4* at = reinterpret_cast<uint4*>(tile + swizzled(pack_row(q), pack_col(q)));
+    *at = scale_pack(*at, scale(pack_row(q)));
   }
 }
-__device__ __forceinline__ void store_slab(bf16* dst, const Packs& s) {
-  store_slab<false>(dst, s, [](int) { return 1.0f; });
-}
 
-// n slab products with the loads of slab k + 1 in flight while slab k multiplies:
-// load(k, a, b) issues slab k's loads into registers, store(k, a, b) writes them into the shared
-// tiles, multiply(k) multiplies the staged tiles into the accumulators.
-template <typename Load, typename Store, typename Multiply>
-__device__ __forceinline__ void slab_pipeline(int n, Load&& load, Store&& store, Multiply&& multiply) {
-  Packs a, b;
-  if (n > 0) load(0, a, b);
+// n slab products through the ring: copy(k, stage) starts slab k's copies into a stage,
+// prepare(k, stage) rewrites this thread's own packs of slab k once they have landed,
+// multiply(k, stage) multiplies the staged slab into the accumulators and waits for it.
+template <typename Copy, typename Prepare, typename Multiply>
+__device__ __forceinline__ void ring_pipeline(int n, Stage* ring, Copy&& copy, Prepare&& prepare, Multiply&& multiply) {
+#pragma unroll
+  for (int k = 0; k < kStages - 1; ++k) {
+    if (k < n) copy(k, ring[k]);
+    mma::cp_async_commit();  // one group per slab, empty past the end: the wait count stays fixed
+  }
   for (int k = 0; k < n; ++k) {
-    __syncthreads();  // the products of slab k − 1 are done with the tiles
-    store(k, a, b);
-    __syncthreads();
-    if (k + 1 < n) load(k + 1, a, b);
-    multiply(k);
+    Stage& st = ring[k % kStages];
+    mma::cp_async_wait<kStages - 2>();  // this thread's copies of slab k are complete
+    prepare(k, st);
+    wgmma::fence_stores();  // the tensor cores read what the copies and stores wrote
+    __syncthreads();        // slab k is whole; every warp is done with slab k − 1's stage
+    if (k + kStages - 1 < n) copy(k + kStages - 1, ring[(k + kStages - 1) % kStages]);
+    mma::cp_async_commit();
+    multiply(k, st);
   }
 }
 
@@ -163,9 +167,20 @@ __device__ __forceinline__ void branch_on(bool flag, F&& f) {
     f(std::false_type{});
 }
 
+// The epilogue of a tile product: store(row, col, value) for each accumulator element of this
+// thread, row and col its place in the 64 × 64 tile; store checks the bounds.
+template <typename Store>
+__device__ __forceinline__ void store_tile(const wgmma::Acc& acc, Store&& store) {
+  const wgmma::Coord tc;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) store(tc.row(i), tc.col(i), acc.d[i]);
+}
+
 // ---- stage 2: CB = C Bᵀ per (chunk, group), tiles on or below the diagonal ----------------
+// Dynamic shared memory: the ring.
 __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a, SpanItems items) {
-  __shared__ __align__(16) Operands s;
+  extern __shared__ unsigned char dynamic_s[];
+  Stage* ring = ring_of(dynamic_s);
   const int chunk = blockIdx.x / a.G, g = blockIdx.x % a.G;
   const Chunk ch = chunk_of(items, chunk);
   int ti, tj;
@@ -174,29 +189,29 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
   if (i0 >= ch.L) return;  // uniform per block
   const bf16* Cg = a.C + (ch.t0 + i0) * a.Cs0 + int64_t(g) * a.Cs1;
   const bf16* Bg = a.B + (ch.t0 + j0) * a.Bs0 + int64_t(g) * a.Bs1;
-  mma::Acc acc;
-  mma::zero(acc);
-  slab_pipeline(
-      (a.N + kTileEdge - 1) / kTileEdge,
-      [&](int k, Packs& pa, Packs& pb) {
+  wgmma::Acc acc;
+  wgmma::zero(acc);
+  ring_pipeline(
+      (a.N + kTileEdge - 1) / kTileEdge, ring,
+      [&](int k, Stage& st) {
         const int n0 = k * kTileEdge;
-        load_slab(pa, Cg + n0, a.Cs0, ch.L - i0, a.N - n0, a.C_vec16);
-        load_slab(pb, Bg + n0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
+        copy_slab(st.a, Cg + n0, a.Cs0, ch.L - i0, a.N - n0, a.C_vec16);
+        copy_slab(st.b, Bg + n0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
       },
-      [&](int, const Packs& pa, const Packs& pb) { store_slab(s.a, pa), store_slab(s.b, pb); },
-      [&](int) { mma::slab_mma<true, true>(s.a, s.b, acc); });
+      [](int, Stage&) {}, [&](int, Stage& st) { wgmma::tile_mma<Major::K, Major::K>(st.a, st.b, acc); });
   bf16* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
-  mma::store_tile(acc, [&](int row, int col, float v) {
+  store_tile(acc, [&](int row, int col, float v) {
     const int i = i0 + row, j = j0 + col;
     if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = __float2bfloat16_rn(v);
   });
 }
 
 // ---- stage 3: the chunk's own state S_loc[p, n] = Σ_j w_j x_j[p] B_j[n] ---------------------
-// Dynamic shared memory: w of the chunk's tokens, zero-padded to whole slabs.
+// Dynamic shared memory: the ring, then w of the chunk's tokens, zero-padded to whole slabs.
 __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16> a, SpanItems items) {
-  __shared__ __align__(16) Operands s;
-  extern __shared__ float w_s[];
+  extern __shared__ unsigned char dynamic_s[];
+  Stage* ring = ring_of(dynamic_s);
+  float* w_s = floats_after_ring(ring);
   const int n_tiles_n = (a.N + kTileEdge - 1) / kTileEdge, n_tiles = (a.P + kTileEdge - 1) / kTileEdge * n_tiles_n;
   const int item = int(blockIdx.x) / n_tiles, tile = int(blockIdx.x) % n_tiles;  // see chunk_scan_kernel
   const int chunk = item / a.H, h = item % a.H, g = h / (a.H / a.G);
@@ -206,37 +221,37 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
   stage_floats(w_s, a.w + (int64_t(chunk) * a.H + h) * a.Q, ch.L, slabs * kTileEdge);
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
   const bf16* Bg = a.B + ch.t0 * a.Bs0 + int64_t(g) * a.Bs1 + n0;
-  mma::Acc acc;
-  mma::zero(acc);
+  wgmma::Acc acc;
+  wgmma::zero(acc);
   auto pipeline = [&](auto full_tag) {
     constexpr bool kFull = decltype(full_tag)::value;
-    slab_pipeline(
-        slabs,
-        [&](int k, Packs& pa, Packs& pb) {
+    ring_pipeline(
+        slabs, ring,
+        [&](int k, Stage& st) {
           const int j0 = k * kTileEdge;
-          load_slab<false, kFull>(pa, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16);
-          load_slab<false, kFull>(pb, Bg + int64_t(j0) * a.Bs0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
+          copy_slab<false, kFull>(st.a, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16);
+          copy_slab<false, kFull>(st.b, Bg + int64_t(j0) * a.Bs0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
         },
-        [&](int k, const Packs& pa, const Packs& pb) {
+        [&](int k, Stage& st) {
           const float* wk = w_s + k * kTileEdge;
-          store_slab<true>(s.a, pa, [&](int r) { return wk[r]; });
-          store_slab(s.b, pb);
+          scale_slab(st.a, [&](int r) { return wk[r]; });
         },
-        [&](int) { mma::slab_mma<false, false>(s.a, s.b, acc); });
+        [&](int, Stage& st) { wgmma::tile_mma<Major::MN, Major::MN>(st.a, st.b, acc); });
   };
-  // Whole slabs, 16-byte rows: unchecked staging (load_slab's kFull), uniform per block.
+  __syncthreads();  // w_s is staged (the first prepare reads it)
+  // Whole slabs, 16-byte rows: unchecked staging (copy_slab's kFull), uniform per block.
   branch_on(ch.L % kTileEdge == 0 && a.P - p0 >= kTileEdge && a.N - n0 >= kTileEdge && a.x_vec16 && a.B_vec16,
             pipeline);
   float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
-  mma::store_tile(acc, [&](int row, int col, float v) {
+  store_tile(acc, [&](int row, int col, float v) {
     const int p = p0 + row, n = n0 + col;
     if (p < a.P && n < a.N) st[int64_t(p) * a.N + n] = v;
   });
 }
 
 // The diagonal slab's M[i][j] = CB[i][j] 2^(cs2_i − cs2_j) dt_j for keys j ≤ i < rows, zero
-// elsewhere, from packs of CB; cs2 and dt of the row tile's own tokens.
-__device__ __forceinline__ void store_mask(bf16* dst, const Packs& s, int rows, const float* cs2, const float* dt) {
+// elsewhere, in place of this thread's packs of the staged CB; cs2 and dt of the row tile's own tokens.
+__device__ __forceinline__ void mask_slab(bf16* tile, int rows, const float* cs2, const float* dt) {
   // A thread's packs all cover the same 8 key columns (pack_col does not depend on q): their cs2
   // and dt are read once.
   const int c = pack_col(0);
@@ -246,7 +261,9 @@ __device__ __forceinline__ void store_mask(bf16* dst, const Packs& s, int rows, 
 #pragma unroll
   for (int q = 0; q < kPacks; ++q) {
     const int r = pack_row(q);
-    uint32_t w[4] = {s.v[q].x, s.v[q].y, s.v[q].z, s.v[q].w};
+    uint4* at = reinterpret_cast<uint4*>(tile + swizzled(r, c));
+    const uint4 v = *at;
+    uint32_t w[4] = {v.x, v.y, v.z, v.w};
     if (r < rows) {  // rows past the chunk stay zero (their padded cs2 could overflow the decay)
       const float ci = cs2[r];
 #pragma unroll
@@ -257,22 +274,17 @@ __device__ __forceinline__ void store_mask(bf16* dst, const Packs& s, int rows, 
                                 j + 1 <= r ? f.y * exp2f(ci - cs2_j[2 * k + 1]) * dt_j[2 * k + 1] : 0.0f);
       }
     }
-    *reinterpret_cast<uint4*>(dst + r * kLdTile + c) = make_uint4(w[0], w[1], w[2], w[3]);
+    *at = make_uint4(w[0], w[1], w[2], w[3]);
   }
 }
 
-// acc[i][·] *= u(i) for the tile rows i of this thread's accumulators.
+// acc[i][·] *= u(i) for the tile rows i of this thread's accumulators (two rows: Coord).
 template <typename RowScale>
-__device__ __forceinline__ void scale_rows(mma::Acc& acc, RowScale&& u) {
-  const mma::TileCoord tc;
+__device__ __forceinline__ void scale_rows(wgmma::Acc& acc, RowScale&& u) {
+  const wgmma::Coord tc;
+  const float u0 = u(tc.row(0)), u1 = u(tc.row(2));
 #pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const float f = u(tc.row(mi, 2 * half));
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) acc[mi][ni][2 * half] *= f, acc[mi][ni][2 * half + 1] *= f;
-    }
+  for (int i = 0; i < 32; ++i) acc.d[i] *= (i & 2) ? u1 : u0;
 }
 
 // ---- stage 5: outputs of a (chunk, head) tile of 64 rows × 64 channels --------------------
@@ -293,8 +305,9 @@ __device__ __forceinline__ void scale_rows(mma::Acc& acc, RowScale&& u) {
 // At most 128 registers (4 blocks an SM): measured on the H200 at 16K tokens, 4 blocks 1.14 ms for
 // the whole SSD, 3 blocks (168 registers) 1.24 ms, 2 (201) 1.49 ms.
 __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf16> a, SpanItems items) {
-  __shared__ __align__(16) Operands s;
-  extern __shared__ float decay_s[];
+  extern __shared__ unsigned char dynamic_s[];
+  Stage* ring = ring_of(dynamic_s);
+  float* decay_s = floats_after_ring(ring);
   // The tiles of one (chunk, head) are neighbours in the grid, so the blocks that re-read its X
   // and S_in slabs run in the same wave and find them in L2 (with the item in the slow grid
   // index, a wave held one row tile of many heads and each re-read came from DRAM); the row
@@ -318,6 +331,7 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
     cs2[j] = c;
     dtv[j] = j < i0 ? exp2f(ref - c) * d : d;
   }
+  __syncthreads();  // the first prepare may read them
   const bf16* Ci = a.C + (ch.t0 + i0) * a.Cs0 + int64_t(g) * a.Cs1;
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
   const bf16* s_in = a.st_in16 + ((int64_t(chunk) * a.H + h) * a.P + p0) * a.N;
@@ -327,138 +341,130 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
   const int n_state = (a.N + kTileEdge - 1) / kTileEdge, n_before = i0 / kTileEdge;
   const int n_slabs = n_state + n_before + 1;
   // A whole tile (the common case: every block of a long prompt but a sequence's last chunk)
-  // stages its slabs unchecked (load_slab's kFull); the choice is uniform per block.
+  // stages its slabs unchecked (copy_slab's kFull); the choice is uniform per block.
   const bool full = rows >= kTileEdge && a.P - p0 >= kTileEdge && a.N % kTileEdge == 0 && a.C_vec16 && a.x_vec16 &&
                     cb_vec16;
 
-  mma::Acc acc;
-  mma::zero(acc);
+  wgmma::Acc acc;
+  wgmma::zero(acc);
   auto pipeline = [&](auto full_tag) {
     constexpr bool kFull = decltype(full_tag)::value;
-    slab_pipeline(
-        n_slabs,
-        [&](int k, Packs& pa, Packs& pb) {
+    ring_pipeline(
+        n_slabs, ring,
+        [&](int k, Stage& st) {
           if (k < n_state) {  // acc = C · S_inᵀ; S_in rows are 16-byte aligned when N % 8 == 0
             const int n0 = k * kTileEdge;
-            load_slab<false, kFull>(pa, Ci + n0, a.Cs0, rows, a.N - n0, a.C_vec16);
-            load_slab<false, kFull>(pb, s_in + n0, a.N, a.P - p0, a.N - n0, a.N % 8 == 0);
+            copy_slab<false, kFull>(st.a, Ci + n0, a.Cs0, rows, a.N - n0, a.C_vec16);
+            copy_slab<false, kFull>(st.b, s_in + n0, a.N, a.P - p0, a.N - n0, a.N % 8 == 0);
           } else if (k < n_state + n_before) {  // acc += CB[tile rows, j] · (v ∘ X)[j]
             const int j0 = (k - n_state) * kTileEdge;
-            load_slab<false, kFull>(pa, cb + j0, a.Q, rows, kTileEdge, cb_vec16);
-            load_slab<false, kFull>(pb, xh + int64_t(j0) * a.xs0, a.xs0, kTileEdge, a.P - p0, a.x_vec16);
+            copy_slab<false, kFull>(st.a, cb + j0, a.Q, rows, kTileEdge, cb_vec16);
+            copy_slab<false, kFull>(st.b, xh + int64_t(j0) * a.xs0, a.xs0, kTileEdge, a.P - p0, a.x_vec16);
           } else {  // the diagonal slab: keys j ≤ i inside the row tile
-            load_slab<true, kFull>(pa, cb + i0, a.Q, rows, rows, cb_vec16);
-            load_slab<false, kFull>(pb, xh + int64_t(i0) * a.xs0, a.xs0, rows, a.P - p0, a.x_vec16);
+            copy_slab<true, kFull>(st.a, cb + i0, a.Q, rows, rows, cb_vec16);
+            copy_slab<false, kFull>(st.b, xh + int64_t(i0) * a.xs0, a.xs0, rows, a.P - p0, a.x_vec16);
           }
         },
-        [&](int k, const Packs& pa, const Packs& pb) {
-          if (k < n_state) {
-            store_slab(s.a, pa), store_slab(s.b, pb);
-          } else if (k < n_state + n_before) {
+        [&](int k, Stage& st) {
+          if (k < n_state) return;
+          if (k < n_state + n_before) {
             const float* vk = dtv + (k - n_state) * kTileEdge;
-            store_slab(s.a, pa);
-            store_slab<true>(s.b, pb, [&](int r) { return vk[r]; });
-          } else {
-            store_mask(s.a, pa, rows, cs2 + i0, dtv + i0);
-            store_slab(s.b, pb);
+            return scale_slab(st.b, [&](int r) { return vk[r]; });
           }
+          mask_slab(st.a, rows, cs2 + i0, dtv + i0);
         },
-        [&](int k) {
+        [&](int k, Stage& st) {
           if (k < n_state) {
-            mma::slab_mma<true, true>(s.a, s.b, acc);
+            wgmma::tile_mma<Major::K, Major::K>(st.a, st.b, acc);
             // 2^r S_in, exactly (a power of two), on the fp32 sum rather than on bf16 operands
             if (k == n_state - 1) scale_rows(acc, [&](int) { return s_scale; });
             return;
           }
-          if (k < n_state + n_before) return mma::slab_mma<true, false>(s.a, s.b, acc);
+          if (k < n_state + n_before) return wgmma::tile_mma<Major::K, Major::MN>(st.a, st.b, acc);
           scale_rows(acc, [&](int i) { return i < rows ? exp2f(cs2[i0 + i] - ref) : 0.0f; });
-          mma::slab_mma<true, false>(s.a, s.b, acc);
+          wgmma::tile_mma<Major::K, Major::MN>(st.a, st.b, acc);
         });
   };
   branch_on(full, pipeline);
 
-  // y = acc + D x, with x from the staged diagonal slab.
+  // y = acc + D x, with x from the staged diagonal slab (the last stage used).
+  Stage& s = ring[(n_slabs - 1) % kStages];
   const float dskip = a.D.get(h, 0.0f);
   bf16* yh = a.out + (ch.t0 + i0) * a.os0 + int64_t(h) * a.os1 + p0;
-  const mma::TileCoord tc;
+  const wgmma::Coord tc;
+  // y0, y1 of the accumulator pair (i, i + 1): row tc.row(i), columns p, p + 1 (p even).
+  auto y_pair = [&](int i, float& y0, float& y1) {
+    const __nv_bfloat162 x2 = *reinterpret_cast<const __nv_bfloat162*>(s.b + swizzled(tc.row(i), tc.col(i)));
+    y0 = fmaf(dskip, __low2float(x2), acc.d[i]);
+    y1 = fmaf(dskip, __high2float(x2), acc.d[i + 1]);
+  };
   if (full && reinterpret_cast<uintptr_t>(yh) % 16 == 0 && a.os0 % 8 == 0) {
     // A whole tile whose rows of y start on 16 bytes goes out through shared memory (the A
     // tile, free after the last product) in 16-byte packs of full 32-byte sectors: an
     // accumulator's bf16 pairs fill only half a sector per store instruction.
     __syncthreads();  // every warp is done reading s.a
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int i = tc.row(mi, 2 * half);
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
-          const int p = tc.col(ni, 0);
-          const float y0 = fmaf(dskip, __bfloat162float(s.b[i * kLdTile + p]), acc[mi][ni][2 * half]);
-          const float y1 = fmaf(dskip, __bfloat162float(s.b[i * kLdTile + p + 1]), acc[mi][ni][2 * half + 1]);
-          *reinterpret_cast<__nv_bfloat162*>(s.a + i * kLdTile + p) = __floats2bfloat162_rn(y0, y1);
-        }
-      }
+    for (int i = 0; i < 32; i += 2) {
+      float y0, y1;
+      y_pair(i, y0, y1);
+      *reinterpret_cast<__nv_bfloat162*>(s.a + swizzled(tc.row(i), tc.col(i))) = __floats2bfloat162_rn(y0, y1);
+    }
     __syncthreads();
 #pragma unroll
     for (int q = 0; q < kPacks; ++q) {
       const int r = pack_row(q), c = pack_col(q);
-      *reinterpret_cast<uint4*>(yh + int64_t(r) * a.os0 + c) = *reinterpret_cast<const uint4*>(s.a + r * kLdTile + c);
+      *reinterpret_cast<uint4*>(yh + int64_t(r) * a.os0 + c) = *reinterpret_cast<const uint4*>(s.a + swizzled(r, c));
     }
     return;
   }
   // Otherwise pairs of columns stored as one bf16x2 where they start on 4 bytes.
   const bool pairs = full && reinterpret_cast<uintptr_t>(yh) % 4 == 0 && a.os0 % 2 == 0;
 #pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int i = tc.row(mi, 2 * half);
-      if (!pairs && i >= rows) continue;
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) {
-        const int p = tc.col(ni, 0);  // even
-        const float y0 = fmaf(dskip, __bfloat162float(s.b[i * kLdTile + p]), acc[mi][ni][2 * half]);
-        const float y1 = fmaf(dskip, __bfloat162float(s.b[i * kLdTile + p + 1]), acc[mi][ni][2 * half + 1]);
-        bf16* at = yh + int64_t(i) * a.os0 + p;
-        if (pairs || (p0 + p + 1 < a.P && reinterpret_cast<uintptr_t>(at) % 4 == 0)) {
-          *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(y0, y1);
-        } else {
-          if (p0 + p < a.P) at[0] = __float2bfloat16_rn(y0);
-          if (p0 + p + 1 < a.P) at[1] = __float2bfloat16_rn(y1);
-        }
-      }
+  for (int i = 0; i < 32; i += 2) {
+    const int r = tc.row(i), p = tc.col(i);  // p even
+    if (!pairs && r >= rows) continue;
+    float y0, y1;
+    y_pair(i, y0, y1);
+    bf16* at = yh + int64_t(r) * a.os0 + p;
+    if (pairs || (p0 + p + 1 < a.P && reinterpret_cast<uintptr_t>(at) % 4 == 0)) {
+      *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(y0, y1);
+    } else {
+      if (p0 + p < a.P) at[0] = __float2bfloat16_rn(y0);
+      if (p0 + p + 1 < a.P) at[1] = __float2bfloat16_rn(y1);
     }
+  }
 }
 
 unsigned tiles(int n) { return unsigned((n + kTileEdge - 1) / kTileEdge); }
 
-// Dynamic shared memory beyond the 48 KB a launch gets without asking: only chunks longer than
-// ~3800 tokens need it.
+// A kernel's dynamic shared memory: the ring (aligned) and float_bytes of its own arrays. The ring
+// alone is past the 48 KB a launch gets without asking, so the kernel's limit is raised.
 template <typename Kernel>
-void allow_shared(Kernel kernel, size_t dynamic_bytes) {
-  if (sizeof(Operands) + dynamic_bytes > 48 * 1024)
-    STATELM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(dynamic_bytes)),
-                       "ssd: ", dynamic_bytes, " bytes of shared memory per block");
+size_t dynamic_shared(Kernel kernel, size_t float_bytes) {
+  const size_t bytes = kRingAlign + kRingBytes + float_bytes;
+  if (bytes > 48 * 1024)
+    STATELM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+                       "ssd: ", bytes, " bytes of shared memory per block");
+  return bytes;
 }
 
 }  // namespace
 
 void chunk_states_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_chunks, cudaStream_t stream) {
   const unsigned q_tiles = tiles(a.Q);
-  chunk_cb_kernel<<<dim3(unsigned(n_chunks * a.G), q_tiles * (q_tiles + 1) / 2), kTileThreads, 0, stream>>>(a, items);
+  const size_t cb_bytes = dynamic_shared(chunk_cb_kernel, 0);
+  chunk_cb_kernel<<<dim3(unsigned(n_chunks * a.G), q_tiles * (q_tiles + 1) / 2), kTileThreads, cb_bytes, stream>>>(
+      a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_cb (mma)");
-  const size_t w_bytes = size_t(padded_chunk(a.Q)) * sizeof(float);
-  allow_shared(chunk_state_kernel, w_bytes);
-  chunk_state_kernel<<<unsigned(n_chunks * a.H * tiles(a.P) * tiles(a.N)), kTileThreads, w_bytes, stream>>>(a, items);
+  const size_t state_bytes = dynamic_shared(chunk_state_kernel, size_t(padded_chunk(a.Q)) * sizeof(float));
+  chunk_state_kernel<<<unsigned(n_chunks * a.H * tiles(a.P) * tiles(a.N)), kTileThreads, state_bytes, stream>>>(
+      a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_state (mma)");
 }
 
 void chunk_outputs_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_chunks, cudaStream_t stream) {
-  const size_t decay_bytes = 2 * size_t(padded_chunk(a.Q)) * sizeof(float);
-  allow_shared(chunk_scan_kernel, decay_bytes);
-  chunk_scan_kernel<<<unsigned(n_chunks * a.H * tiles(a.Q) * tiles(a.P)), kTileThreads, decay_bytes, stream>>>(a,
-                                                                                                              items);
+  const size_t bytes = dynamic_shared(chunk_scan_kernel, 2 * size_t(padded_chunk(a.Q)) * sizeof(float));
+  chunk_scan_kernel<<<unsigned(n_chunks * a.H * tiles(a.Q) * tiles(a.P)), kTileThreads, bytes, stream>>>(a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_scan (mma)");
 }
 
