@@ -120,11 +120,14 @@ __device__ __forceinline__ void scale_slab(bf16* tile, Scale&& scale) {
   }
 }
 
-// n slab products through the ring: copy(k, stage) starts slab k's copies into a stage,
+// n slab products into acc through the ring: copy(k, stage) starts slab k's copies into a stage,
 // prepare(k, stage) rewrites this thread's own packs of slab k once they have landed,
-// multiply(k, stage) multiplies the staged slab into the accumulators and waits for it.
+// multiply(k, stage) starts the product of the staged slab (wgmma::tile_mma_issue); the
+// accumulators are complete when it is called (slab k − 1's product is waited for before the
+// barrier) and on return. Slab k − 1's product runs while slab k is waited for and prepared.
 template <typename Copy, typename Prepare, typename Multiply>
-__device__ __forceinline__ void ring_pipeline(int n, Stage* ring, Copy&& copy, Prepare&& prepare, Multiply&& multiply) {
+__device__ __forceinline__ void ring_pipeline(int n, Stage* ring, wgmma::Acc& acc, Copy&& copy, Prepare&& prepare,
+                                              Multiply&& multiply) {
 #pragma unroll
   for (int k = 0; k < kStages - 1; ++k) {
     if (k < n) copy(k, ring[k]);
@@ -134,12 +137,14 @@ __device__ __forceinline__ void ring_pipeline(int n, Stage* ring, Copy&& copy, P
     Stage& st = ring[k % kStages];
     mma::cp_async_wait<kStages - 2>();  // this thread's copies of slab k are complete
     prepare(k, st);
+    wgmma::wait_all(acc);   // slab k − 1's product: its stage is refilled below
     wgmma::fence_stores();  // the tensor cores read what the copies and stores wrote
     __syncthreads();        // slab k is whole; every warp is done with slab k − 1's stage
     if (k + kStages - 1 < n) copy(k + kStages - 1, ring[(k + kStages - 1) % kStages]);
     mma::cp_async_commit();
     multiply(k, st);
   }
+  wgmma::wait_all(acc);
 }
 
 // Copies v[0 .. n) into the block's shared array dst[0 .. padded), zeros after n (the caller
@@ -192,13 +197,13 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
   wgmma::Acc acc;
   wgmma::zero(acc);
   ring_pipeline(
-      (a.N + kTileEdge - 1) / kTileEdge, ring,
+      (a.N + kTileEdge - 1) / kTileEdge, ring, acc,
       [&](int k, Stage& st) {
         const int n0 = k * kTileEdge;
         copy_slab(st.a, Cg + n0, a.Cs0, ch.L - i0, a.N - n0, a.C_vec16);
         copy_slab(st.b, Bg + n0, a.Bs0, ch.L - j0, a.N - n0, a.B_vec16);
       },
-      [](int, Stage&) {}, [&](int, Stage& st) { wgmma::tile_mma<Major::K, Major::K>(st.a, st.b, acc); });
+      [](int, Stage&) {}, [&](int, Stage& st) { wgmma::tile_mma_issue<Major::K, Major::K>(st.a, st.b, acc); });
   bf16* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
   store_tile(acc, [&](int row, int col, float v) {
     const int i = i0 + row, j = j0 + col;
@@ -226,7 +231,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
   auto pipeline = [&](auto full_tag) {
     constexpr bool kFull = decltype(full_tag)::value;
     ring_pipeline(
-        slabs, ring,
+        slabs, ring, acc,
         [&](int k, Stage& st) {
           const int j0 = k * kTileEdge;
           copy_slab<false, kFull>(st.a, xh + int64_t(j0) * a.xs0, a.xs0, ch.L - j0, a.P - p0, a.x_vec16);
@@ -236,7 +241,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
           const float* wk = w_s + k * kTileEdge;
           scale_slab(st.a, [&](int r) { return wk[r]; });
         },
-        [&](int, Stage& st) { wgmma::tile_mma<Major::MN, Major::MN>(st.a, st.b, acc); });
+        [&](int, Stage& st) { wgmma::tile_mma_issue<Major::MN, Major::MN>(st.a, st.b, acc); });
   };
   __syncthreads();  // w_s is staged (the first prepare reads it)
   // Whole slabs, 16-byte rows: unchecked staging (copy_slab's kFull), uniform per block.
@@ -350,7 +355,7 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
   auto pipeline = [&](auto full_tag) {
     constexpr bool kFull = decltype(full_tag)::value;
     ring_pipeline(
-        n_slabs, ring,
+        n_slabs, ring, acc,
         [&](int k, Stage& st) {
           if (k < n_state) {  // acc = C · S_inᵀ; S_in rows are 16-byte aligned when N % 8 == 0
             const int n0 = k * kTileEdge;
@@ -374,15 +379,12 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
           mask_slab(st.a, rows, cs2 + i0, dtv + i0);
         },
         [&](int k, Stage& st) {
-          if (k < n_state) {
-            wgmma::tile_mma<Major::K, Major::K>(st.a, st.b, acc);
-            // 2^r S_in, exactly (a power of two), on the fp32 sum rather than on bf16 operands
-            if (k == n_state - 1) scale_rows(acc, [&](int) { return s_scale; });
-            return;
-          }
-          if (k < n_state + n_before) return wgmma::tile_mma<Major::K, Major::MN>(st.a, st.b, acc);
+          if (k < n_state) return wgmma::tile_mma_issue<Major::K, Major::K>(st.a, st.b, acc);
+          // 2^r S_in, exactly (a power of two), on the fp32 sum rather than on bf16 operands
+          if (k == n_state) scale_rows(acc, [&](int) { return s_scale; });
+          if (k < n_state + n_before) return wgmma::tile_mma_issue<Major::K, Major::MN>(st.a, st.b, acc);
           scale_rows(acc, [&](int i) { return i < rows ? exp2f(cs2[i0 + i] - ref) : 0.0f; });
-          wgmma::tile_mma<Major::K, Major::MN>(st.a, st.b, acc);
+          wgmma::tile_mma_issue<Major::K, Major::MN>(st.a, st.b, acc);
         });
   };
   branch_on(full, pipeline);

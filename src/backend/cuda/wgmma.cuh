@@ -123,13 +123,17 @@ __device__ __forceinline__ void tile_mma_async(uint64_t a, uint64_t b, Acc& acc,
     mma_async<kA, kB>(a + (k * kStepBytes<kA> >> 4), b + (k * kStepBytes<kB> >> 4), acc, accumulate || k > 0);
 }
 
-// acc += A · B for staged tiles, waited for: the whole block's stores are visible (the caller
-// fenced them with fence_stores and synchronised), and acc may be read or changed on return.
+// Starts acc += A · B for staged tiles (the whole block's stores to them are visible: the caller
+// fenced them with fence_stores and synchronised). acc must not be touched until wait_all.
 template <Major kA, Major kB>
-__device__ __forceinline__ void tile_mma(const __nv_bfloat16* a, const __nv_bfloat16* b, Acc& acc) {
+__device__ __forceinline__ void tile_mma_issue(const __nv_bfloat16* a, const __nv_bfloat16* b, Acc& acc) {
   fence();
   tile_mma_async<kA, kB>(descriptor(a), descriptor(b), acc, true);
   commit();
+}
+
+// Waits for every product this warpgroup started; acc may be read or changed after.
+__device__ __forceinline__ void wait_all(Acc& acc) {
   wait<0>();
   fence_operands(acc);
 }
