@@ -42,20 +42,23 @@ constexpr int kTileThreads = wgmma::kThreads;
 // threads cover a 128-byte row and a warp reads four rows in full lines.
 //
 // Slabs go straight from global to shared memory by 16-byte asynchronous copies (cp.async), a
-// ring of kStages slabs deep: while slab k multiplies, the copies of the next kStages − 1 are in
+// ring of S slabs deep: while slab k multiplies, the copies of the next S − 1 are in
 // flight and hold no registers. Measured before this (H200, 16K tokens): with one slab in flight
 // in registers the tensor cores waited on L2 latency, and moving the products from mma.sync to
 // wgmma alone left chunk_scan at 407 µs against 390. The slabs that need a per-row factor or the
 // mask (w x, v x, M) are rewritten in place by the thread that copied each pack (its own copies
 // are complete after its cp.async wait: no barrier needed) before the block synchronises.
 constexpr int kPacks = kTileEdge * kTileEdge / 8 / kTileThreads;
-constexpr int kStages = 3;
+// Ring depth per kernel (each block's shared memory is S · 16 KB): 3 for chunk_scan and chunk_cb
+// (4 blocks an SM, limited by chunk_scan's 128 registers), 2 for chunk_state, whose 92 registers
+// allow 5 blocks when its ring fits 5 times.
+constexpr int kScanStages = 3, kStateStages = 2, kCbStages = 3;
+constexpr int kScanBlocks = 4, kStateBlocks = 5;
 
 struct Stage {
   bf16 a[wgmma::kTileElems];
   bf16 b[wgmma::kTileElems];
 };
-constexpr size_t kRingBytes = kStages * sizeof(Stage);
 constexpr size_t kRingAlign = 1024;  // the swizzle's period: each tile starts on it
 
 __device__ __forceinline__ int pack_row(int q) { return (int(threadIdx.x) + kTileThreads * q) / 8; }
@@ -67,7 +70,10 @@ __device__ __forceinline__ Stage* ring_of(unsigned char* dynamic) {
   const uint32_t at = static_cast<uint32_t>(__cvta_generic_to_shared(dynamic));
   return reinterpret_cast<Stage*>(dynamic + ((kRingAlign - at % kRingAlign) % kRingAlign));
 }
-__device__ __forceinline__ float* floats_after_ring(Stage* ring) { return reinterpret_cast<float*>(ring + kStages); }
+template <int kStages>
+__device__ __forceinline__ float* floats_after_ring(Stage* ring) {
+  return reinterpret_cast<float*>(ring + kStages);
+}
 
 // p[0 .. n) then zeros (n ≤ 8), one element at a time: rows that are not 16-byte aligned, and
 // the last pack of a row whose width is not a multiple of 8.
@@ -125,7 +131,7 @@ __device__ __forceinline__ void scale_slab(bf16* tile, Scale&& scale) {
 // multiply(k, stage) starts the product of the staged slab (wgmma::tile_mma_issue); the
 // accumulators are complete when it is called (slab k − 1's product is waited for before the
 // barrier) and on return. Slab k − 1's product runs while slab k is waited for and prepared.
-template <typename Copy, typename Prepare, typename Multiply>
+template <int kStages, typename Copy, typename Prepare, typename Multiply>
 __device__ __forceinline__ void ring_pipeline(int n, Stage* ring, wgmma::Acc& acc, Copy&& copy, Prepare&& prepare,
                                               Multiply&& multiply) {
 #pragma unroll
@@ -196,7 +202,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
   const bf16* Bg = a.B + (ch.t0 + j0) * a.Bs0 + int64_t(g) * a.Bs1;
   wgmma::Acc acc;
   wgmma::zero(acc);
-  ring_pipeline(
+  ring_pipeline<kCbStages>(
       (a.N + kTileEdge - 1) / kTileEdge, ring, acc,
       [&](int k, Stage& st) {
         const int n0 = k * kTileEdge;
@@ -213,10 +219,10 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
 
 // ---- stage 3: the chunk's own state S_loc[p, n] = Σ_j w_j x_j[p] B_j[n] ---------------------
 // Dynamic shared memory: the ring, then w of the chunk's tokens, zero-padded to whole slabs.
-__global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16> a, SpanItems items) {
+__global__ void __launch_bounds__(kTileThreads, kStateBlocks) chunk_state_kernel(SsdArgs<bf16> a, SpanItems items) {
   extern __shared__ unsigned char dynamic_s[];
   Stage* ring = ring_of(dynamic_s);
-  float* w_s = floats_after_ring(ring);
+  float* w_s = floats_after_ring<kStateStages>(ring);
   const int n_tiles_n = (a.N + kTileEdge - 1) / kTileEdge, n_tiles = (a.P + kTileEdge - 1) / kTileEdge * n_tiles_n;
   const int item = int(blockIdx.x) / n_tiles, tile = int(blockIdx.x) % n_tiles;  // see chunk_scan_kernel
   const int chunk = item / a.H, h = item % a.H, g = h / (a.H / a.G);
@@ -230,7 +236,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_state_kernel(SsdArgs<bf16>
   wgmma::zero(acc);
   auto pipeline = [&](auto full_tag) {
     constexpr bool kFull = decltype(full_tag)::value;
-    ring_pipeline(
+    ring_pipeline<kStateStages>(
         slabs, ring, acc,
         [&](int k, Stage& st) {
           const int j0 = k * kTileEdge;
@@ -309,10 +315,10 @@ __device__ __forceinline__ void scale_rows(wgmma::Acc& acc, RowScale&& u) {
 // which the D · x term reads.
 // At most 128 registers (4 blocks an SM): measured on the H200 at 16K tokens, 4 blocks 1.14 ms for
 // the whole SSD, 3 blocks (168 registers) 1.24 ms, 2 (201) 1.49 ms.
-__global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf16> a, SpanItems items) {
+__global__ void __launch_bounds__(kTileThreads, kScanBlocks) chunk_scan_kernel(SsdArgs<bf16> a, SpanItems items) {
   extern __shared__ unsigned char dynamic_s[];
   Stage* ring = ring_of(dynamic_s);
-  float* decay_s = floats_after_ring(ring);
+  float* decay_s = floats_after_ring<kScanStages>(ring);
   // The tiles of one (chunk, head) are neighbours in the grid, so the blocks that re-read its X
   // and S_in slabs run in the same wave and find them in L2 (with the item in the slow grid
   // index, a wave held one row tile of many heads and each re-read came from DRAM); the row
@@ -354,7 +360,7 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
   wgmma::zero(acc);
   auto pipeline = [&](auto full_tag) {
     constexpr bool kFull = decltype(full_tag)::value;
-    ring_pipeline(
+    ring_pipeline<kScanStages>(
         n_slabs, ring, acc,
         [&](int k, Stage& st) {
           if (k < n_state) {  // acc = C · S_inᵀ; S_in rows are 16-byte aligned when N % 8 == 0
@@ -390,7 +396,7 @@ __global__ void __launch_bounds__(kTileThreads, 4) chunk_scan_kernel(SsdArgs<bf1
   branch_on(full, pipeline);
 
   // y = acc + D x, with x from the staged diagonal slab (the last stage used).
-  Stage& s = ring[(n_slabs - 1) % kStages];
+  Stage& s = ring[(n_slabs - 1) % kScanStages];
   const float dskip = a.D.get(h, 0.0f);
   bf16* yh = a.out + (ch.t0 + i0) * a.os0 + int64_t(h) * a.os1 + p0;
   const wgmma::Coord tc;
@@ -442,8 +448,8 @@ unsigned tiles(int n) { return unsigned((n + kTileEdge - 1) / kTileEdge); }
 // A kernel's dynamic shared memory: the ring (aligned) and float_bytes of its own arrays. The ring
 // alone is past the 48 KB a launch gets without asking, so the kernel's limit is raised.
 template <typename Kernel>
-size_t dynamic_shared(Kernel kernel, size_t float_bytes) {
-  const size_t bytes = kRingAlign + kRingBytes + float_bytes;
+size_t dynamic_shared(Kernel kernel, int stages, size_t float_bytes) {
+  const size_t bytes = kRingAlign + stages * sizeof(Stage) + float_bytes;
   if (bytes > 48 * 1024)
     STATELM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
                        "ssd: ", bytes, " bytes of shared memory per block");
@@ -454,18 +460,18 @@ size_t dynamic_shared(Kernel kernel, size_t float_bytes) {
 
 void chunk_states_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_chunks, cudaStream_t stream) {
   const unsigned q_tiles = tiles(a.Q);
-  const size_t cb_bytes = dynamic_shared(chunk_cb_kernel, 0);
+  const size_t cb_bytes = dynamic_shared(chunk_cb_kernel, kCbStages, 0);
   chunk_cb_kernel<<<dim3(unsigned(n_chunks * a.G), q_tiles * (q_tiles + 1) / 2), kTileThreads, cb_bytes, stream>>>(
       a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_cb (mma)");
-  const size_t state_bytes = dynamic_shared(chunk_state_kernel, size_t(padded_chunk(a.Q)) * sizeof(float));
+  const size_t state_bytes = dynamic_shared(chunk_state_kernel, kStateStages, size_t(padded_chunk(a.Q)) * sizeof(float));
   chunk_state_kernel<<<unsigned(n_chunks * a.H * tiles(a.P) * tiles(a.N)), kTileThreads, state_bytes, stream>>>(
       a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_state (mma)");
 }
 
 void chunk_outputs_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_chunks, cudaStream_t stream) {
-  const size_t bytes = dynamic_shared(chunk_scan_kernel, 2 * size_t(padded_chunk(a.Q)) * sizeof(float));
+  const size_t bytes = dynamic_shared(chunk_scan_kernel, kScanStages, 2 * size_t(padded_chunk(a.Q)) * sizeof(float));
   chunk_scan_kernel<<<unsigned(n_chunks * a.H * tiles(a.Q) * tiles(a.P)), kTileThreads, bytes, stream>>>(a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_scan (mma)");
 }
