@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_common.h"
+#include "cuda_check_exit.h"
 #include "backend/cuda/cuda_kernels.h"
 #include "unit/reference_ssm.h"
 
@@ -35,14 +36,7 @@ namespace {
 
 using namespace statelm;
 
-#define CK(call)                                                                        \
-  do {                                                                                  \
-    cudaError_t e_ = (call);                                                            \
-    if (e_ != cudaSuccess) {                                                            \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                     \
-    }                                                                                   \
-  } while (0)
+#define CK(call) CUDA_CHECK_EXIT(call)
 
 std::mt19937 rng(1234);
 int failures = 0;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/cuda/wgmma.cuh"
+#include "cuda_check_exit.h"
 
 namespace {
 
@@ -46,14 +47,6 @@ __global__ void product_kernel(const bf16* a, const bf16* b, float* d, Strides s
   for (int i = 0; i < 32; ++i) d[c.row(i) * wg::kEdge + c.col(i)] = acc.d[i];
 }
 
-#define CHECK(call)                                                                 \
-  do {                                                                              \
-    cudaError_t e_ = (call);                                                        \
-    if (e_ != cudaSuccess) {                                                        \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                 \
-    }                                                                               \
-  } while (0)
 
 const char* name(Major m) { return m == Major::K ? "K-major" : "MN-major"; }
 
@@ -63,20 +56,20 @@ double run_case(const std::vector<bf16>& ha, const std::vector<bf16>& hb, Stride
   const int n = wg::kTileElems;
   bf16 *da, *db;
   float* dd;
-  CHECK(cudaMalloc(&da, n * sizeof(bf16)));
-  CHECK(cudaMalloc(&db, n * sizeof(bf16)));
-  CHECK(cudaMalloc(&dd, n * sizeof(float)));
-  CHECK(cudaMemcpy(da, ha.data(), n * sizeof(bf16), cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(db, hb.data(), n * sizeof(bf16), cudaMemcpyHostToDevice));
-  CHECK(cudaMemset(dd, 0xff, n * sizeof(float)));  // NaN: an element never written fails
+  CUDA_CHECK_EXIT(cudaMalloc(&da, n * sizeof(bf16)));
+  CUDA_CHECK_EXIT(cudaMalloc(&db, n * sizeof(bf16)));
+  CUDA_CHECK_EXIT(cudaMalloc(&dd, n * sizeof(float)));
+  CUDA_CHECK_EXIT(cudaMemcpy(da, ha.data(), n * sizeof(bf16), cudaMemcpyHostToDevice));
+  CUDA_CHECK_EXIT(cudaMemcpy(db, hb.data(), n * sizeof(bf16), cudaMemcpyHostToDevice));
+  CUDA_CHECK_EXIT(cudaMemset(dd, 0xff, n * sizeof(float)));  // NaN: an element never written fails
   product_kernel<kA, kB><<<1, wg::kThreads>>>(da, db, dd, sa, sb, passes);
-  CHECK(cudaGetLastError());
-  CHECK(cudaDeviceSynchronize());
+  CUDA_CHECK_EXIT(cudaGetLastError());
+  CUDA_CHECK_EXIT(cudaDeviceSynchronize());
   std::vector<float> got(n);
-  CHECK(cudaMemcpy(got.data(), dd, n * sizeof(float), cudaMemcpyDeviceToHost));
-  CHECK(cudaFree(da));
-  CHECK(cudaFree(db));
-  CHECK(cudaFree(dd));
+  CUDA_CHECK_EXIT(cudaMemcpy(got.data(), dd, n * sizeof(float), cudaMemcpyDeviceToHost));
+  CUDA_CHECK_EXIT(cudaFree(da));
+  CUDA_CHECK_EXIT(cudaFree(db));
+  CUDA_CHECK_EXIT(cudaFree(dd));
   const int E = wg::kEdge;
   double worst = 0;
   for (int m = 0; m < E; ++m)
