@@ -16,7 +16,7 @@
 // inside a chunk are exp2f of float differences of cs2 (cs in base 2, written by ssd.cu's
 // cumsum stage with w_j): a float's error at |cs| ~ 1000 is ~1e-4 relative in the decay, well
 // under the bf16 rounding of M. Rows of x, B, C and S_in are staged with
-// 16-byte loads when they are 16-byte aligned (SsdArgs::*_vec16), one element at a time
+// 16-byte copies when they are 16-byte aligned (SsdArgs::*_vec16), one element at a time
 // otherwise (odd test shapes); out-of-range rows and columns are staged as zeros, so any P, N,
 // Q and partial chunk work. Each block runs its slabs through a ring of shared-memory stages
 // (ring_pipeline): the copies of the next slabs are in flight while the current one multiplies.
@@ -50,8 +50,8 @@ constexpr int kTileThreads = wgmma::kThreads;
 // are complete after its cp.async wait: no barrier needed) before the block synchronises.
 constexpr int kPacks = kTileEdge * kTileEdge / 8 / kTileThreads;
 // Ring depth per kernel (each block's shared memory is S · 16 KB): 3 for chunk_scan and chunk_cb
-// (4 blocks an SM, limited by chunk_scan's 128 registers), 2 for chunk_state, whose 92 registers
-// allow 5 blocks when its ring fits 5 times.
+// (4 blocks an SM, limited by chunk_scan's 128 registers), 2 for chunk_state, whose 96 registers
+// allow 5 blocks when its ring fits 5 times (measured: session 13 in bench/RESULTS.md).
 constexpr int kScanStages = 3, kStateStages = 2, kCbStages = 3;
 constexpr int kScanBlocks = 4, kStateBlocks = 5;
 
@@ -128,9 +128,10 @@ __device__ __forceinline__ void scale_slab(bf16* tile, Scale&& scale) {
 
 // n slab products into acc through the ring: copy(k, stage) starts slab k's copies into a stage,
 // prepare(k, stage) rewrites this thread's own packs of slab k once they have landed,
-// multiply(k, stage) starts the product of the staged slab (wgmma::tile_mma_issue); the
-// accumulators are complete when it is called (slab k − 1's product is waited for before the
-// barrier) and on return. Slab k − 1's product runs while slab k is waited for and prepared.
+// multiply(k, stage) starts the product of the staged slab (wgmma::tile_mma_issue). The
+// accumulators are complete when multiply is called (slab k − 1's product is waited for before
+// the barrier) and when ring_pipeline returns; slab k − 1's product runs while slab k is waited
+// for and prepared.
 template <int kStages, typename Copy, typename Prepare, typename Multiply>
 __device__ __forceinline__ void ring_pipeline(int n, Stage* ring, wgmma::Acc& acc, Copy&& copy, Prepare&& prepare,
                                               Multiply&& multiply) {
