@@ -103,7 +103,8 @@ bool check_form(std::mt19937& rng) {
     ok = ok && pass;
   }
   if (!ok) {  // which convention would have worked
-    const Strides candidates[] = {{16, 1024}, {1024, 16}, {8192, 1024}, {1024, 8192}, {2048, 1024}, {1024, 2048}, {128, 1024}};
+    const Strides candidates[] = {{16, 1024},   {1024, 16},   {8192, 1024}, {1024, 8192},
+                                  {2048, 1024}, {1024, 2048}, {128, 1024}};
     for (Strides sa : candidates)
       for (Strides sb : candidates)
         if (run_case<kA, kB>(ha, hb, sa, sb, 1) < tol)

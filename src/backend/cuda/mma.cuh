@@ -1,18 +1,9 @@
-// Tensor-core building blocks for the CUDA kernels that multiply small tiles in shared memory:
-// bf16 mma.sync m16n8k16 with fp32 accumulators (sm_80+), fragments loaded with ldmatrix.
-//
-// A block of 4 warps computes a 64 × 64 fp32 tile, each warp a 32 × 32 quarter (warp w owns
-// rows 32·(w / 2) .., columns 32·(w % 2) ..) as 2 × 4 mma tiles of 16 × 8. Operands are staged
-// in shared memory as bf16 tiles of 64 × kLdTile with the reduced index k either contiguous
-// ("K-major": A as [m][k], B as [n][k]) or not ("MN-major": A as [k][m], B as [k][n]); ldmatrix
-// (with .trans for the MN-major case) turns either into the mma fragment, so a kernel stages a
-// global operand in its natural layout and never transposes in software.
-//
-// Rows of kLdTile = 72 bf16 (144 bytes) put the 8 row addresses of one ldmatrix phase in 8
-// distinct 16-byte bank groups: the fragment loads are conflict-free.
-//
-// Accumulator layout (per thread, acc[mi][ni][r]): row 32·wm + 16·mi + lane / 4 + 8·(r / 2),
-// column 32·wn + 8·ni + 2·(lane % 4) + r % 2 (TileCoord gives both; store_tile walks them).
+// Tensor-core and copy building blocks for CUDA kernels that multiply small tiles in shared
+// memory (sm_80+): bf16 mma.sync m16n8k16 with fp32 accumulators, fragments loaded with ldmatrix
+// (.trans for operands whose reduced index is not contiguous, so a kernel stages a global
+// operand in its natural layout), bf16 pair packing, and 16-byte asynchronous global -> shared
+// copies. attention_prefill.cu and skinny_gemm_mma.cu build their fragments from these; the SSD
+// chunk kernels multiply whole 64 × 64 tiles with Hopper's wgmma instead (wgmma.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -20,12 +11,6 @@
 #include <cstdint>
 
 namespace statelm::cuda::mma {
-
-constexpr int kTileThreads = 128;  // 4 warps
-constexpr int kTileEdge = 64;      // output tile and staged slab edge
-constexpr int kLdTile = kTileEdge + 8;
-
-using Acc = float[2][4][4];
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -75,76 +60,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       "{%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void zero(Acc& acc) {
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
-}
-
-// Where accumulator element (mi, ni, r) of this thread sits in the 64 × 64 tile.
-struct TileCoord {
-  int row0, col0;  // of (mi, ni, r) = (0, 0, 0)
-  __device__ __forceinline__ TileCoord() {
-    const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
-    row0 = 32 * (warp / 2) + lane / 4;
-    col0 = 32 * (warp % 2) + 2 * (lane % 4);
-  }
-  __device__ __forceinline__ int row(int mi, int r) const { return row0 + 16 * mi + 8 * (r / 2); }
-  __device__ __forceinline__ int col(int ni, int r) const { return col0 + 8 * ni + (r % 2); }
-};
-
-// The epilogue of a tile product: store(row, col, value) for each accumulator element of this
-// thread, row and col its place in the 64 × 64 tile (TileCoord). store checks the bounds and
-// writes the element wherever and in whatever type the kernel keeps its result.
-template <typename Store>
-__device__ __forceinline__ void store_tile(const Acc& acc, Store&& store) {
-  const TileCoord tc;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) store(tc.row(mi, r), tc.col(ni, r), acc[mi][ni][r]);
-}
-
-// acc += A · B over one staged slab of 64 along k. kAKMajor: A is [m][k] (else [k][m]);
-// kBKMajor: B is [n][k] (else [k][n]). Both tiles have rows of kLdTile elements.
-template <bool kAKMajor, bool kBKMajor>
-__device__ __forceinline__ void slab_mma(const __nv_bfloat16* As, const __nv_bfloat16* Bs, Acc& acc) {
-  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
-  const int m_base = 32 * (warp / 2), n_base = 32 * (warp % 2);
-  const int mat = lane / 8, in_mat = lane % 8;
-#pragma unroll
-  for (int k0 = 0; k0 < kTileEdge; k0 += 16) {
-    uint32_t a[2][4], b[4][2];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
-      const int m = m_base + 16 * mi;
-      if constexpr (kAKMajor)  // matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15)
-        ldmatrix_x4(a[mi], As + (m + lane % 16) * kLdTile + k0 + (lane / 16) * 8);
-      else
-        ldmatrix_x4_trans(a[mi], As + (k0 + (mat / 2) * 8 + in_mat) * kLdTile + m + (mat % 2) * 8);
-    }
-#pragma unroll
-    for (int np = 0; np < 2; ++np) {  // two n8 tiles per ldmatrix: (k 0-7, k 8-15) of each
-      const int n = n_base + 16 * np;
-      uint32_t r[4];
-      if constexpr (kBKMajor)
-        ldmatrix_x4(r, Bs + (n + (mat / 2) * 8 + in_mat) * kLdTile + k0 + (mat % 2) * 8);
-      else
-        ldmatrix_x4_trans(r, Bs + (k0 + (mat % 2) * 8 + in_mat) * kLdTile + n + (mat / 2) * 8);
-      b[2 * np][0] = r[0], b[2 * np][1] = r[1], b[2 * np + 1][0] = r[2], b[2 * np + 1][1] = r[3];
-    }
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) mma_bf16(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
-  }
 }
 
 }  // namespace statelm::cuda::mma

@@ -160,7 +160,9 @@ __device__ __forceinline__ void stage_floats(float* dst, const float* v, int n, 
   for (int j = int(threadIdx.x); j < padded; j += kTileThreads) dst[j] = j < n ? v[j] : 0.0f;
 }
 
-int padded_chunk(int Q) { return (Q + kTileEdge - 1) / kTileEdge * kTileEdge; }
+// Tiles (or slabs) of kTileEdge that cover n.
+__host__ __device__ constexpr int tiles(int n) { return (n + kTileEdge - 1) / kTileEdge; }
+int padded_chunk(int Q) { return tiles(Q) * kTileEdge; }
 
 // The lower-triangle tile (ti, tj), tj ≤ ti, numbered row by row: 0 → (0,0), 1 → (1,0), 2 → (1,1)...
 __device__ __forceinline__ void lower_tile(int index, int& ti, int& tj) {
@@ -179,15 +181,6 @@ __device__ __forceinline__ void branch_on(bool flag, F&& f) {
     f(std::false_type{});
 }
 
-// The epilogue of a tile product: store(row, col, value) for each accumulator element of this
-// thread, row and col its place in the 64 × 64 tile; store checks the bounds.
-template <typename Store>
-__device__ __forceinline__ void store_tile(const wgmma::Acc& acc, Store&& store) {
-  const wgmma::Coord tc;
-#pragma unroll
-  for (int i = 0; i < 32; ++i) store(tc.row(i), tc.col(i), acc.d[i]);
-}
-
 // ---- stage 2: CB = C Bᵀ per (chunk, group), tiles on or below the diagonal ----------------
 // Dynamic shared memory: the ring.
 __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a, SpanItems items) {
@@ -204,7 +197,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
   wgmma::Acc acc;
   wgmma::zero(acc);
   ring_pipeline<kCbStages>(
-      (a.N + kTileEdge - 1) / kTileEdge, ring, acc,
+      tiles(a.N), ring, acc,
       [&](int k, Stage& st) {
         const int n0 = k * kTileEdge;
         copy_slab(st.a, Cg + n0, a.Cs0, ch.L - i0, a.N - n0, a.C_vec16);
@@ -212,7 +205,7 @@ __global__ void __launch_bounds__(kTileThreads) chunk_cb_kernel(SsdArgs<bf16> a,
       },
       [](int, Stage&) {}, [&](int, Stage& st) { wgmma::tile_mma_issue<Major::K, Major::K>(st.a, st.b, acc); });
   bf16* cb = a.cb + (int64_t(chunk) * a.G + g) * a.Q * a.Q;
-  store_tile(acc, [&](int row, int col, float v) {
+  wgmma::store_tile(acc, [&](int row, int col, float v) {
     const int i = i0 + row, j = j0 + col;
     if (i < ch.L && j < ch.L) cb[int64_t(i) * a.Q + j] = __float2bfloat16_rn(v);
   });
@@ -224,12 +217,12 @@ __global__ void __launch_bounds__(kTileThreads, kStateBlocks) chunk_state_kernel
   extern __shared__ unsigned char dynamic_s[];
   Stage* ring = ring_of(dynamic_s);
   float* w_s = floats_after_ring<kStateStages>(ring);
-  const int n_tiles_n = (a.N + kTileEdge - 1) / kTileEdge, n_tiles = (a.P + kTileEdge - 1) / kTileEdge * n_tiles_n;
+  const int n_tiles_n = tiles(a.N), n_tiles = tiles(a.P) * n_tiles_n;
   const int item = int(blockIdx.x) / n_tiles, tile = int(blockIdx.x) % n_tiles;  // see chunk_scan_kernel
   const int chunk = item / a.H, h = item % a.H, g = h / (a.H / a.G);
   const Chunk ch = chunk_of(items, chunk);
   const int p0 = tile / n_tiles_n * kTileEdge, n0 = tile % n_tiles_n * kTileEdge;
-  const int slabs = (ch.L + kTileEdge - 1) / kTileEdge;
+  const int slabs = tiles(ch.L);
   stage_floats(w_s, a.w + (int64_t(chunk) * a.H + h) * a.Q, ch.L, slabs * kTileEdge);
   const bf16* xh = a.x + ch.t0 * a.xs0 + int64_t(h) * a.xs1 + p0;
   const bf16* Bg = a.B + ch.t0 * a.Bs0 + int64_t(g) * a.Bs1 + n0;
@@ -255,7 +248,7 @@ __global__ void __launch_bounds__(kTileThreads, kStateBlocks) chunk_state_kernel
   branch_on(ch.L % kTileEdge == 0 && a.P - p0 >= kTileEdge && a.N - n0 >= kTileEdge && a.x_vec16 && a.B_vec16,
             pipeline);
   float* st = a.st + (int64_t(chunk) * a.H + h) * a.P * a.N;
-  store_tile(acc, [&](int row, int col, float v) {
+  wgmma::store_tile(acc, [&](int row, int col, float v) {
     const int p = p0 + row, n = n0 + col;
     if (p < a.P && n < a.N) st[int64_t(p) * a.N + n] = v;
   });
@@ -324,7 +317,7 @@ __global__ void __launch_bounds__(kTileThreads, kScanBlocks) chunk_scan_kernel(S
   // and S_in slabs run in the same wave and find them in L2 (with the item in the slow grid
   // index, a wave held one row tile of many heads and each re-read came from DRAM); the row
   // tiles with the most slabs start first.
-  const int n_tiles_p = (a.P + kTileEdge - 1) / kTileEdge, n_tiles = (a.Q + kTileEdge - 1) / kTileEdge * n_tiles_p;
+  const int n_tiles_p = tiles(a.P), n_tiles = tiles(a.Q) * n_tiles_p;
   const int item = int(blockIdx.x) / n_tiles, tile = n_tiles - 1 - int(blockIdx.x) % n_tiles;
   const int chunk = item / a.H, h = item % a.H, g = h / (a.H / a.G);
   const Chunk ch = chunk_of(items, chunk);
@@ -350,7 +343,7 @@ __global__ void __launch_bounds__(kTileThreads, kScanBlocks) chunk_scan_kernel(S
   const bf16* cb = a.cb + ((int64_t(chunk) * a.G + g) * a.Q + i0) * a.Q;  // row i0
   const bool cb_vec16 = a.Q % 8 == 0;
   const float s_scale = exp2f(ref);
-  const int n_state = (a.N + kTileEdge - 1) / kTileEdge, n_before = i0 / kTileEdge;
+  const int n_state = tiles(a.N), n_before = i0 / kTileEdge;
   const int n_slabs = n_state + n_before + 1;
   // A whole tile (the common case: every block of a long prompt but a sequence's last chunk)
   // stages its slabs unchecked (copy_slab's kFull); the choice is uniform per block.
@@ -444,8 +437,6 @@ __global__ void __launch_bounds__(kTileThreads, kScanBlocks) chunk_scan_kernel(S
   }
 }
 
-unsigned tiles(int n) { return unsigned((n + kTileEdge - 1) / kTileEdge); }
-
 // A kernel's dynamic shared memory: the ring (aligned) and float_bytes of its own arrays. The ring
 // alone is past the 48 KB a launch gets without asking, so the kernel's limit is raised.
 template <typename Kernel>
@@ -460,12 +451,13 @@ size_t dynamic_shared(Kernel kernel, int stages, size_t float_bytes) {
 }  // namespace
 
 void chunk_states_mma(const SsdArgs<bf16>& a, const SpanItems& items, int64_t n_chunks, cudaStream_t stream) {
-  const unsigned q_tiles = tiles(a.Q);
+  const unsigned q_tiles = unsigned(tiles(a.Q));
   const size_t cb_bytes = dynamic_shared(chunk_cb_kernel, kCbStages, 0);
   chunk_cb_kernel<<<dim3(unsigned(n_chunks * a.G), q_tiles * (q_tiles + 1) / 2), kTileThreads, cb_bytes, stream>>>(
       a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_cb (mma)");
-  const size_t state_bytes = dynamic_shared(chunk_state_kernel, kStateStages, size_t(padded_chunk(a.Q)) * sizeof(float));
+  const size_t state_bytes =
+      dynamic_shared(chunk_state_kernel, kStateStages, size_t(padded_chunk(a.Q)) * sizeof(float));
   chunk_state_kernel<<<unsigned(n_chunks * a.H * tiles(a.P) * tiles(a.N)), kTileThreads, state_bytes, stream>>>(
       a, items);
   STATELM_CUDA_LAUNCHED("ssd chunk_state (mma)");

@@ -77,6 +77,16 @@ struct Coord {
   __device__ __forceinline__ int col(int i) const { return col0 + 8 * (i >> 2) + (i & 1); }
 };
 
+// The epilogue of a tile product: store(row, col, value) for each accumulator element of this
+// thread, row and col its place in the 64 × 64 tile; store checks the bounds and writes the
+// element wherever and in whatever type the kernel keeps its result.
+template <typename Store>
+__device__ __forceinline__ void store_tile(const Acc& acc, Store&& store) {
+  const Coord tc;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) store(tc.row(i), tc.col(i), acc.d[i]);
+}
+
 // Shared memory written by ordinary stores becomes visible to the tensor cores' (async proxy)
 // reads: each writing thread fences, then the block synchronises.
 __device__ __forceinline__ void fence_stores() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
