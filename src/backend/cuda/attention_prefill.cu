@@ -39,6 +39,7 @@
 #include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/mma.cuh"
+#include "backend/cuda/wgmma.cuh"
 
 namespace statelm::cuda::attn {
 
@@ -332,6 +333,280 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<DH, MT>)
     }
 }
 
+// ---- Hopper: warpgroup products (wgmma) ------------------------------------------------------
+//
+// A warpgroup (128 threads) owns 64 query rows; a block of WG warpgroups takes a tile of 64 · WG
+// rows and shares every K/V tile among them. Q stays in registers as wgmma A fragments (the
+// layout the mma.sync kernel above loads too), P goes from the S accumulators to A fragments
+// without leaving the registers (wgmma::a_fragment), K and V are read by the tensor cores straight
+// from shared memory: per 64-key tile a thread issues 4 · DT products for S and as many for P V,
+// where the mma.sync kernel loads every B fragment with ldmatrix and issues 64 mma per warp.
+//
+// K/V tiles land with cp.async in a ring of kStages, kAhead tiles ahead, in the swizzled layout
+// (key rows of 64 dims: K is the K-major B of S = Q Kᵀ, V the MN-major B of P V). Per key tile j
+// a warpgroup issues S_j = Q K_jᵀ and then O += P_{j−1} V_{j−1} (the previous tile's), waits for
+// S_j only, computes P_j's exponentials while P_{j−1} V_{j−1} still runs, then waits for it and
+// rescales O: the softmax of one tile overlaps the tensor cores' work on the other.
+template <int WG>
+constexpr int kWgStages = WG == 1 ? 3 : 4;  // WG 1: 2 blocks per SM fit in shared memory
+
+template <int DT>
+struct WgStage {  // one key tile: DT tiles of 64 dims for K and for V
+  bf16 k[DT][wgmma::kTileElems];
+  bf16 v[DT][wgmma::kTileElems];
+};
+
+template <int DT, int WG>
+constexpr size_t wg_smem_bytes() {
+  return kWgStages<WG> * sizeof(WgStage<DT>) + 1024;  // + alignment of the ring to 1024 bytes
+}
+
+template <int DT, int WG>
+__global__ void __launch_bounds__(128 * WG, WG == 1 ? 2 : 1)
+    prefill_wgmma_kernel(AttnArgs<bf16> a, SpanItems items, int n_items, Access acc) {
+  namespace wg = wgmma;
+  constexpr int kBlockThreads = 128 * WG;
+  constexpr int DH = 64 * DT;
+  constexpr int kStages = kWgStages<WG>, kAhead = kStages - 2;
+  constexpr int kSteps = kKeys / 16;  // k16 steps of P V (over keys); S has 4 · DT (over dims)
+  extern __shared__ unsigned char smem_raw[];
+  WgStage<DT>* ring = reinterpret_cast<WgStage<DT>*>(
+      smem_raw + ((1024 - mma::smem_addr(smem_raw) % 1024) % 1024));
+
+  const int g = int(blockIdx.x) % a.hkv;
+  const int item = n_items - 1 - int(blockIdx.x) / a.hkv;
+  const ItemRef it = find_item(items, item);
+  const SeqSpan sp = items.spans[it.span];
+  const int split = int(blockIdx.z);
+  const int t0 = it.piece * a.tokens;
+  const int n_tok = min(a.tokens, sp.len - t0);
+  const int rows = n_tok * a.group;
+  const int pos0 = sp.pos + t0;
+  // This thread's warpgroup, through a shuffle so that the compiler sees a warp-uniform value: a
+  // product in a branch it cannot prove uniform gets serialised (ptxas C7520).
+  const int wgi = __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0);
+  const int warp = (int(threadIdx.x) / 32) % 4, lane = int(threadIdx.x) % 32;
+  const int fr = lane / 4, fc = 2 * (lane % 4);
+  const int w0 = 64 * wgi;       // the warpgroup's rows: w0 .. w0 + 63
+  const int r0 = w0 + 16 * warp;  // the warp's rows: r0 .. r0 + 15
+
+  const auto q_ptr = [&](int row) {
+    const int64_t tok = int64_t(sp.start) + t0 + row / a.group;
+    const int head = g * a.group + row % a.group;
+    return a.q + tok * a.qs0 + int64_t(head) * a.qs1;
+  };
+  int qpos[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) qpos[h] = r0 + fr + 8 * h < rows ? pos0 + (r0 + fr + 8 * h) / a.group : -1;
+  const int warp_first = r0 + 16 <= rows ? pos0 + r0 / a.group : -1;  // −1: some rows missing, always mask
+  const int wg_last = w0 < rows ? pos0 + min(w0 + 63, rows - 1) / a.group : -1;
+
+  // Q as A fragments: qf[kd] covers dims 16 kd .. 16 kd + 15. Zero past the tile and head_dim.
+  uint32_t qf[4 * DT][4];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = r0 + fr + 8 * h;
+    const bf16* qrow = row < rows ? q_ptr(row) : nullptr;
+#pragma unroll
+    for (int kd = 0; kd < 4 * DT; ++kd)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        qf[kd][h + 2 * j] = qrow && 16 * kd + 8 * j < a.dh ? load_pair(qrow + 16 * kd + 8 * j + fc, acc.q_pairs) : 0u;
+  }
+
+  const int n_keys = pos0 + n_tok;
+  const int tile_begin = split * a.tiles_per_split;
+  const int tile_end = min((n_keys + kKeys - 1) / kKeys, tile_begin + a.tiles_per_split);
+  // Key tiles from wg_end on hold no key this warpgroup's rows see (uniform: see wgi).
+  const int wg_end = __shfl_sync(0xffffffffu, max(tile_begin, min(tile_end, wg_last < 0 ? 0 : wg_last / kKeys + 1)), 0);
+
+  // Gathers key tile kt into ring stage `stage`: thread moves 16-byte piece c of rows
+  // rr, rr + kPass, ...; the rows' cache offsets are looked up once per warp and row by kDistinct
+  // lanes and passed by shuffle (the block-table lookup and the division cost more than the copy).
+  auto load_tile = [&](int kt, int stage) {
+    constexpr int kPieces = DH / 8, kPass = kBlockThreads / kPieces, kSub = 32 / kPieces;
+    constexpr int kDistinct = kSub * (kKeys / kPass);
+    static_assert(kDistinct <= 32, "one lookup per lane");
+    const int c = int(threadIdx.x) % kPieces, rr = int(threadIdx.x) / kPieces;
+    const int gw = int(threadIdx.x) / 32;
+    const int key0 = kt * kKeys;
+    int64_t my_off = -1;
+    if (lane < kDistinct) {
+      const int r = gw * kSub + lane % kSub + kPass * (lane / kSub);
+      if (key0 + r < n_keys) my_off = cache_offset(a, it.span, key0 + r, g);
+    }
+    WgStage<DT>& st = ring[stage];
+    const int t = c / 8, cc = c % 8;  // dim tile and 16-byte chunk within its row
+#pragma unroll
+    for (int i = 0; i < kKeys / kPass; ++i) {
+      const int r = rr + i * kPass;
+      const int64_t row_off = __shfl_sync(0xffffffffu, my_off, kSub * i + lane / kPieces);
+      const bool in = row_off >= 0 && 8 * c < a.dh;
+      const int64_t off = in ? row_off + 8 * c : 0;
+      const int dst = r * wg::kEdge + (((cc ^ r) & 7) << 3);  // wgmma::swizzled(r, 8 cc)
+      mma::cp_async16(&st.k[t][dst], a.k_cache + off, in);
+      mma::cp_async16(&st.v[t][dst], a.v_cache + off, in);
+    }
+  };
+
+  wg::Acc o[DT];
+#pragma unroll
+  for (int t = 0; t < DT; ++t) wg::zero(o[t]);
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  uint32_t pf[kSteps][4];  // P of the previous key tile as A fragments
+  bool have_p = false;     // warpgroup-uniform
+  int p_stage = 0;
+
+  // O += P V of the tile in ring stage p_stage.
+  const auto issue_pv = [&]() {
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks)
+#pragma unroll
+      for (int t = 0; t < DT; ++t)
+        wg::mma_async<wg::Major::MN>(pf[ks], wg::descriptor(ring[p_stage].v[t]) + (ks * wg::kStepBytes<wg::Major::MN> >> 4),
+                                     o[t], true);
+  };
+  const auto wait_pv = [&]() {
+    wg::wait<0>();
+#pragma unroll
+    for (int t = 0; t < DT; ++t) wg::fence_operands(o[t]);
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) wg::fence_operands(pf[ks]);
+  };
+
+#pragma unroll
+  for (int p = 0; p < kAhead; ++p) {
+    if (tile_begin + p < tile_end) load_tile(tile_begin + p, p);
+    mma::cp_async_commit();
+  }
+  for (int kt = tile_begin; kt < tile_end; ++kt) {
+    const int j = kt - tile_begin;
+    mma::cp_async_wait<kAhead - 1>();  // tile kt has landed (this thread's copies) ...
+    wg::fence_stores();                // ... visible to the tensor cores' reads ...
+    __syncthreads();                   // ... for everyone's copies; and tile kt − 2's stage is free
+    if (kt + kAhead < tile_end) load_tile(kt + kAhead, (j + kAhead) % kStages);
+    mma::cp_async_commit();  // possibly empty: one group per iteration
+    const int stage = j % kStages;
+    if (kt < wg_end) {
+      wg::Acc s;
+      wg::zero(s);
+      wg::fence_operands(s);
+#pragma unroll
+      for (int t = 0; t < DT; ++t) wg::fence_operands(o[t]);  // o's rescale stays before the products
+      wg::fence();
+#pragma unroll
+      for (int t = 0; t < DT; ++t)
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+          wg::mma_async<wg::Major::K>(qf[4 * t + ks], wg::descriptor(ring[stage].k[t]) + (ks * wg::kStepBytes<wg::Major::K> >> 4),
+                                      s, t > 0 || ks > 0);
+      wg::commit();
+      if (have_p) issue_pv();
+      wg::commit();  // possibly empty
+      wg::wait<1>();  // S is complete; P V may still run
+      wg::fence_operands(s);
+
+      // Scale to log2 units, mask, new row maxima, P = 2^(S − m') in place, l rescaled and summed.
+      const int key0 = kt * kKeys;
+      const bool masked = key0 + kKeys - 1 > warp_first;
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        const int h = (i >> 1) & 1;
+        float v = s.d[i] * a.scale_log2;
+        if (masked && key0 + 8 * (i >> 2) + fc + (i & 1) > qpos[h]) v = -INFINITY;
+        s.d[i] = v;
+        mx[h] = fmaxf(mx[h], v);
+      }
+      float m_use[2], alpha[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float m_new = fmaxf(m[h], mx[h]);
+        m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: P = 0, α = 0
+        alpha[h] = exp2f(m[h] - m_use[h]);
+        m[h] = m_new;
+        l[h] *= alpha[h];
+      }
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        const float p = exp2f(s.d[i] - m_use[(i >> 1) & 1]);
+        s.d[i] = p;
+        l[(i >> 1) & 1] += p;
+      }
+      wait_pv();  // unconditional: the compiler must see every product waited for on every path (C7515)
+#pragma unroll
+      for (int t = 0; t < DT; ++t)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) o[t].d[i] *= alpha[(i >> 1) & 1];
+#pragma unroll
+      for (int ks = 0; ks < kSteps; ++ks) wg::a_fragment(s, ks, pf[ks]);
+      have_p = true;
+      p_stage = stage;
+    } else if (have_p) {  // the warpgroup's last key tile is behind it: finish its P V now,
+      wg::fence();        // before the ring reuses that stage
+      issue_pv();
+      wg::commit();
+      wait_pv();
+      have_p = false;
+    }
+  }
+  if (have_p) {
+    wg::fence();
+    issue_pv();
+    wg::commit();
+    wait_pv();
+  }
+  mma::cp_async_wait<0>();
+
+  const bool split_mode = gridDim.z > 1;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float lsum = l[h];
+    lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+    lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+    const int row = r0 + fr + 8 * h;
+    if (row >= rows) continue;
+    if (split_mode) {
+      const int64_t base = split_row(item, a.hkv, g, int(gridDim.z), split, row, a.tile_rows);
+      float* dst = a.o_part + base * a.dh;
+#pragma unroll
+      for (int t = 0; t < DT; ++t)
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const int col = 64 * t + 8 * n + fc;
+          if (col < a.dh)
+            *reinterpret_cast<float2*>(dst + col) = make_float2(o[t].d[4 * n + 2 * h], o[t].d[4 * n + 2 * h + 1]);
+        }
+      if (fc == 0) {
+        a.ml_part[2 * base] = m[h];
+        a.ml_part[2 * base + 1] = lsum;
+      }
+    } else {
+      const int64_t tok = int64_t(sp.start) + t0 + row / a.group;
+      const int head = g * a.group + row % a.group;
+      bf16* dst = a.out + tok * a.os0 + int64_t(head) * a.os1;
+      const float inv = 1.0f / lsum;
+#pragma unroll
+      for (int t = 0; t < DT; ++t)
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const int col = 64 * t + 8 * n + fc;
+          if (col >= a.dh) continue;  // padded dims
+          const float v0 = o[t].d[4 * n + 2 * h] * inv, v1 = o[t].d[4 * n + 2 * h + 1] * inv;
+          bf16* d = dst + col;
+          if (acc.out_pairs) {
+            *reinterpret_cast<__nv_bfloat162*>(d) = __floats2bfloat162_rn(v0, v1);
+          } else {
+            d[0] = __float2bfloat16_rn(v0);
+            d[1] = __float2bfloat16_rn(v1);
+          }
+        }
+    }
+  }
+}
+
 bool pairs_ok(const void* p, int64_t s0, int64_t s1) {
   return reinterpret_cast<uintptr_t>(p) % 4 == 0 && s0 % 2 == 0 && s1 % 2 == 0;
 }
@@ -354,6 +629,33 @@ void launch(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, in
       a, items, int(n_items), acc);
   STATELM_CUDA_LAUNCHED("attention prefill (tensor cores), head_dim ", DH, " rows ", a.tile_rows, " splits ",
                         n_splits);
+}
+
+template <int DT, int WG>
+void launch_wgmma(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, int n_splits, cudaStream_t stream) {
+  constexpr size_t smem = wg_smem_bytes<DT, WG>();
+  static const bool configured = [&] {
+    return cudaFuncSetAttribute(prefill_wgmma_kernel<DT, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) ==
+               cudaSuccess &&
+           cudaFuncSetAttribute(prefill_wgmma_kernel<DT, WG>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                int(cudaSharedmemCarveoutMaxShared)) == cudaSuccess;
+  }();
+  STATELM_CHECK(configured, "attention prefill: cannot allow ", smem, " bytes of shared memory per block");
+  const int64_t blocks = n_items * a.hkv;
+  STATELM_CHECK(blocks < (int64_t(1) << 31), "attention prefill: ", n_items, " tiles × ", a.hkv,
+                " KV heads is too many blocks");
+  const Access acc{pairs_ok(a.q, a.qs0, a.qs1), pairs_ok(a.out, a.os0, a.os1)};
+  prefill_wgmma_kernel<DT, WG><<<dim3(unsigned(blocks), 1, unsigned(n_splits)), 128 * WG, smem, stream>>>(
+      a, items, int(n_items), acc);
+  STATELM_CUDA_LAUNCHED("attention prefill (wgmma), head_dim ", 64 * DT, " rows ", a.tile_rows, " splits ", n_splits);
+}
+
+bool use_wgmma() {
+  static const bool on = [] {
+    const char* e = std::getenv("STATELM_ATTN_PREFILL_KERNEL");
+    return !(e && std::strcmp(e, "mma") == 0);
+  }();
+  return on;
 }
 
 // The forced tile height: 64 or 128, 0 for prefill_tile_rows' own choice. It starts as
@@ -386,6 +688,13 @@ void prefill_mma(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_item
   STATELM_CHECK(a.tile_rows == kWarps * 16 || a.tile_rows == kWarps * 32, "attention prefill: ", a.tile_rows,
                 " rows per tile");
   const bool wide = a.tile_rows == kWarps * 32;
+  if (use_wgmma()) {
+    if (a.dh <= 64)
+      wide ? launch_wgmma<1, 2>(a, items, n_items, n_splits, stream) : launch_wgmma<1, 1>(a, items, n_items, n_splits, stream);
+    else
+      wide ? launch_wgmma<2, 2>(a, items, n_items, n_splits, stream) : launch_wgmma<2, 1>(a, items, n_items, n_splits, stream);
+    return;
+  }
   // Other head_dims (multiples of 16: 80 for the 2.5B Llama shape, 96, 112) run padded to the
   // next instantiation: dims past head_dim are staged as zeros and never written out.
   if (a.dh <= 64)

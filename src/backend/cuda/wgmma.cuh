@@ -124,6 +124,43 @@ __device__ __forceinline__ void mma_async(uint64_t a, uint64_t b, Acc& acc, bool
       : "l"(a), "l"(b), "r"(int(accumulate)), "n"(kA == Major::MN ? 1 : 0), "n"(kB == Major::MN ? 1 : 0));
 }
 
+// acc = (accumulate ? acc : 0) + A · B for one 64 × 64 × 16 step with A from registers: a holds
+// this thread's fragment of the 64 × 16 slice of A, the layout of mma.sync's m16n8k16 A operand
+// for the warp's 16 rows (warp % 4): a[0] = (row lane / 4, k 2·(lane % 4) + {0, 1}), a[1] = row + 8,
+// a[2] = k + 8, a[3] = both — which is where a 64 × 64 accumulator tile already holds its elements
+// (a_fragment). The product reads a until it completes: the caller keeps a unchanged until the wait.
+template <Major kB>
+__device__ __forceinline__ void mma_async(const uint32_t (&a)[4], uint64_t b, Acc& acc, bool accumulate) {
+  float* d = acc.d;
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kB == Major::MN ? 1 : 0), "r"(int(accumulate)));
+}
+
+// The A fragment (registers) of k step `step` (k 16·step .. 16·step + 15) of a 64 × 64 accumulator
+// tile rounded to bf16: the product of two tiles chains without a trip through shared memory.
+__device__ __forceinline__ void a_fragment(const Acc& acc, int step, uint32_t (&a)[4]) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(acc.d[8 * step + 2 * r], acc.d[8 * step + 2 * r + 1]);
+    a[r] = *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
+// Keeps A fragments in their registers until a wait: the registers are "changed" here.
+__device__ __forceinline__ void fence_operands(uint32_t (&a)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[i])::"memory");
+}
+
 // Issues acc (+)= A · B over a whole 64-deep tile pair (4 steps) from their descriptors; the caller
 // fences before, commits and waits after.
 template <Major kA, Major kB>
