@@ -6,8 +6,8 @@
 //   2. query t of span s (position pos + t), head h, reads KV head g = h / (Hq / Hkv):
 //        out = Σ_{j ≤ pos + t} softmax_j(q · k_j · scale) v_j
 //
-// Step 2, for bf16 with head_dim a multiple of 16 up to 128, is attention_prefill.cu's FlashAttention-2 kernel on
-// tensor cores; everything else (fp32, other head dims) runs the SIMT kernel of this file. Both
+// Step 2, for bf16 with head_dim a multiple of 16 up to 128, is attention_prefill.cu's FlashAttention kernel on
+// Hopper's tensor cores (wgmma); everything else (fp32, other head dims) runs the SIMT kernel of this file. Both
 // take the same work items and key splits (attention_tile.cuh), so the planning and the merge
 // below serve both.
 //
@@ -282,13 +282,11 @@ void merge(const AttnArgs<T>& a, const SpanItems& items, int64_t n_items, int n_
 template <typename T, int DH>
 void run(AttnArgs<T> a, const BatchView& batch, int min_len, Scratch& scratch, cudaStream_t stream) {
   // bf16 at head_dim 16..128 (multiples of 16) runs on tensor cores (attention_prefill.cu), in key tiles of 64
-  // and tiles of 64 or 128 query rows.
+  // and tiles of 64 (or, forced, 128) query rows.
   bool mma = false;
   if constexpr (std::is_same_v<T, bf16>) mma = attn::prefill_mma_supported(a);  // any DH instantiation: the kernel pads a.dh itself
   if (mma) {
-    int64_t tiles_128 = 0;
-    plan_items(batch, 128 / a.group, min_len, &tiles_128);
-    a.tile_rows = attn::prefill_tile_rows(tiles_128 * a.hkv, sm_count());
+    a.tile_rows = attn::prefill_tile_rows();
     a.tokens = a.tile_rows / a.group;
   }
   int64_t n_items = 0;

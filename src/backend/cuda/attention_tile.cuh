@@ -55,13 +55,13 @@ constexpr int kPrefillKeys = 64;  // keys per tile of the tensor-core kernel
 // SIMT tile kernel.
 bool prefill_mma_supported(const AttnArgs<bf16>& a);
 
-// Tile rows of the tensor-core kernel: 128 (each warp 32 rows, FlashAttention-2's shape: half
-// the shared-memory reads per mma) when the batch has enough such tiles to fill the GPU
-// (`tiles_128` of them, over all KV heads, vs `sm_count`), else 64 (twice the blocks, less
-// causal waste on short spans). STATELM_ATTN_PREFILL_ROWS=64 or 128 in the environment forces
-// one (benchmarks; read once, at the first call), as does force_attention_prefill_rows
+// Tile rows of the tensor-core kernel: 64 (one warpgroup per block, two blocks per SM that run
+// unsynchronised) unless forced to 128 (two warpgroups sharing each K/V tile: half the K/V
+// reads, but both wait at every tile's barrier; measured slower at 4K to 64K tokens, bench/
+// RESULTS.md session 14). STATELM_ATTN_PREFILL_ROWS=64 or 128 in the environment forces one
+// (benchmarks; read once, at the first call), as does force_attention_prefill_rows
 // (cuda_kernels.h: tests).
-int prefill_tile_rows(int64_t tiles_128, int sm_count);
+int prefill_tile_rows();
 
 // The tiles of `items` (n_items of them, every KV head each; a.tile_rows rows each) over key
 // tiles of kPrefillKeys, split as a.tiles_per_split says into n_splits (> 1: writes the split-K

@@ -2,8 +2,9 @@
 // memory (sm_80+): bf16 mma.sync m16n8k16 with fp32 accumulators, fragments loaded with ldmatrix
 // (.trans for operands whose reduced index is not contiguous, so a kernel stages a global
 // operand in its natural layout), bf16 pair packing, and 16-byte asynchronous global -> shared
-// copies. attention_prefill.cu and skinny_gemm_mma.cu build their fragments from these; the SSD
-// chunk kernels multiply whole 64 × 64 tiles with Hopper's wgmma instead (wgmma.cuh).
+// copies. skinny_gemm_mma.cu builds its fragments from these; the SSD chunk kernels and attention
+// prefill multiply whole 64 × 64 tiles with Hopper's wgmma instead (wgmma.cuh), and use the
+// copies and the packing here.
 #pragma once
 
 #include <cuda_bf16.h>
