@@ -9,13 +9,14 @@
 // group's heads, head fastest); a block of WG warpgroups takes a tile of 64 · WG rows and shares
 // every K/V tile among them (WG is tile_rows / 64: attention.cu picks it, prefill_tile_rows).
 // Q stays in registers as wgmma A fragments, unscaled bf16. The keys 0 .. (last row's position)
-// are walked in tiles of kPrefillKeys = 64, gathered row by row from the paged cache (block
-// table lookup per key) into shared memory with cp.async, in a ring of kStages, kAhead tiles
+// are walked in tiles of kPrefillKeys = 128, gathered row by row from the paged cache (block
+// table lookup per key) into shared memory with cp.async, in a ring of kStages = 3, one tile
 // ahead, in wgmma.cuh's swizzled layout: key rows of 64 dims, K the K-major B operand of
 // S = Q Kᵀ, V the MN-major B operand of P V. Per key tile j a warpgroup
 //
-//   issues S_j = Q K_jᵀ          (4 · DT products of 64 × 64 × 16, A from registers)
-//   issues O += P_{j−1} V_{j−1}  (the previous tile's, 4 · DT products)
+//   issues S_j = Q K_jᵀ          (two 64-key halves, 4 · DT products of 64 × 64 × 16 each,
+//                                 A from registers)
+//   issues O += P_{j−1} V_{j−1}  (the previous tile's, 8 · DT products)
 //   waits for S_j only; masks (the diagonal), row maxima m' (log2 units), P = 2^(S·scale − m')
 //                                 and l ← α l + rowsum P, while P_{j−1} V_{j−1} still runs
 //   waits for P V; O ← α O        (skipped when no row maximum of the warp changed)
@@ -29,9 +30,16 @@
 // attention.cu's merge). Keys past the tile's last row read as zeros (cp.async zero-fill), never
 // as what the cache holds there: a NaN would survive P = 0.
 //
-// Measured (H200, b1 h32 d128 causal, TFLOP/s at 4K / 16K / 64K, bench/RESULTS.md session 14):
-// the mma.sync kernel this replaced (FlashAttention-2's loop with ldmatrix fragments) 154 / 252 /
-// 278; this one with 128-row tiles 207 / 331 / 360, with 64-row tiles 226 / 379 / 373.
+// Tile shape, measured (H200, b1 h32 d128 causal, TFLOP/s at 4K / 16K / 64K, bench/RESULTS.md
+// session 14): the mma.sync kernel this replaced (FlashAttention-2's loop, ldmatrix fragments)
+// 154 / 252 / 278. Here, 64 keys per tile: 207 / 331 / 360 with 128-row tiles (two warpgroups
+// that wait for each other at every tile's barrier), 226 / 379 / 373 with 64-row tiles (two
+// blocks per SM run unsynchronised, but every K/V byte crosses from L2 twice as often: at 16K
+// the L2 runs at 96% of its throughput). 128 keys per tile with 128-row tiles: 221 / 373 / 401
+// (half the barriers, waits and row-maximum shuffles per score, L2 at 41%): the default.
+// Measured slower and dropped: K/V copies by the TMA (boxes of one cache block, 16 rows: 184 /
+// 276 / 279 at 64-row tiles), a two-deep software pipeline (S of tile j + 1 issued before the
+// softmax of tile j; ptxas serialises its products, C7515: 193 / 295 / 316).
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -66,27 +74,29 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
-template <int WG>
-constexpr int kWgStages = WG == 1 ? 3 : 4;  // WG 1: 2 blocks per SM fit in shared memory
+constexpr int kHalves = kKeys / wgmma::kEdge;  // 64-key halves of a key tile (one S accumulator each)
+
+// The ring: tile j − 1 (its P V runs during tile j's softmax), tile j, tile j + 1 (in flight).
+constexpr int kRingStages = 3;
 
 template <int DT>
-struct WgStage {  // one key tile: DT tiles of 64 dims for K and for V
-  bf16 k[DT][wgmma::kTileElems];
-  bf16 v[DT][wgmma::kTileElems];
+struct WgStage {  // one key tile: DT column tiles of 64 dims × kKeys key rows, for K and for V
+  bf16 k[DT][kHalves * wgmma::kTileElems];
+  bf16 v[DT][kHalves * wgmma::kTileElems];
 };
 
 template <int DT, int WG>
 constexpr size_t wg_smem_bytes() {
-  return kWgStages<WG> * sizeof(WgStage<DT>) + 1024;  // + alignment of the ring to 1024 bytes
+  return kRingStages * sizeof(WgStage<DT>) + 1024;  // + alignment of the ring to 1024 bytes
 }
 
 template <int DT, int WG>
-__global__ void __launch_bounds__(128 * WG, WG == 1 ? 2 : 1)
+__global__ void __launch_bounds__(128 * WG, 1)
     prefill_wgmma_kernel(AttnArgs<bf16> a, SpanItems items, int n_items, Access acc) {
   namespace wg = wgmma;
   constexpr int kBlockThreads = 128 * WG;
   constexpr int DH = 64 * DT;
-  constexpr int kStages = kWgStages<WG>, kAhead = kStages - 2;
+  constexpr int kStages = kRingStages, kAhead = kStages - 2;
   constexpr int kSteps = kKeys / 16;  // k16 steps of P V (over keys); S has 4 · DT (over dims)
   extern __shared__ unsigned char smem_raw[];
   WgStage<DT>* ring = reinterpret_cast<WgStage<DT>*>(
@@ -207,23 +217,31 @@ __global__ void __launch_bounds__(128 * WG, WG == 1 ? 2 : 1)
     mma::cp_async_commit();  // possibly empty: one group per iteration
     const int stage = j % kStages;
     if (kt < wg_end) {
-      wg::Acc s;
-      wg::zero(s);
-      wg::fence_operands(s);
+      wg::Acc s[kHalves];  // S of keys 64 hf .. 64 hf + 63 of the tile
+#pragma unroll
+      for (int hf = 0; hf < kHalves; ++hf) {
+        wg::zero(s[hf]);
+        wg::fence_operands(s[hf]);
+      }
 #pragma unroll
       for (int t = 0; t < DT; ++t) wg::fence_operands(o[t]);  // o's rescale stays before the products
       wg::fence();
 #pragma unroll
-      for (int t = 0; t < DT; ++t)
+      for (int hf = 0; hf < kHalves; ++hf)
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-          wg::mma_async<wg::Major::K>(qf[4 * t + ks], wg::descriptor(ring[stage].k[t]) + (ks * wg::kStepBytes<wg::Major::K> >> 4),
-                                      s, t > 0 || ks > 0);
+        for (int t = 0; t < DT; ++t)
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks)
+            wg::mma_async<wg::Major::K>(
+                qf[4 * t + ks],
+                wg::descriptor(&ring[stage].k[t][hf * wg::kTileElems]) + (ks * wg::kStepBytes<wg::Major::K> >> 4),
+                s[hf], t > 0 || ks > 0);
       wg::commit();
       if (have_p) issue_pv();
       wg::commit();  // possibly empty
       wg::wait<1>();  // S is complete; P V may still run
-      wg::fence_operands(s);
+#pragma unroll
+      for (int hf = 0; hf < kHalves; ++hf) wg::fence_operands(s[hf]);
 
       // Row maxima of the raw scores (masked keys −inf), m' in log2 units (scale > 0 commutes with
       // max), P = 2^(S·scale − m') in place with one FFMA and one MUFU per score, l rescaled and
@@ -231,12 +249,16 @@ __global__ void __launch_bounds__(128 * WG, WG == 1 ? 2 : 1)
       const int key0 = kt * kKeys;
       if (key0 + kKeys - 1 > warp_first) {  // the diagonal (or a partial tile): mask
 #pragma unroll
-        for (int i = 0; i < 32; ++i)
-          if (key0 + 8 * (i >> 2) + fc + (i & 1) > qpos[(i >> 1) & 1]) s.d[i] = -INFINITY;
+        for (int hf = 0; hf < kHalves; ++hf)
+#pragma unroll
+          for (int i = 0; i < 32; ++i)
+            if (key0 + 64 * hf + 8 * (i >> 2) + fc + (i & 1) > qpos[(i >> 1) & 1]) s[hf].d[i] = -INFINITY;
       }
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int i = 0; i < 32; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s.d[i]);
+      for (int hf = 0; hf < kHalves; ++hf)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[hf].d[i]);
       float m_use[2], alpha[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -249,11 +271,13 @@ __global__ void __launch_bounds__(128 * WG, WG == 1 ? 2 : 1)
         l[h] *= alpha[h];
       }
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        const float p = exp2_approx(fmaf(s.d[i], a.scale_log2, -m_use[(i >> 1) & 1]));
-        s.d[i] = p;
-        l[(i >> 1) & 1] += p;
-      }
+      for (int hf = 0; hf < kHalves; ++hf)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+          const float p = exp2_approx(fmaf(s[hf].d[i], a.scale_log2, -m_use[(i >> 1) & 1]));
+          s[hf].d[i] = p;
+          l[(i >> 1) & 1] += p;
+        }
       // Once the row maxima settle most tiles leave them unchanged (α = 1 for all the warp's rows):
       // no rescale of O then.
       const bool rescale = __any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f);
@@ -265,7 +289,7 @@ __global__ void __launch_bounds__(128 * WG, WG == 1 ? 2 : 1)
           for (int i = 0; i < 32; ++i) o[t].d[i] *= alpha[(i >> 1) & 1];
       }
 #pragma unroll
-      for (int ks = 0; ks < kSteps; ++ks) wg::a_fragment(s, ks, pf[ks]);
+      for (int ks = 0; ks < kSteps; ++ks) wg::a_fragment(s[ks / 4], ks % 4, pf[ks]);
       have_p = true;
       p_stage = stage;
     } else if (have_p) {  // the warpgroup's last key tile is behind it: finish its P V now,
@@ -377,7 +401,7 @@ bool prefill_mma_supported(const AttnArgs<bf16>& a) {
 
 int prefill_tile_rows() {
   if (const int forced = forced_tile_rows().load(std::memory_order_relaxed)) return forced;
-  return 64;
+  return 128;
 }
 
 void prefill_mma(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, int n_splits, cudaStream_t stream) {

@@ -48,19 +48,18 @@ __device__ __forceinline__ int64_t split_row(int item, int hkv, int g, int n_spl
 
 // ---- the tensor-core prefill kernel (attention_prefill.cu) ----------------------------------
 
-constexpr int kPrefillKeys = 64;  // keys per tile of the tensor-core kernel
+constexpr int kPrefillKeys = 128;  // keys per tile of the tensor-core kernel
 
 // Whether prefill_mma takes this call: bf16 with head_dim a multiple of 16 up to 128 and 16-byte aligned cache
 // rows (its K/V tiles are copied with cp.async in 16-byte pieces). Anything else stays on the
 // SIMT tile kernel.
 bool prefill_mma_supported(const AttnArgs<bf16>& a);
 
-// Tile rows of the tensor-core kernel: 64 (one warpgroup per block, two blocks per SM that run
-// unsynchronised) unless forced to 128 (two warpgroups sharing each K/V tile: half the K/V
-// reads, but both wait at every tile's barrier; measured slower at 4K to 64K tokens, bench/
-// RESULTS.md session 14). STATELM_ATTN_PREFILL_ROWS=64 or 128 in the environment forces one
-// (benchmarks; read once, at the first call), as does force_attention_prefill_rows
-// (cuda_kernels.h: tests).
+// Tile rows of the tensor-core kernel: 128 (two warpgroups share each K/V tile: half the K/V
+// traffic from L2 of 64-row tiles, which at 16K tokens keep the L2 at 96% of its throughput;
+// measured in bench/RESULTS.md session 14) unless forced to 64. STATELM_ATTN_PREFILL_ROWS=64 or
+// 128 in the environment forces one (benchmarks; read once, at the first call), as does
+// force_attention_prefill_rows (cuda_kernels.h: tests).
 int prefill_tile_rows();
 
 // The tiles of `items` (n_items of them, every KV head each; a.tile_rows rows each) over key
