@@ -5,41 +5,48 @@
 // written out). attention.cu appends the spans' k, v to the paged cache first, plans the items
 // and the key splits, and merges the splits; this file runs the tiles.
 //
-// A warpgroup (128 threads) owns 64 query rows (token, head) that share KV head g (tokens × the
-// group's heads, head fastest); a block of WG warpgroups takes a tile of 64 · WG rows and shares
-// every K/V tile among them (WG is tile_rows / 64: attention.cu picks it, prefill_tile_rows).
-// Q stays in registers as wgmma A fragments, unscaled bf16. The keys 0 .. (last row's position)
-// are walked in tiles of kPrefillKeys = 128, gathered row by row from the paged cache (block
-// table lookup per key) into shared memory with cp.async, in a ring of kStages = 3, one tile
-// ahead, in wgmma.cuh's swizzled layout: key rows of 64 dims, K the K-major B operand of
-// S = Q Kᵀ, V the MN-major B operand of P V. Per key tile j a warpgroup
+// A block is WG computing warpgroups (128 threads each) and one copying warpgroup. A computing
+// warpgroup owns 64 query rows (token, head) that share KV head g (tokens × the group's heads,
+// head fastest); the block's tile of 64 · WG rows shares every K/V tile (WG is tile_rows / 64:
+// attention.cu picks it, prefill_tile_rows). Q is staged once in shared memory (unscaled bf16,
+// the K-major A operand of S = Q Kᵀ). The keys 0 .. (last row's position) are walked in tiles of
+// kPrefillKeys = 128: the copying warpgroup gathers them row by row from the paged cache (block
+// table lookup per key) with cp.async into a ring of kStages = 3 in wgmma.cuh's swizzled layout
+// (key rows of 64 dims: K the K-major B operand of S, V the MN-major B operand of P V) and
+// signals each stage's barrier ("full") when its copies have landed; the computing warps signal
+// another ("empty") when no product reads a stage any more. No block-wide barrier in the loop:
+// each warpgroup runs at its own pace. Per key tile j a computing warpgroup
 //
-//   issues S_j = Q K_jᵀ          (two 64-key halves, 4 · DT products of 64 × 64 × 16 each,
-//                                 A from registers)
-//   issues O += P_{j−1} V_{j−1}  (the previous tile's, 8 · DT products)
+//   waits for "full"
+//   issues S_j = Q K_jᵀ          (two 64-key halves, 4 · DT products of 64 × 64 × 16 each)
+//   issues O += P_{j−1} V_{j−1}  (the previous tile's, 8 · DT products, P from registers)
 //   waits for S_j only; masks (the diagonal), row maxima m' (log2 units), P = 2^(S·scale − m')
 //                                 and l ← α l + rowsum P, while P_{j−1} V_{j−1} still runs
-//   waits for P V; O ← α O        (skipped when no row maximum of the warp changed)
+//   waits for P V; O ← α O        (skipped when no row maximum of the warp changed); tile j − 1's
+//                                 stage is released
 //   P_j → A fragments             (the accumulator layout is the A fragment layout: no trip
 //                                 through shared memory, wgmma::a_fragment)
 //
-// so the softmax of one tile overlaps the tensor cores' work on the other. The row statistics:
-// a thread holds rows lane / 4 and lane / 4 + 8 of its warp's 16, the four lanes of a quad share
-// them, so row maxima are two xor-shuffles; l stays a per-thread partial sum until the end. At
-// the end O / l is written as bf16 (or, with key splits, O, m, l to the split-K scratch for
-// attention.cu's merge). Keys past the tile's last row read as zeros (cp.async zero-fill), never
-// as what the cache holds there: a NaN would survive P = 0.
+// so the softmax of one tile overlaps the tensor cores' work on the other. Registers move from
+// the copying warpgroup (kCopyRegisters) to the computing ones (kMathRegisters, setmaxnreg). The
+// row statistics: a thread holds rows lane / 4 and lane / 4 + 8 of its warp's 16, the four
+// lanes of a quad share them, so row maxima are two xor-shuffles; l stays a per-thread partial
+// sum until the end. At the end O / l is written as bf16 (or, with key splits, O, m, l to the
+// split-K scratch for attention.cu's merge). Keys past the tile's last row read as zeros
+// (cp.async zero-fill), never as what the cache holds there: a NaN would survive P = 0.
 //
-// Tile shape, measured (H200, b1 h32 d128 causal, TFLOP/s at 4K / 16K / 64K, bench/RESULTS.md
-// session 14): the mma.sync kernel this replaced (FlashAttention-2's loop, ldmatrix fragments)
-// 154 / 252 / 278. Here, 64 keys per tile: 207 / 331 / 360 with 128-row tiles (two warpgroups
-// that wait for each other at every tile's barrier), 226 / 379 / 373 with 64-row tiles (two
-// blocks per SM run unsynchronised, but every K/V byte crosses from L2 twice as often: at 16K
-// the L2 runs at 96% of its throughput). 128 keys per tile with 128-row tiles: 221 / 373 / 401
-// (half the barriers, waits and row-maximum shuffles per score, L2 at 41%): the default.
+// Shapes and structure, measured (H200, b1 h32 d128 causal, TFLOP/s at 4K / 16K / 64K, bench/
+// RESULTS.md session 14): the mma.sync kernel this replaced (FlashAttention-2's loop, ldmatrix
+// fragments) 154 / 252 / 278. wgmma with every warp copying and a block barrier per tile, Q in
+// registers: 64 keys per tile 207 / 331 / 360 at 128-row tiles, 226 / 379 / 373 at 64-row tiles
+// (two blocks per SM, but every K/V byte crosses from L2 twice as often: at 16K the L2 runs at
+// 96% of its throughput); 128 keys per tile, 128-row tiles 221 / 373 / 401. This kernel (a
+// copying warpgroup, Q in shared memory so that the computing warps fit in 224 registers):
+// 209 / 432 / 460 — slower at 4K, where blocks are short and each one fills its ring anew.
 // Measured slower and dropped: K/V copies by the TMA (boxes of one cache block, 16 rows: 184 /
 // 276 / 279 at 64-row tiles), a two-deep software pipeline (S of tile j + 1 issued before the
-// softmax of tile j; ptxas serialises its products, C7515: 193 / 295 / 316).
+// softmax of tile j; ptxas serialises its products, C7515: 193 / 295 / 316), tree-shaped row
+// maxima and sums (−2%), Q in registers with the copying warpgroup (spills: 212 / 377 / 404).
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -85,22 +92,62 @@ struct WgStage {  // one key tile: DT column tiles of 64 dims × kKeys key rows,
   bf16 v[DT][kHalves * wgmma::kTileElems];
 };
 
+// The ring, its barriers (full and empty per stage) and the slack to align the ring to 1024 bytes.
 template <int DT, int WG>
 constexpr size_t wg_smem_bytes() {
-  return kRingStages * sizeof(WgStage<DT>) + 1024;  // + alignment of the ring to 1024 bytes
+  return kRingStages * sizeof(WgStage<DT>) + size_t(WG) * DT * wgmma::kTileElems * sizeof(bf16) +
+         2 * kRingStages * sizeof(uint64_t) + 1024;
 }
 
+// Shared-memory barriers (mbarrier) between the copying warpgroup and the computing ones.
+__device__ __forceinline__ void barrier_init(uint64_t* bar, uint32_t arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mma::smem_addr(bar)), "r"(arrivals) : "memory");
+}
+__device__ __forceinline__ void barrier_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(mma::smem_addr(bar)) : "memory");
+}
+// Arrives once all of this thread's earlier cp.async copies have landed (counted in the init).
+__device__ __forceinline__ void barrier_arrive_copies(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(mma::smem_addr(bar)) : "memory");
+}
+// Waits until the barrier's phase of this parity (use k of the barrier completes phase k) is over.
+__device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(mma::smem_addr(bar)), "r"(parity)
+        : "memory");
+}
+// Hands registers between warpgroups: the copying one needs few, the computing ones many.
+template <int N>
+__device__ __forceinline__ void shrink_registers() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void grow_registers() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+// 128 · 56 + 256 · 224 ≤ 65536; the copy loop's 64-bit addresses spill at 40, the computing warps fit
+// in 224 since Q lives in shared memory.
+constexpr int kCopyRegisters = 56, kMathRegisters = 224;
+
+// WG computing warpgroups and one copying warpgroup (the last).
 template <int DT, int WG>
-__global__ void __launch_bounds__(128 * WG, 1)
+__global__ void __launch_bounds__(128 * (WG + 1), 1)
     prefill_wgmma_kernel(AttnArgs<bf16> a, SpanItems items, int n_items, Access acc) {
   namespace wg = wgmma;
-  constexpr int kBlockThreads = 128 * WG;
+  constexpr int kCopyThreads = 128;
   constexpr int DH = 64 * DT;
-  constexpr int kStages = kRingStages, kAhead = kStages - 2;
+  constexpr int kStages = kRingStages;
   constexpr int kSteps = kKeys / 16;  // k16 steps of P V (over keys); S has 4 · DT (over dims)
   extern __shared__ unsigned char smem_raw[];
   WgStage<DT>* ring = reinterpret_cast<WgStage<DT>*>(
       smem_raw + ((1024 - mma::smem_addr(smem_raw) % 1024) % 1024));
+  bf16* q_tiles = reinterpret_cast<bf16*>(ring + kStages);  // [WG][DT] 64 × 64 tiles of Q
+  uint64_t* full = reinterpret_cast<uint64_t*>(q_tiles + WG * DT * wgmma::kTileElems);  // stage s has landed
+  uint64_t* empty = full + kStages;                                // stage s is free again
 
   const int g = int(blockIdx.x) % a.hkv;
   const int item = n_items - 1 - int(blockIdx.x) / a.hkv;
@@ -130,17 +177,17 @@ __global__ void __launch_bounds__(128 * WG, 1)
   const int warp_first = r0 + 16 <= rows ? pos0 + r0 / a.group : -1;  // −1: some rows missing, always mask
   const int wg_last = w0 < rows ? pos0 + min(w0 + 63, rows - 1) / a.group : -1;
 
-  // Q as A fragments: qf[kd] covers dims 16 kd .. 16 kd + 15. Zero past the tile and head_dim.
-  uint32_t qf[4 * DT][4];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = r0 + fr + 8 * h;
-    const bf16* qrow = row < rows ? q_ptr(row) : nullptr;
-#pragma unroll
-    for (int kd = 0; kd < 4 * DT; ++kd)
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-        qf[kd][h + 2 * j] = qrow && 16 * kd + 8 * j < a.dh ? load_pair(qrow + 16 * kd + 8 * j + fc, acc.q_pairs) : 0u;
+  // Q in shared memory, the K-major A operand of S = Q Kᵀ: the warpgroup's 64 rows in DT swizzled
+  // tiles of 64 dims (registers are what the computing warpgroups run short of). Zero past the
+  // tile and head_dim. Visible to the tensor cores after the barrier below.
+  if (wgi < WG) {
+    bf16* qt = q_tiles + wgi * DT * wg::kTileElems;
+    for (int e = int(threadIdx.x) % 128; e < 64 * DH / 2; e += 128) {
+      const int r = e / (DH / 2), d = 2 * (e % (DH / 2));
+      const uint32_t pair = w0 + r < rows && d < a.dh ? load_pair(q_ptr(w0 + r) + d, acc.q_pairs) : 0u;
+      *reinterpret_cast<uint32_t*>(&qt[(d / 64) * wg::kTileElems + wg::swizzled(r, d % 64)]) = pair;
+    }
+    wg::fence_stores();
   }
 
   const int n_keys = pos0 + n_tok;
@@ -149,15 +196,17 @@ __global__ void __launch_bounds__(128 * WG, 1)
   // Key tiles from wg_end on hold no key this warpgroup's rows see (uniform: see wgi).
   const int wg_end = __shfl_sync(0xffffffffu, max(tile_begin, min(tile_end, wg_last < 0 ? 0 : wg_last / kKeys + 1)), 0);
 
-  // Gathers key tile kt into ring stage `stage`: thread moves 16-byte piece c of rows
-  // rr, rr + kPass, ...; the rows' cache offsets are looked up once per warp and row by kDistinct
-  // lanes and passed by shuffle (the block-table lookup and the division cost more than the copy).
+  // The copying warpgroup gathers key tile kt into ring stage `stage`: its thread ct moves 16-byte
+  // piece c of rows rr, rr + kPass, ...; the rows' cache offsets are looked up once per warp and
+  // row by kDistinct lanes and passed by shuffle (the block-table lookup and the division cost
+  // more than the copy).
   auto load_tile = [&](int kt, int stage) {
-    constexpr int kPieces = DH / 8, kPass = kBlockThreads / kPieces, kSub = 32 / kPieces;
+    constexpr int kPieces = DH / 8, kPass = kCopyThreads / kPieces, kSub = 32 / kPieces;
     constexpr int kDistinct = kSub * (kKeys / kPass);
     static_assert(kDistinct <= 32, "one lookup per lane");
-    const int c = int(threadIdx.x) % kPieces, rr = int(threadIdx.x) / kPieces;
-    const int gw = int(threadIdx.x) / 32;
+    const int ct = int(threadIdx.x) - 128 * WG;
+    const int c = ct % kPieces, rr = ct / kPieces;
+    const int gw = ct / 32;
     const int key0 = kt * kKeys;
     int64_t my_off = -1;
     if (lane < kDistinct) {
@@ -177,6 +226,27 @@ __global__ void __launch_bounds__(128 * WG, 1)
       mma::cp_async16(&st.v[t][dst], a.v_cache + off, in);
     }
   };
+
+  if (threadIdx.x == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      barrier_init(&full[st], kCopyThreads);  // every copying thread's copies
+      barrier_init(&empty[st], 4 * WG);       // every computing warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (wgi == WG) {  // the copying warpgroup
+    shrink_registers<kCopyRegisters>();
+    for (int kt = tile_begin; kt < tile_end; ++kt) {
+      const int j = kt - tile_begin, stage = j % kStages;
+      if (j >= kStages) barrier_wait(&empty[stage], uint32_t(j / kStages - 1) & 1);
+      load_tile(kt, stage);
+      barrier_arrive_copies(&full[stage]);
+    }
+    mma::cp_async_wait<0>();
+    return;
+  }
+  grow_registers<kMathRegisters>();
 
   wg::Acc o[DT];
 #pragma unroll
@@ -203,19 +273,19 @@ __global__ void __launch_bounds__(128 * WG, 1)
     for (int ks = 0; ks < kSteps; ++ks) wg::fence_operands(pf[ks]);
   };
 
-#pragma unroll
-  for (int p = 0; p < kAhead; ++p) {
-    if (tile_begin + p < tile_end) load_tile(tile_begin + p, p);
-    mma::cp_async_commit();
-  }
+  // Consumers: per key tile, wait until it has landed; release a stage (one arrival per warp)
+  // once no product reads it any more: tile j − 1's after its P V completed during tile j, a tile
+  // this warpgroup skips at once (after it landed: arrivals must not run ahead into the stage's
+  // next use).
+  const auto release = [&](int stage) {
+    __syncwarp();
+    if (lane == 0) barrier_arrive(&empty[stage]);
+  };
   for (int kt = tile_begin; kt < tile_end; ++kt) {
     const int j = kt - tile_begin;
-    mma::cp_async_wait<kAhead - 1>();  // tile kt has landed (this thread's copies) ...
-    wg::fence_stores();                // ... visible to the tensor cores' reads ...
-    __syncthreads();                   // ... for everyone's copies; and tile kt − 2's stage is free
-    if (kt + kAhead < tile_end) load_tile(kt + kAhead, (j + kAhead) % kStages);
-    mma::cp_async_commit();  // possibly empty: one group per iteration
     const int stage = j % kStages;
+    barrier_wait(&full[stage], uint32_t(j / kStages) & 1);
+    wg::fence_stores();  // the copies' writes, now seen by this thread, before the tensor cores' reads
     if (kt < wg_end) {
       wg::Acc s[kHalves];  // S of keys 64 hf .. 64 hf + 63 of the tile
 #pragma unroll
@@ -230,12 +300,9 @@ __global__ void __launch_bounds__(128 * WG, 1)
       for (int hf = 0; hf < kHalves; ++hf)
 #pragma unroll
         for (int t = 0; t < DT; ++t)
-#pragma unroll
-          for (int ks = 0; ks < 4; ++ks)
-            wg::mma_async<wg::Major::K>(
-                qf[4 * t + ks],
-                wg::descriptor(&ring[stage].k[t][hf * wg::kTileElems]) + (ks * wg::kStepBytes<wg::Major::K> >> 4),
-                s[hf], t > 0 || ks > 0);
+          wg::tile_mma_async<wg::Major::K, wg::Major::K>(wg::descriptor(&q_tiles[(wgi * DT + t) * wg::kTileElems]),
+                                                         wg::descriptor(&ring[stage].k[t][hf * wg::kTileElems]),
+                                                         s[hf], t > 0);
       wg::commit();
       if (have_p) issue_pv();
       wg::commit();  // possibly empty
@@ -290,14 +357,19 @@ __global__ void __launch_bounds__(128 * WG, 1)
       }
 #pragma unroll
       for (int ks = 0; ks < kSteps; ++ks) wg::a_fragment(s[ks / 4], ks % 4, pf[ks]);
+      if (have_p) release(p_stage);  // its P V is complete (wait_pv above)
       have_p = true;
       p_stage = stage;
-    } else if (have_p) {  // the warpgroup's last key tile is behind it: finish its P V now,
-      wg::fence();        // before the ring reuses that stage
-      issue_pv();
-      wg::commit();
-      wait_pv();
-      have_p = false;
+    } else {
+      if (have_p) {  // the warpgroup's last key tile is behind it: finish its P V now
+        wg::fence();
+        issue_pv();
+        wg::commit();
+        wait_pv();
+        release(p_stage);
+        have_p = false;
+      }
+      release(stage);
     }
   }
   if (have_p) {
@@ -306,7 +378,6 @@ __global__ void __launch_bounds__(128 * WG, 1)
     wg::commit();
     wait_pv();
   }
-  mma::cp_async_wait<0>();
 
   const bool split_mode = gridDim.z > 1;
 #pragma unroll
@@ -373,7 +444,7 @@ void launch(const AttnArgs<bf16>& a, const SpanItems& items, int64_t n_items, in
   STATELM_CHECK(blocks < (int64_t(1) << 31), "attention prefill: ", n_items, " tiles × ", a.hkv,
                 " KV heads is too many blocks");
   const Access acc{pairs_ok(a.q, a.qs0, a.qs1), pairs_ok(a.out, a.os0, a.os1)};
-  prefill_wgmma_kernel<DT, WG><<<dim3(unsigned(blocks), 1, unsigned(n_splits)), 128 * WG, smem, stream>>>(
+  prefill_wgmma_kernel<DT, WG><<<dim3(unsigned(blocks), 1, unsigned(n_splits)), 128 * (WG + 1), smem, stream>>>(
       a, items, int(n_items), acc);
   STATELM_CUDA_LAUNCHED("attention prefill (wgmma), head_dim ", 64 * DT, " rows ", a.tile_rows, " splits ", n_splits);
 }
