@@ -17,6 +17,9 @@
 //
 // Accumulators: thread t of the warpgroup holds 32 floats; element i sits at row
 // 16·(warp % 4) + lane / 4 + 8·((i / 2) % 2), column 8·(i / 4) + 2·(lane % 4) + i % 2 (Coord).
+// A may also come from registers (the mma_async overload taking a fragment): that layout is the
+// accumulators' own, so one product's result, rounded to bf16 (a_fragment), feeds the next one
+// without a trip through shared memory (attention's P V after S = Q Kᵀ).
 #pragma once
 
 #include <cuda_bf16.h>
