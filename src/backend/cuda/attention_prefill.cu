@@ -54,6 +54,7 @@
 
 #include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/mbarrier.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/wgmma.cuh"
 
@@ -99,36 +100,6 @@ constexpr size_t wg_smem_bytes() {
          2 * kRingStages * sizeof(uint64_t) + 1024;
 }
 
-// Shared-memory barriers (mbarrier) between the copying warpgroup and the computing ones.
-__device__ __forceinline__ void barrier_init(uint64_t* bar, uint32_t arrivals) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mma::smem_addr(bar)), "r"(arrivals) : "memory");
-}
-__device__ __forceinline__ void barrier_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(mma::smem_addr(bar)) : "memory");
-}
-// Arrives once all of this thread's earlier cp.async copies have landed (counted in the init).
-__device__ __forceinline__ void barrier_arrive_copies(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(mma::smem_addr(bar)) : "memory");
-}
-// Waits until the barrier's phase of this parity (use k of the barrier completes phase k) is over.
-__device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done)
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(mma::smem_addr(bar)), "r"(parity)
-        : "memory");
-}
-// Hands registers between warpgroups: the copying one needs few, the computing ones many.
-template <int N>
-__device__ __forceinline__ void shrink_registers() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
-}
-template <int N>
-__device__ __forceinline__ void grow_registers() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
-}
 // 128 · 56 + 256 · 224 ≤ 65536; the copy loop's 64-bit addresses spill at 40, the computing warps fit
 // in 224 since Q lives in shared memory.
 constexpr int kCopyRegisters = 56, kMathRegisters = 224;
@@ -229,24 +200,24 @@ __global__ void __launch_bounds__(128 * (WG + 1), 1)
 
   if (threadIdx.x == 0) {
     for (int st = 0; st < kStages; ++st) {
-      barrier_init(&full[st], kCopyThreads);  // every copying thread's copies
-      barrier_init(&empty[st], 4 * WG);       // every computing warp
+      mbar::init(&full[st], kCopyThreads);  // every copying thread's copies
+      mbar::init(&empty[st], 4 * WG);       // every computing warp
     }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    mbar::publish_inits();
   }
   __syncthreads();
   if (wgi == WG) {  // the copying warpgroup
-    shrink_registers<kCopyRegisters>();
+    mbar::shrink_registers<kCopyRegisters>();
     for (int kt = tile_begin; kt < tile_end; ++kt) {
       const int j = kt - tile_begin, stage = j % kStages;
-      if (j >= kStages) barrier_wait(&empty[stage], uint32_t(j / kStages - 1) & 1);
+      if (j >= kStages) mbar::wait(&empty[stage], uint32_t(j / kStages - 1) & 1);
       load_tile(kt, stage);
-      barrier_arrive_copies(&full[stage]);
+      mbar::arrive_copies(&full[stage]);
     }
     mma::cp_async_wait<0>();
     return;
   }
-  grow_registers<kMathRegisters>();
+  mbar::grow_registers<kMathRegisters>();
 
   wg::Acc o[DT];
 #pragma unroll
@@ -279,12 +250,12 @@ __global__ void __launch_bounds__(128 * (WG + 1), 1)
   // next use).
   const auto release = [&](int stage) {
     __syncwarp();
-    if (lane == 0) barrier_arrive(&empty[stage]);
+    if (lane == 0) mbar::arrive(&empty[stage]);
   };
   for (int kt = tile_begin; kt < tile_end; ++kt) {
     const int j = kt - tile_begin;
     const int stage = j % kStages;
-    barrier_wait(&full[stage], uint32_t(j / kStages) & 1);
+    mbar::wait(&full[stage], uint32_t(j / kStages) & 1);
     wg::fence_stores();  // the copies' writes, now seen by this thread, before the tensor cores' reads
     if (kt < wg_end) {
       wg::Acc s[kHalves];  // S of keys 64 hf .. 64 hf + 63 of the tile
