@@ -243,6 +243,13 @@ __global__ void __launch_bounds__(128 * (WG + 1), 1)
 #pragma unroll
     for (int ks = 0; ks < kSteps; ++ks) wg::fence_operands(pf[ks]);
   };
+  // The last P V of this warpgroup's walk, issued and waited for.
+  const auto finish_pv = [&]() {
+    wg::fence();
+    issue_pv();
+    wg::commit();
+    wait_pv();
+  };
 
   // Consumers: per key tile, wait until it has landed; release a stage (one arrival per warp)
   // once no product reads it any more: tile j − 1's after its P V completed during tile j, a tile
@@ -333,22 +340,14 @@ __global__ void __launch_bounds__(128 * (WG + 1), 1)
       p_stage = stage;
     } else {
       if (have_p) {  // the warpgroup's last key tile is behind it: finish its P V now
-        wg::fence();
-        issue_pv();
-        wg::commit();
-        wait_pv();
+        finish_pv();
         release(p_stage);
         have_p = false;
       }
       release(stage);
     }
   }
-  if (have_p) {
-    wg::fence();
-    issue_pv();
-    wg::commit();
-    wait_pv();
-  }
+  if (have_p) finish_pv();
 
   const bool split_mode = gridDim.z > 1;
 #pragma unroll

@@ -8,11 +8,11 @@
 
 #include <cstdint>
 
+#include "backend/cuda/mma.cuh"
+
 namespace statelm::cuda::mbar {
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+using mma::smem_addr;
 
 // One thread, before the block synchronises: a barrier whose phases end after `arrivals` arrivals.
 __device__ __forceinline__ void init(uint64_t* bar, uint32_t arrivals) {
