@@ -59,23 +59,39 @@ __device__ __forceinline__ const T* cache_row(const T* cache, const AttnArgs<T>&
 }
 
 // ---- 1. append the span's k, v to the cache -------------------------------------------------
+// A block moves kAppendTokens tokens of k and v, a thread V elements at a time: 16 bytes when
+// every row involved starts 16-byte aligned (append_vector_ok), single elements otherwise. One
+// element at a time, the copy ran at 1.25 TB/s (430 µs of a 16K-token, 32-head prefill's 5 ms,
+// bench/RESULTS.md session 15).
 constexpr int kAppendTokens = 16;
 
-template <typename T>
+template <typename T, int V>
 __global__ void __launch_bounds__(kThreads) append_kv_kernel(AttnArgs<T> a, SpanItems items) {
+  using Chunk = std::conditional_t<V == 1, T, uint4>;
+  static_assert(V == 1 || V * sizeof(T) == sizeof(uint4), "a chunk is one element or 16 bytes");
   const ItemRef it = find_item(items, blockIdx.x);
   const SeqSpan sp = items.spans[it.span];
   const int t0 = it.piece * kAppendTokens, n_tok = min(kAppendTokens, sp.len - t0);
-  const int per_tok = a.hkv * a.dh;
+  const int per_row = a.dh / V, per_tok = a.hkv * per_row;
   for (int e = threadIdx.x; e < n_tok * per_tok; e += kThreads) {
-    const int t = t0 + e / per_tok, r = e % per_tok, g = r / a.dh, d = r % a.dh;
+    const int t = t0 + e / per_tok, r = e % per_tok, g = r / per_row, d = V * (r % per_row);
     const int64_t tok = int64_t(sp.start) + t;
-    const int pos = sp.pos + t;
-    const int32_t blk = a.block_tables[int64_t(it.span) * a.max_blocks + pos / a.block_size];
-    const int64_t dst = int64_t(blk) * a.cs0 + int64_t(pos % a.block_size) * a.cs1 + int64_t(g) * a.cs2 + d;
-    a.k_cache[dst] = a.k[tok * a.ks0 + int64_t(g) * a.ks1 + d];
-    a.v_cache[dst] = a.v[tok * a.vs0 + int64_t(g) * a.vs1 + d];
+    const int64_t dst = attn::cache_offset(a, it.span, sp.pos + t, g) + d;
+    const Chunk k = *reinterpret_cast<const Chunk*>(a.k + tok * a.ks0 + int64_t(g) * a.ks1 + d);
+    const Chunk v = *reinterpret_cast<const Chunk*>(a.v + tok * a.vs0 + int64_t(g) * a.vs1 + d);
+    *reinterpret_cast<Chunk*>(a.k_cache + dst) = k;
+    *reinterpret_cast<Chunk*>(a.v_cache + dst) = v;
   }
+}
+
+// Whether every k, v and cache row starts 16-byte aligned and head_dim is whole 16-byte chunks.
+template <typename T>
+bool append_vector_ok(const AttnArgs<T>& a) {
+  constexpr int64_t v = 16 / sizeof(T);
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return aligned(a.k) && aligned(a.v) && aligned(a.k_cache) && aligned(a.v_cache) && a.dh % v == 0 &&
+         a.ks0 % v == 0 && a.ks1 % v == 0 && a.vs0 % v == 0 && a.vs1 % v == 0 && a.cs0 % v == 0 && a.cs1 % v == 0 &&
+         a.cs2 % v == 0;
 }
 
 // ---- 2. attention of a 64-row tile over a range of key tiles --------------------------------
@@ -379,7 +395,10 @@ void attention(const AttentionParams& p, const BatchView& batch, Scratch& scratc
     int64_t n_append = 0;
     const SpanItems append_items = plan_items(batch, kAppendTokens, min_len, &n_append);
     if (n_append > 0) {
-      append_kv_kernel<T><<<unsigned(n_append), kThreads, 0, stream>>>(a, append_items);
+      if (append_vector_ok(a))
+        append_kv_kernel<T, 16 / sizeof(T)><<<unsigned(n_append), kThreads, 0, stream>>>(a, append_items);
+      else
+        append_kv_kernel<T, 1><<<unsigned(n_append), kThreads, 0, stream>>>(a, append_items);
       STATELM_CUDA_LAUNCHED("attention append, k ", p.k.describe(), " cache ", p.k_cache.describe());
     }
     if (dh <= 32)

@@ -50,9 +50,9 @@ __device__ __forceinline__ int64_t split_row(int item, int hkv, int g, int n_spl
 
 constexpr int kPrefillKeys = 128;  // keys per tile of the tensor-core kernel
 
-// Whether prefill_mma takes this call: bf16 with head_dim a multiple of 16 up to 128 and 16-byte aligned cache
-// rows (its K/V tiles are copied with cp.async in 16-byte pieces). Anything else stays on the
-// SIMT tile kernel.
+// Whether prefill_mma takes this call: bf16 with head_dim a multiple of 16 up to 128 and 16-byte
+// aligned q and cache rows (its Q, K and V tiles are copied with cp.async in 16-byte pieces).
+// Anything else stays on the SIMT tile kernel.
 bool prefill_mma_supported(const AttnArgs<bf16>& a);
 
 // Tile rows of the tensor-core kernel: 128 (two warpgroups share each K/V tile: half the K/V

@@ -69,35 +69,47 @@ struct ItemRef {
   int piece;  // item number within its span: tokens [piece * per_item, ...)
 };
 
-// The (span, piece) of work item `item`. Every thread of the block must call it (it contains a
-// __syncthreads); all get the same answer. `item` must be below the planned item count.
+// The (span, piece) of work item `item`, found by one warp alone (every lane of it must call it;
+// all get the same answer): a warp-uniform walk over the spans, 32 at a time. `item` must be
+// below the planned item count. For kernels whose warps go their own ways (attention_prefill.cu's
+// persistent blocks: each warp decodes its block's next item itself).
+__device__ __forceinline__ ItemRef find_item_in_warp(const SpanItems& m, int item) {
+  if (m.identity) return {item, 0};
+  const int lane = int(threadIdx.x) % 32;
+  int base = 0;
+  for (int s0 = 0; s0 < m.n_spans; s0 += 32) {
+    const int s = s0 + lane;
+    int count = 0;
+    if (s < m.n_spans) {
+      const int len = m.spans[s].len;
+      count = len >= m.min_len && len > 0 ? (len + m.per_item - 1) / m.per_item : 0;
+    }
+    int incl = count;  // inclusive prefix sum over the lanes
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    const int total = __shfl_sync(0xffffffffu, incl, 31);
+    if (item < base + total) {  // uniform: base and total are the same in every lane
+      const unsigned mine = __ballot_sync(0xffffffffu, item >= base + incl - count && item < base + incl);
+      const int owner = __ffs(int(mine)) - 1;
+      const int first = base + __shfl_sync(0xffffffffu, incl - count, owner);  // the span's first item
+      return {s0 + owner, item - first};
+    }
+    base += total;
+  }
+  return {0, 0};  // not reached for a planned item
+}
+
+// The same for a whole block: warp 0 walks, the others read its answer. Every thread of the
+// block must call it (it contains a __syncthreads).
 __device__ __forceinline__ ItemRef find_item(const SpanItems& m, int item) {
   if (m.identity) return {item, 0};
   __shared__ ItemRef found;
   if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    int base = 0;
-    for (int s0 = 0; s0 < m.n_spans; s0 += 32) {
-      const int s = s0 + lane;
-      int count = 0;
-      if (s < m.n_spans) {
-        const int len = m.spans[s].len;
-        count = len >= m.min_len && len > 0 ? (len + m.per_item - 1) / m.per_item : 0;
-      }
-      int incl = count;  // inclusive prefix sum over the lanes
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += v;
-      }
-      const int total = __shfl_sync(0xffffffffu, incl, 31);
-      if (item < base + total) {
-        const bool mine = item >= base + incl - count && item < base + incl;
-        if (mine) found = {s, item - (base + incl - count)};
-        break;  // uniform: base and total are the same in every lane
-      }
-      base += total;
-    }
+    const ItemRef r = find_item_in_warp(m, item);
+    if (threadIdx.x == 0) found = r;
   }
   __syncthreads();
   const ItemRef r = found;
