@@ -12,8 +12,11 @@
 //
 // Parallelisation: a block per item of kTokens tokens of a span (several per item in a decode
 // step); the block first fills a table of cos/sin per (token, pair) in shared memory, then
-// rotates its (token, head, pair)s of q and k with consecutive threads on consecutive pairs
-// (coalesced halves of each head row).
+// rotates its (token, head, pairs)s of q and k with consecutive threads on consecutive pairs
+// (coalesced halves of each head row), V pairs a thread: 4 (or 2) when the halves and the rows
+// allow 8-byte (4-byte) bf16 accesses. One pair a thread, 8 tokens a block, a 2048-token chunk
+// of Llama 2.5B (40 heads × 40 pairs) took 40 µs; 4 pairs a thread 16 µs, and 4 tokens a block
+// 12.7 µs (ncu, bench/RESULTS.md session 15).
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/rope_math.cuh"
@@ -24,16 +27,31 @@ namespace statelm::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTokens = 8;  // tokens per item
+constexpr int kTokens = 4;  // tokens per item
 
-template <typename T>
-__device__ __forceinline__ void rotate_pair(T* row, int i, int half, float c, float s) {
-  const float a = to_f32(row[i]), b = to_f32(row[i + half]);
-  row[i] = from_f32<T>(rope_rotate(a, b, c, s, true));
-  row[i + half] = from_f32<T>(rope_rotate(b, a, c, s, false));
+// V consecutive elements of a row, loaded and stored as one access.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+// Pairs i .. i + V − 1 of a head row (a = row[i + j], b = row[i + j + half]).
+template <typename T, int V>
+__device__ __forceinline__ void rotate_pairs(T* row, int i, int half, const float* c, const float* s) {
+  Pack<T, V>& pa = *reinterpret_cast<Pack<T, V>*>(row + i);
+  Pack<T, V>& pb = *reinterpret_cast<Pack<T, V>*>(row + i + half);
+  Pack<T, V> a = pa, b = pb;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const float x = to_f32(a.v[j]), y = to_f32(b.v[j]);
+    a.v[j] = from_f32<T>(rope_rotate(x, y, c[j], s[j], true));
+    b.v[j] = from_f32<T>(rope_rotate(y, x, c[j], s[j], false));
+  }
+  pa = a;
+  pb = b;
 }
 
-template <typename T>
+template <typename T, int V>
 __global__ void __launch_bounds__(kThreads) rope_kernel(T* q, int64_t qs0, int64_t qs1, int hq, T* k, int64_t ks0,
                                                          int64_t ks1, int hkv, int half, InvFreq inv, SpanItems items) {
   __shared__ float cos_t[kTokens][kMaxRopeHalf];
@@ -51,15 +69,29 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(T* q, int64_t qs0, int64
   pdl_wait();
   __syncthreads();
   const int heads = hq + hkv;
-  const int per_token = heads * half;
+  const int packs = half / V;  // per head
+  const int per_token = heads * packs;
   // Blocks y = 0 .. gridDim.y − 1 of an item share its pairs (gridDim.y > 1 for decode steps).
   for (int e = blockIdx.y * kThreads + threadIdx.x; e < n_tok * per_token; e += gridDim.y * kThreads) {
     const int t = e / per_token, r = e % per_token;
-    const int h = r / half, i = r % half;
+    const int h = r / packs, i = V * (r % packs);
     const int64_t tok = int64_t(sp.start) + t0 + t;
     T* row = h < hq ? q + tok * qs0 + h * qs1 : k + tok * ks0 + (h - hq) * ks1;
-    rotate_pair(row, i, half, cos_t[t][i], sin_t[t][i]);
+    rotate_pairs<T, V>(row, i, half, &cos_t[t][i], &sin_t[t][i]);
   }
+}
+
+// Pairs a thread rotates at once: 4 or 2 when half splits evenly and every head row of q and k
+// starts aligned to that many elements, else 1.
+template <typename T>
+int pairs_per_thread(const RopeParams& p, int64_t half) {
+  for (int v : {4, 2}) {
+    const size_t bytes = sizeof(T) * size_t(v);
+    if (half % v == 0 && aligned_for(p.q.data, p.q.stride[0], sizeof(T), bytes) &&
+        aligned_for(p.k.data, p.k.stride[0], sizeof(T), bytes) && p.q.stride[1] % v == 0 && p.k.stride[1] % v == 0)
+      return v;
+  }
+  return 1;
 }
 
 }  // namespace
@@ -86,7 +118,9 @@ void rope(const RopeParams& p, const BatchView& batch, cudaStream_t stream, int 
   const unsigned ny = longest_span(batch) == 1 ? unsigned((pairs + kThreads - 1) / kThreads) : 1u;
   dispatch_float(p.q.dtype, "rope", [&](auto tag) {
     using T = decltype(tag);
-    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), rope_kernel<T>, dim3(unsigned(n_items), ny), dim3(kThreads), stream,
+    const int v = pairs_per_thread<T>(p, half);
+    const auto kernel = v == 4 ? rope_kernel<T, 4> : v == 2 ? rope_kernel<T, 2> : rope_kernel<T, 1>;
+    STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), kernel, dim3(unsigned(n_items), ny), dim3(kThreads), stream,
                                      static_cast<T*>(p.q.data), p.q.stride[0], p.q.stride[1], int(p.q.shape[1]),
                                      static_cast<T*>(p.k.data), p.k.stride[0], p.k.stride[1], int(p.k.shape[1]),
                                      int(half), inv, items),
