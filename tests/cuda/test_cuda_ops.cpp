@@ -970,11 +970,13 @@ TEST(CudaOps, PagedAttentionPrefill) {
 }
 
 // Few tiles over many keys (a short chunk late in a long prefill): the tensor-core kernel splits
-// the key range and attention.cu merges the splits; a graph-sized key capacity on top.
+// the key range and attention.cu merges the splits; a graph-sized key capacity on top. With the
+// 300-token chunk there are more (tile, KV head, split) work items than persistent blocks (one
+// an SM), so blocks loop over several items, splits among them.
 TEST(CudaOps, PagedAttentionPrefillSplit) {
   REQUIRE_GPU();
   std::mt19937 rng(22);
-  const std::vector<LenPos> seqs = {{70, 4000}, {9, 2500}};
+  const std::vector<LenPos> seqs = {{70, 4000}, {9, 2500}, {300, 4000}};
   const auto spans = mixed_spans(rng, seqs, int32_t(seqs.size()));
   for (int rows : {64, 128}) {
     SCOPED_TRACE("tile rows " + std::to_string(rows));
