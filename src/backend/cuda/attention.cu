@@ -87,11 +87,11 @@ __global__ void __launch_bounds__(kThreads) append_kv_kernel(AttnArgs<T> a, Span
 // Whether every k, v and cache row starts 16-byte aligned and head_dim is whole 16-byte chunks.
 template <typename T>
 bool append_vector_ok(const AttnArgs<T>& a) {
-  constexpr int64_t v = 16 / sizeof(T);
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return aligned(a.k) && aligned(a.v) && aligned(a.k_cache) && aligned(a.v_cache) && a.dh % v == 0 &&
-         a.ks0 % v == 0 && a.ks1 % v == 0 && a.vs0 % v == 0 && a.vs1 % v == 0 && a.cs0 % v == 0 && a.cs1 % v == 0 &&
-         a.cs2 % v == 0;
+  const auto rows16 = [](const void* p, std::initializer_list<int64_t> strides) {
+    return aligned_for(p, strides, sizeof(T), 16);
+  };
+  return a.dh % (16 / int(sizeof(T))) == 0 && rows16(a.k, {a.ks0, a.ks1}) && rows16(a.v, {a.vs0, a.vs1}) &&
+         rows16(a.k_cache, {a.cs0, a.cs1, a.cs2}) && rows16(a.v_cache, {a.cs0, a.cs1, a.cs2});
 }
 
 // ---- 2. attention of a 64-row tile over a range of key tiles --------------------------------

@@ -496,9 +496,7 @@ __global__ void __launch_bounds__(128 * (WG + 1), 1)
   }
 }
 
-bool pairs_ok(const void* p, int64_t s0, int64_t s1) {
-  return reinterpret_cast<uintptr_t>(p) % 4 == 0 && s0 % 2 == 0 && s1 % 2 == 0;
-}
+bool pairs_ok(const void* p, int64_t s0, int64_t s1) { return aligned_for(p, {s0, s1}, sizeof(bf16), 4); }
 
 
 template <int DT, int WG>
@@ -546,9 +544,11 @@ std::atomic<int>& forced_tile_rows() {
 
 bool prefill_mma_supported(const AttnArgs<bf16>& a) {
   // Q, K and V rows are copied in 16-byte pieces (cp.async): they must start 16-byte aligned.
-  const auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return a.dh % 16 == 0 && a.dh <= 128 && aligned16(a.q) && a.qs0 % 8 == 0 && a.qs1 % 8 == 0 &&
-         aligned16(a.k_cache) && aligned16(a.v_cache) && a.cs0 % 8 == 0 && a.cs1 % 8 == 0 && a.cs2 % 8 == 0;
+  const auto rows16 = [](const void* p, std::initializer_list<int64_t> strides) {
+    return aligned_for(p, strides, sizeof(bf16), 16);
+  };
+  return a.dh % 16 == 0 && a.dh <= 128 && rows16(a.q, {a.qs0, a.qs1}) && rows16(a.k_cache, {a.cs0, a.cs1, a.cs2}) &&
+         rows16(a.v_cache, {a.cs0, a.cs1, a.cs2});
 }
 
 int prefill_tile_rows() {

@@ -87,8 +87,8 @@ template <typename T>
 int pairs_per_thread(const RopeParams& p, int64_t half) {
   for (int v : {4, 2}) {
     const size_t bytes = sizeof(T) * size_t(v);
-    if (half % v == 0 && aligned_for(p.q.data, p.q.stride[0], sizeof(T), bytes) &&
-        aligned_for(p.k.data, p.k.stride[0], sizeof(T), bytes) && p.q.stride[1] % v == 0 && p.k.stride[1] % v == 0)
+    if (half % v == 0 && aligned_for(p.q.data, {p.q.stride[0], p.q.stride[1]}, sizeof(T), bytes) &&
+        aligned_for(p.k.data, {p.k.stride[0], p.k.stride[1]}, sizeof(T), bytes))
       return v;
   }
   return 1;
