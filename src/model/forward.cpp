@@ -129,9 +129,8 @@ void Forward::attention(const AttentionDims& a, const AttentionWeights& w, const
 void Forward::mlp(const MlpDims& m, const MlpWeights& w, const Tensor& x, const Tensor& out) {
   const int64_t T = x.shape[0];
   Tensor gu = scratch(kMixer, {T, 2 * m.d_ff});
-  backend_.matmul(x, w.gate_up, w.gate_up_bias, gu);
   Tensor act = scratch(kMixer + 1, {T, m.d_ff});
-  backend_.swiglu(gu, act);
+  backend_.matmul_swiglu(x, w.gate_up, w.gate_up_bias, gu, act);
   backend_.matmul(act, w.down, w.down_bias, out);
 }
 

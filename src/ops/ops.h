@@ -226,6 +226,14 @@ class Backend {
                               const Tensor& out) = 0;
   // out[T, F] = silu(gate_up[:, :F]) * gate_up[:, F:].
   virtual void swiglu(const Tensor& gate_up, const Tensor& out) = 0;
+  // out[T, F] = swiglu(x w^T + bias), w = [gate; up] of 2F rows: a SwiGLU MLP's first half.
+  // gate_up [T, 2F] is room for the product where the backend does not fuse the two (a CUDA
+  // decode step fuses them: one launch less per layer); its contents are unspecified after.
+  virtual void matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& gate_up,
+                             const Tensor& out) {
+    matmul(x, w, bias, gate_up);
+    swiglu(gate_up, out);
+  }
   // acc += x.
   virtual void add(const Tensor& acc, const Tensor& x) = 0;
 

@@ -156,8 +156,8 @@ int64_t cuda_attention_scratch(const AttentionDims& a, const CudaStep& s) {
   // attention_decode.cu (the spans of one token, in the same call): when it splits keys, fp32
   // partials (Dh + 2 floats) per block and query head of its group, for at most one wave of
   // blocks. Its blocks per SM come from the occupancy API at run time (2-3 for the shapes
-  // measured); 4 bounds them.
-  if (s.context > 256) {
+  // measured); 4 bounds them. A short sequence splits down to 64 keys a split.
+  if (s.context > 64) {
     const int64_t parts = 4 * int64_t(s.sms) * (a.n_heads / a.n_kv_heads);
     most += align256((ceil_div(parts * a.head_dim, 64) * 64 + 2 * parts) * 4);
   }

@@ -425,6 +425,34 @@ TEST(CudaOps, Matmul) {
         }
 }
 
+// The MLP's first half, x [T, K] by [gate; up] [2F, K], then SwiGLU: one token (and fp32 up to
+// 8) in the weight-streaming kernel's SwiGLU epilogue (asserted to fit), bf16 batches of 2-16 on
+// the tensor-core kernel then the swiglu kernel, larger ones through cuBLASLt; F odd (a block's
+// second feature past the end), bias on and off.
+TEST(CudaOps, MatmulSwiglu) {
+  REQUIRE_GPU();
+  for (int64_t T : {1, 2, 5, 9, 40})
+    for (int64_t F : {29, 64})
+      for (bool bias : {false, true}) {
+        const int64_t K = 296;
+        compare_both([&] {
+          OpCase c("matmul_swiglu T=" + std::to_string(T) + " F=" + std::to_string(F) + (bias ? " bias" : ""), 6);
+          const int x = c.aligned_act("x", {T, K});
+          const int w = c.dense("weight", Kind::Weight, {2 * F, K});
+          const int bi = c.dense("bias", Kind::Param, {2 * F});
+          const int gu = c.act("gate_up", {T, 2 * F}, -1.0f, 1.0f, Kind::ActIn);  // room, not compared
+          const int out = c.act("out", {T, F});
+          OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+            const Tensor bias_t = bias ? t[bi] : Tensor{};
+            if (b.device() == Device::Cuda && (T == 1 || (t[x].dtype == DType::F32 && T <= cuda::kSkinnyMaxTokens)))
+              EXPECT_TRUE(cuda::skinny_gemm_fits(t[x], t[w], bias_t)) << "T=" << T;
+            b.matmul_swiglu(t[x], t[w], bias_t, t[gu], t[out]);
+          };
+          return std::make_pair(std::move(c), fn);
+        });
+      }
+}
+
 // Decode-size products take the weight-streaming kernels when rows are 16-byte aligned: bf16
 // batches of 2 to 16 tokens the tensor-core one (skinny_gemm_mma.cu: one and two n8 tiles of
 // tokens, partly filled, offered first), other products of up to 8 tokens the FMA one
@@ -913,6 +941,17 @@ TEST(CudaOps, PagedAttentionRope) {
   compare_attention(rng, mixed, 16, {{16, 1, 64}}, 0, default_rope(64));
   compare_attention(rng, mixed, 16, {{8, 2, 128}}, 0, default_rope(128));
   compare_attention(rng, decode, 16, {{8, 2, 128}}, 0, default_rope(128));
+}
+
+// Few sequences at short contexts: the key splits of each (sequence, KV head) form one
+// thread-block cluster and merge through distributed shared memory (attention_decode.cu) —
+// Llama 2.5B's shape at 2K keys (16 splits), and short sequences whose clusters hold splits
+// with no keys (capacity 4096: 16 splits of at least 64 keys for 1, 70 and 3000 keys).
+TEST(CudaOps, PagedAttentionDecodeCluster) {
+  REQUIRE_GPU();
+  std::mt19937 rng(23);
+  compare_attention(rng, decode_spans(rng, {2048}), 16, {{32, 8, 80}, {8, 1, 128}});
+  compare_attention(rng, decode_spans(rng, {70, 1, 3000}), 7, {{8, 2, 80}, {4, 4, 64}}, 4096);
 }
 
 // So many (sequence, KV head) blocks that the decode kernel does not split the keys: the

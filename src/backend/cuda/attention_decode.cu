@@ -32,8 +32,16 @@
 // Softmax: online, per warp, in fp32, with scores pre-multiplied by log2 e (exp2): per chunk the
 // running max m (warp-uniform), the running sum l and O are scaled by 2^(m − m'). At the end
 // the warps' key groups are summed with shuffles, the four warps merged in shared memory, and
-// the block writes either the output (one split) or its (m, l, O) to scratch, which a merge
-// kernel combines: out = Σ_z 2^(m_z − M) O_z / Σ_z 2^(m_z − M) l_z over the splits holding keys.
+// the block writes either the output (one split) or its (m, l, O) for the merge:
+//   out = Σ_z 2^(m_z − M) O_z / Σ_z 2^(m_z − M) l_z over the splits holding keys.
+// When a (sequence, KV head) has 8 to kMaxCluster splits (short contexts, few sequences: e.g.
+// Llama 2.5B at 2K keys, batch 1 to 4), they form one thread-block cluster and merge through
+// distributed shared memory: each block sends the slices of its (m, l, O) to the blocks that
+// combine them, and after one cluster barrier each block computes its slice of the outputs from
+// its own shared memory. Otherwise the partials go to scratch and a merge kernel combines them.
+// The cluster takes a kernel boundary and its round trips to L2 off the decode step's critical
+// path (Llama 2.5B at 2K keys: the merge kernel, or the last block merging from L2, cost ~7 µs a
+// layer in the step, the L2 slow behind the output projection's weights).
 //
 // The new key: the block whose range holds pos takes k, v of the token from the inputs (which
 // need not be aligned), stores them in the cache, and folds them in as a one-key chunk; no other
@@ -47,6 +55,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <cooperative_groups.h>
+
 #include "backend/cuda/attention_args.cuh"
 #include "backend/cuda/attention_decode.h"
 #include "backend/cuda/cuda_common.h"
@@ -57,12 +67,16 @@ namespace statelm::cuda {
 
 namespace {
 
+namespace cg = cooperative_groups;
+
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kStages = 4;           // chunks in flight per warp (cp.async groups)
 constexpr int kMinSplitKeys = 256;   // keys per split at least: the merge stays small
 constexpr int kShortSplitKeys = 64;  // ... unless the sequence is short (split_keys)
 constexpr int kMaxSplits = 256;
+constexpr int kMaxCluster = 16;      // blocks of a cluster (the most Hopper allows, non-portable)
+constexpr int kMinClusterSplits = 8;  // fewer splits merge in a kernel (launch() says why)
 constexpr int kMaxGroup = 8;
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -73,6 +87,7 @@ struct DecodeArgs : attn::PagedAttnArgs<T> {
   int key_round;         // keys per block round: split lengths are multiples of it
   float* o_part;         // [span][hkv][split][group][dh] unnormalised O of each split
   float* ml_part;        // [span][hkv][split][group][2]  its (m, l)
+  bool cluster;          // the splits of (span, g) form a cluster (n_splits ≤ kMaxCluster)
   int rope_half;         // rotary pairs per head (rotary_dim / 2 ≤ DH / 2; 0: no rotation)
   InvFreq rope_inv;      // their inverse frequencies
 };
@@ -97,7 +112,9 @@ struct DecodeTile {
   static constexpr int kRound = kWarps * kChunk;  // keys per block round
   static constexpr size_t kSlots = size_t(kStages) * kSteps * kNv * 2;  // 16-byte slots per thread
   static constexpr size_t kReduceBytes = size_t(kWarps) * GMAX * (DH + 2) * sizeof(float);
-  static constexpr size_t kSmem = std::max(kSlots * 16 * kThreads, kReduceBytes);
+  // The warps' reduction area, then a cluster split's partial (O and (m, l) of each head).
+  static constexpr size_t kPartialBytes = kReduceBytes + size_t(GMAX) * (DH + 2) * sizeof(float);
+  static constexpr size_t kSmem = std::max(kSlots * 16 * kThreads, kPartialBytes);
   static_assert(kRowVecs * kVec == DH && kNv * kTpk == kRowVecs, "a row splits evenly over a key's lanes");
   static_assert(kTpk >= 1 && kTpk <= 32 && 32 % kTpk == 0, "a warp holds whole keys");
   static_assert(GMAX * kDims <= 64, "q and O stay in registers");
@@ -108,10 +125,12 @@ struct DecodeTile {
 // unless that would leave more than half of the sequence's splits idle (a short context with
 // few sequences: Llama 2.5B at 2K keys, batch 1, filled 8 of 49 splits), when the keys spread
 // over half the splits, down to kShortSplitKeys. (A flat 64-key minimum was measured faster at
-// 512 and 2K keys but slower at 8K, where 256-key splits already fill the GPU.) The decode
-// kernel and the merge must agree on it.
-__device__ __forceinline__ int split_keys(int n_keys, int n_splits, int round) {
+// 512 and 2K keys but slower at 8K, where 256-key splits already fill the GPU.) A cluster's
+// merge costs little: its splits take equal shares, down to kShortSplitKeys. The decode kernel
+// and the merge kernel must agree on it.
+__device__ __forceinline__ int split_keys(int n_keys, int n_splits, int round, bool cluster) {
   auto whole_rounds = [&](int keys) { return (keys + round - 1) / round * round; };
+  if (cluster) return max(kShortSplitKeys, whole_rounds((n_keys + n_splits - 1) / n_splits));
   const int keys = max(kMinSplitKeys, whole_rounds((n_keys + n_splits - 1) / n_splits));
   const int half = n_splits / 2;
   if (2 * ((n_keys + keys - 1) / keys) >= n_splits || half < 2) return keys;
@@ -208,6 +227,67 @@ __device__ __forceinline__ void absorb(WarpState<GMAX, C::kDims>& st, const floa
   }
 }
 
+// A barrier of the whole cluster, in halves: arrive (after this thread's writes to shared
+// memory, its own or another block's), then wait for every thread of the cluster.
+__device__ __forceinline__ void cluster_arrive_release() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+
+// The cluster merge's inputs in each block's shared memory: block r combines outputs
+// [r · slice, (r + 1) · slice) of the group's heads × dims, and every split sends it its O of
+// those outputs and its (m, l) of every head (remote stores: they need no round trip, and the
+// barrier's release orders them before the merge reads its own memory; remote loads, a round
+// trip each, measured 2 µs slower per kernel).
+template <int GMAX, int DH>
+struct ClusterMerge {
+  float o[GMAX * DH + kMaxCluster];  // [split][slice]: n · slice < GMAX · DH + n
+  float2 ml[kMaxCluster * GMAX];     // [split][head]
+  __device__ static int slice(int n, int total) { return (total + n - 1) / n; }
+};
+
+// Split `split` of a cluster of n sends its partial (O of the group's heads × dims, and (m, l)
+// of each head, in its own shared memory) to the blocks that combine it: O of output e to the
+// block whose slice holds e, (m, l) to every block.
+template <int GMAX, int DH, typename T>
+__device__ void send_partial(const DecodeArgs<T>& a, ClusterMerge<GMAX, DH>& mine, int split, const float* part_o,
+                             const float2* part_ml) {
+  cg::cluster_group cluster = cg::this_cluster();
+  const int n = a.n_splits, total = a.group * a.dh, slice = ClusterMerge<GMAX, DH>::slice(n, total);
+  for (int e = threadIdx.x; e < total; e += kThreads) {
+    const int r = e / slice;
+    cluster.map_shared_rank(&mine, r)->o[split * slice + e - r * slice] = part_o[e];
+  }
+  for (int i = threadIdx.x; i < n * a.group; i += kThreads) {
+    const int to = i / a.group, h = i % a.group;
+    cluster.map_shared_rank(&mine, to)->ml[split * GMAX + h] = part_ml[h];
+  }
+}
+
+// Block `rank` of the cluster, past the barrier that follows every send_partial, combines its
+// slice: out = Σ_z 2^(m_z − M) O_z / Σ_z 2^(m_z − M) l_z over the n splits. Split 0 always holds
+// keys, so M is finite, and an idle split's weight 2^(−∞ − M) is 0.
+template <int GMAX, int DH, typename T>
+__device__ void merge_cluster(const DecodeArgs<T>& a, const ClusterMerge<GMAX, DH>& mine, int rank, int64_t tok,
+                              int g) {
+  const int n = a.n_splits, total = a.group * a.dh, slice = ClusterMerge<GMAX, DH>::slice(n, total);
+  const int first = rank * slice, count = min(total - first, slice);
+  for (int i = threadIdx.x; i < count; i += kThreads) {
+    const int e = first + i, h = e / a.dh;
+    float m_max = -INFINITY;
+#pragma unroll 4
+    for (int z = 0; z < n; ++z) m_max = fmaxf(m_max, mine.ml[z * GMAX + h].x);
+    float l_sum = 0.0f, acc = 0.0f;
+#pragma unroll 4
+    for (int z = 0; z < n; ++z) {
+      const float w = exp2f(mine.ml[z * GMAX + h].x - m_max);
+      l_sum = fmaf(w, mine.ml[z * GMAX + h].y, l_sum);
+      acc = fmaf(w, mine.o[z * slice + i], acc);
+    }
+    a.out[tok * a.os0 + int64_t(g * a.group + h) * a.os1 + e % a.dh] = from_f32<T>(acc / l_sum);
+  }
+}
+
 // Three blocks fill an SM's shared memory (64 KiB each), which leaves 168 registers a thread;
 // with 8 heads the q and O registers alone are 128, so it runs at two blocks rather than spill.
 template <typename T, int DH, int GMAX>
@@ -220,12 +300,15 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
   const SeqSpan sp = a.spans[span];
   if (sp.len != 1) return;  // a prefill span: the tiled kernel's
   const int pos = sp.pos, n_keys = pos + 1;
-  const int per = split_keys(n_keys, a.n_splits, a.key_round);
+  const int per = split_keys(n_keys, a.n_splits, a.key_round, a.cluster);
   const int begin = split * per;
-  if (begin >= n_keys) return;  // past this sequence's keys; the merge skips it
+  // Past this sequence's keys: the merge kernel skips the split; in a cluster the block stays
+  // for the barriers and offers an empty partial.
+  const bool idle = begin >= n_keys;
+  if (idle && !a.cluster) return;
   const int end = min(begin + per, n_keys);
   const int stop = min(end, pos);  // keys [begin, stop) come from the cache, key pos from k, v
-  const bool has_new = end == n_keys;
+  const bool has_new = !idle && end == n_keys;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int kg = lane / C::kTpk, t = lane % C::kTpk;  // the lane's key in a step, its part of the row
@@ -389,6 +472,11 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
   __syncthreads();
   float* red_o = reinterpret_cast<float*>(smem_raw);  // [warp][GMAX][DH]
   float* red_ml = red_o + kWarps * GMAX * DH;          // [warp][GMAX][2]
+  float* part_o = red_ml + kWarps * GMAX * 2;          // [group · dh] this split's, in a cluster
+  float2* part_ml = reinterpret_cast<float2*>(part_o + GMAX * DH);  // [group]
+  // What the cluster's splits send this block (not in the dynamic area: they may arrive while
+  // this block still streams keys through its slots).
+  __shared__ ClusterMerge<GMAX, DH> merge;
   if (kg == 0) {
 #pragma unroll
     for (int h = 0; h < GMAX; ++h)
@@ -420,6 +508,9 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
     }
     if (a.n_splits == 1) {
       a.out[tok * a.os0 + int64_t(g * a.group + h) * a.os1 + d] = from_f32<T>(acc / l_sum);
+    } else if (a.cluster) {  // an idle split offers (−∞, 0) and zeros
+      part_o[e] = idle ? 0.0f : acc;
+      if (d == 0) part_ml[h] = idle ? make_float2(-INFINITY, 0.0f) : make_float2(m_max, l_sum);
     } else {
       const int64_t part = ((int64_t(span) * a.hkv + g) * a.n_splits + split) * a.group + h;
       a.o_part[part * a.dh + d] = acc;
@@ -428,6 +519,13 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
         a.ml_part[2 * part + 1] = l_sum;
       }
     }
+  }
+  if (a.cluster) {
+    __syncthreads();
+    send_partial(a, merge, split, part_o, part_ml);
+    cluster_arrive_release();  // this block's partials are sent
+    cluster_wait();            // ... and every other block's have arrived
+    merge_cluster(a, merge, split, tok, g);  // the cluster spans the splits: its block rank is split
   }
 }
 
@@ -442,7 +540,7 @@ __global__ void __launch_bounds__(kThreads) decode_merge_kernel(DecodeArgs<T> a)
   const SeqSpan sp = a.spans[span];
   if (sp.len != 1) return;
   const int n_keys = sp.pos + 1;
-  const int per = split_keys(n_keys, a.n_splits, a.key_round);
+  const int per = split_keys(n_keys, a.n_splits, a.key_round, false);
   const int n_valid = (n_keys + per - 1) / per;
   const int64_t part0 = (int64_t(span) * a.hkv + g) * a.n_splits * a.group + h;  // split z: part0 + z · group
   if (threadIdx.x < 32) {
@@ -484,6 +582,29 @@ void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaSt
   }();
   STATELM_CHECK(per_sm > 0, "attention decode: cannot run blocks of ", kThreads, " threads with ", C::kSmem,
                 " bytes of shared memory");
+  // The largest cluster of these blocks that the GPU can place (16, 8, or 1: none), asked once.
+  static const int cluster_limit = [] {
+    const auto kernel = decode_kernel<T, DH, GMAX>;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+      cudaGetLastError();  // clusters of 8 at most
+    for (unsigned size : {unsigned(kMaxCluster), 8u}) {
+      cudaLaunchAttribute attr{};
+      attr.id = cudaLaunchAttributeClusterDimension;
+      attr.val.clusterDim.x = 1;
+      attr.val.clusterDim.y = 1;
+      attr.val.clusterDim.z = size;
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3(1, 1, size);
+      cfg.blockDim = dim3(kThreads);
+      cfg.dynamicSmemBytes = C::kSmem;
+      cfg.attrs = &attr;
+      cfg.numAttrs = 1;
+      int clusters = 0;
+      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0) return int(size);
+      cudaGetLastError();
+    }
+    return 1;
+  }();
   // One wave: as many splits as leave every block resident at once (a memory-bound stream
   // wants all its loads in flight, not a second wave), within the keys.
   const int64_t base = int64_t(n_spans) * a.hkv;
@@ -492,7 +613,15 @@ void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaSt
       std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (max_keys + kShortSplitKeys - 1) / kShortSplitKeys));
   a.n_splits = int(std::clamp<int64_t>(resident / base, 1, most));
   a.key_round = C::kRound;
-  if (a.n_splits > 1) {
+  // A cluster merges the splits when they fit one, or when the keys are few enough that
+  // cluster_limit splits cover them in kMinSplitKeys each (fewer, longer splits than one wave
+  // would have, but no merge kernel) — and they are not few: with 3 splits (Llama 2.5B, batch
+  // 16 at 2K keys) the cluster measured ~1% slower a step than the merge kernel; with 16
+  // (batch 1) 3-5% faster.
+  a.cluster = a.n_splits >= kMinClusterSplits && cluster_limit > 1 &&
+              (a.n_splits <= cluster_limit || max_keys <= int64_t(cluster_limit) * kMinSplitKeys);
+  if (a.cluster) a.n_splits = std::min(a.n_splits, cluster_limit);
+  if (a.n_splits > 1 && !a.cluster) {
     const size_t parts = size_t(base) * a.n_splits * a.group;
     const size_t o_floats = (parts * a.dh + 63) / 64 * 64;
     a.o_part = static_cast<float*>(scratch.get((o_floats + 2 * parts) * sizeof(float)));
@@ -504,12 +633,14 @@ void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaSt
   // ms/step early vs after (one device call, 2 rounds): 2.066 vs 2.006 at 512 keys, 2.064 vs
   // 2.014 at 1K, 2.100 vs 2.107 at 2K, 2.351 vs 2.293 at 8K, 3.153 vs 3.190 at 32K (mixed at
   // long contexts, where another H200 also measured the early form slower).
-  STATELM_CUDA_CHECK(launch_pdl_if_smem(false, decode_kernel<T, DH, GMAX>,
-                                        dim3(unsigned(n_spans), unsigned(a.hkv), unsigned(a.n_splits)), dim3(kThreads),
-                                        C::kSmem, stream, a),
+  const dim3 cluster(1, 1, a.cluster ? unsigned(a.n_splits) : 1);
+  STATELM_CUDA_CHECK(launch_clusters_pdl_if(cluster, false, decode_kernel<T, DH, GMAX>,
+                                            dim3(unsigned(n_spans), unsigned(a.hkv), unsigned(a.n_splits)),
+                                            dim3(kThreads), C::kSmem, stream, a),
                      "attention decode launch");
-  STATELM_CUDA_LAUNCHED("attention decode, head_dim ", a.dh, " group ", a.group, " splits ", a.n_splits);
-  if (a.n_splits > 1) {
+  STATELM_CUDA_LAUNCHED("attention decode, head_dim ", a.dh, " group ", a.group, " splits ", a.n_splits,
+                        a.cluster ? " (one cluster)" : "");
+  if (a.n_splits > 1 && !a.cluster) {
     STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), decode_merge_kernel<T>,
                                      dim3(unsigned(n_spans), unsigned(a.hkv), unsigned(a.group)), dim3(kThreads),
                                      stream, a),

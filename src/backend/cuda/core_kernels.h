@@ -61,6 +61,10 @@ bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Row
                  cudaStream_t stream);
 // Whether skinny_gemm takes these operands (the tests check that their decode cases reach it).
 bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias);
+// out[T, F] = swiglu(x w^T + bias) for w = [gate; up] (2F rows), the product rounded to out's
+// dtype before the activation as Gemm::run then swiglu() round it; the same operands as
+// skinny_gemm. False (nothing launched) when they do not fit.
+bool skinny_gemm_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream);
 
 // Decode batches on the tensor cores (skinny_gemm_mma.cu): the same product for bf16 and
 // 2 <= T <= kSkinnyMmaMaxTokens. False (nothing launched) when the operands do not allow it.

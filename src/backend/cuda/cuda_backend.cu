@@ -480,6 +480,21 @@ void CudaBackend::swiglu(const Tensor& gate_up, const Tensor& out) {
   cuda::swiglu(gate_up, out, impl_->stream);
 }
 
+// One token (and fp32 rows up to the skinny kernel's limit): the weight-streaming kernel applies
+// SwiGLU to its gate and up rows in its epilogue, and the product never goes to memory. Batches
+// that the tensor-core skinny kernel or cuBLASLt take run the product and the swiglu kernel.
+void CudaBackend::matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& gate_up,
+                                const Tensor& out) {
+  const int64_t t = x.shape[0], f = out.shape[1];
+  check_view(out, {t, f}, "matmul_swiglu", "out");
+  check_act(gate_up, out.dtype, {t, 2 * f}, "matmul_swiglu", "gate_up");
+  check_matmul(x, w, bias, gate_up, "matmul_swiglu");
+  const bool mma = t >= 2 && t <= cuda::kSkinnyMmaMaxTokens && cuda::skinny_gemm_mma_fits(x, w, bias);
+  if (!mma && cuda::skinny_gemm_swiglu(x, w, bias, out, impl_->stream)) return;
+  impl_->gemm->run(x, w, bias, gate_up);
+  cuda::swiglu(gate_up, out, impl_->stream);
+}
+
 void CudaBackend::add(const Tensor& acc, const Tensor& x) {
   const int64_t n = acc.shape[0], d = acc.shape[1];
   check_view(acc, {n, d}, "add", "acc");

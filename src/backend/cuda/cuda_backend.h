@@ -64,6 +64,8 @@ class CudaBackend final : public Backend {
   void matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
                       const Tensor& out) override;
   void swiglu(const Tensor& gate_up, const Tensor& out) override;
+  void matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& gate_up,
+                     const Tensor& out) override;
   void add(const Tensor& acc, const Tensor& x) override;
 
   void conv1d(const Conv1dParams& p, const BatchView& batch) override;

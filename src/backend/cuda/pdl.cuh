@@ -32,21 +32,32 @@ __device__ __forceinline__ void pdl_allow_dependents() {
 #endif
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when `allow`.
+// kernel<<<grid, block, smem, stream>>>(args...) in thread-block clusters of `cluster` blocks
+// (1 × 1 × 1: none), as a programmatic dependent launch when `allow`.
 template <typename... Params, typename... Args>
-cudaError_t launch_pdl_if_smem(bool allow, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                               cudaStream_t stream, Args&&... args) {
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = allow ? 1 : 0;
+cudaError_t launch_clusters_pdl_if(dim3 cluster, bool allow, void (*kernel)(Params...), dim3 grid, dim3 block,
+                                   size_t smem, cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attrs[2]{};
+  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[0].val.programmaticStreamSerializationAllowed = allow ? 1 : 0;
+  attrs[1].id = cudaLaunchAttributeClusterDimension;
+  attrs[1].val.clusterDim.x = cluster.x;
+  attrs[1].val.clusterDim.y = cluster.y;
+  attrs[1].val.clusterDim.z = cluster.z;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
+  cfg.attrs = attrs;
+  cfg.numAttrs = cluster.x * cluster.y * cluster.z > 1 ? 2 : 1;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when `allow`.
+template <typename... Params, typename... Args>
+cudaError_t launch_pdl_if_smem(bool allow, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                               cudaStream_t stream, Args&&... args) {
+  return launch_clusters_pdl_if(dim3(1, 1, 1), allow, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 // The same without dynamic shared memory.

@@ -17,6 +17,11 @@
 // is issued before the kernel waits for the one ahead (a norm, which lets it start at once), so
 // in a decode step the weight stream overlaps the small kernels instead of following them.
 //
+// SwiGLU (kSwiglu): w holds the gate rows, then the up rows, of F features each; a block takes
+// kRows / 2 features, their gate rows and their up rows, and writes silu(g) · u of each, with g
+// and u rounded to the output dtype first as the product would be stored for the swiglu kernel.
+// The product (2F columns) never goes to memory, and the swiglu launch is gone.
+//
 // Used when T ≤ kSkinnyMaxTokens and every row is 16-byte aligned (K, the strides and the
 // pointers); Gemm::run offers bf16 batches of 2-16 tokens to skinny_gemm_mma.cu first (which
 // takes every one this kernel would) and sends what neither takes to cuBLASLt.
@@ -40,18 +45,26 @@ constexpr int kBatch = 4;      // K-steps of loads each thread issues before it 
 // Block = kRows consecutive features; its threads split K in 16-byte vectors (thread i takes
 // vectors i, i + kThreads, ...), issue kBatch × kRows loads at once (one memory round trip for
 // K up to kThreads · kBatch vectors: 4096 bf16 with 128 threads), then reduce across the block.
-template <typename T, typename TO, int M, int kThreads>
+// N: output features (F with kSwiglu, whose w has 2F rows).
+template <typename T, typename TO, int M, int kThreads, bool kSwiglu = false>
 __global__ void __launch_bounds__(kThreads)
     skinny_gemm_kernel(const T* x, int64_t ldx, const T* __restrict__ w, int64_t ldw, TO* __restrict__ out,
                        int64_t ldo, const float* __restrict__ bias, RowScale scale, int N, int K, bool trigger) {
   constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
+  constexpr int kOut = kSwiglu ? kRows / 2 : kRows;  // output features per block
   // Per warp: the M × kRows dot products, then the M rows' sums of squares (RowScale).
   __shared__ float partial[kThreads / 32][M * kRows + M];
-  const int n0 = blockIdx.x * kRows;
+  const int n0 = blockIdx.x * kOut;
   const int vectors = K / V;
+  // Weight row r of the block (a feature past N is read, not stored): with kSwiglu, gate rows
+  // of features n0, n0 + 1, then their up rows.
+  auto weight_row = [&](int r) {
+    const int f = min(n0 + r % kOut, N - 1);
+    return kSwiglu && r >= kOut ? N + f : f;
+  };
   const T* wr[kRows];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) wr[r] = w + int64_t(min(n0 + r, N - 1)) * ldw;  // a row past N is read, not stored
+  for (int r = 0; r < kRows; ++r) wr[r] = w + int64_t(weight_row(r)) * ldw;
   float acc[M][kRows] = {};
   uint4 wv[kBatch][kRows];
   auto load_weights = [&](int v0) {
@@ -116,12 +129,25 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < M * kRows; i += kThreads) {
-    const int m = i / kRows, r = i % kRows;
+  for (int i = threadIdx.x; i < M * kOut; i += kThreads) {
+    const int m = i / kOut, r = i % kOut;
     if (n0 + r >= N) continue;
-    float sum = 0.0f;
+    auto product = [&](int row) {  // x[m] · w[block row `row`], summed over the warps
+      float sum = 0.0f;
 #pragma unroll
-    for (int q = 0; q < kThreads / 32; ++q) sum += partial[q][i];
+      for (int q = 0; q < kThreads / 32; ++q) sum += partial[q][m * kRows + row];
+      return sum;
+    };
+    if constexpr (kSwiglu) {
+      float g = product(r), u = product(r + kOut);
+      if (bias) {
+        g += bias[n0 + r];
+        u += bias[N + n0 + r];
+      }
+      out[m * ldo + n0 + r] = from_f32<TO>(silu(to_f32(from_f32<TO>(g))) * to_f32(from_f32<TO>(u)));
+      continue;
+    }
+    float sum = product(r);
     if (scale.sumsq) {
       float s = 0.0f;
 #pragma unroll
@@ -133,26 +159,40 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, typename TO, int M>
+template <typename T, typename TO, int M, bool kSwiglu>
 void launch(const Tensor& x, const Tensor& w, const float* bias, const RowScale& scale, const Tensor& out,
             cudaStream_t stream) {
-  const int N = int(w.shape[0]), K = int(x.shape[1]);
-  const unsigned blocks = unsigned((N + kRows - 1) / kRows);
+  const int N = int(out.shape[1]), K = int(x.shape[1]), per_block = kSwiglu ? kRows / 2 : kRows;
+  const unsigned blocks = unsigned((N + per_block - 1) / per_block);
   const bool large_k = K / (16 / int(sizeof(T))) > kThreadsSmallK * kBatch;
-  const auto kernel = large_k ? skinny_gemm_kernel<T, TO, M, kThreadsLargeK> : skinny_gemm_kernel<T, TO, M, kThreadsSmallK>;
+  const auto kernel = large_k ? skinny_gemm_kernel<T, TO, M, kThreadsLargeK, kSwiglu>
+                              : skinny_gemm_kernel<T, TO, M, kThreadsSmallK, kSwiglu>;
   STATELM_CUDA_CHECK(launch_programmatic(kernel, dim3(blocks), dim3(large_k ? kThreadsLargeK : kThreadsSmallK), stream,
                                          x.ptr<const T>(), x.stride[0], w.ptr<const T>(), w.stride[0], out.ptr<TO>(),
                                          out.stride[0], bias, scale, N, K, pdl_gemm_trigger()),
                      "matmul (decode) x ", x.describe(), " w ", w.describe());
 }
 
-template <typename T, typename TO, int M = 1>
+template <typename T, typename TO, bool kSwiglu, int M = 1>
 void launch_for_tokens(int64_t tokens, const Tensor& x, const Tensor& w, const float* bias, const RowScale& scale,
                        const Tensor& out, cudaStream_t stream) {
   if constexpr (M <= kSkinnyMaxTokens) {
-    if (tokens == M) return launch<T, TO, M>(x, w, bias, scale, out, stream);
-    launch_for_tokens<T, TO, M + 1>(tokens, x, w, bias, scale, out, stream);
+    if (tokens == M) return launch<T, TO, M, kSwiglu>(x, w, bias, scale, out, stream);
+    launch_for_tokens<T, TO, kSwiglu, M + 1>(tokens, x, w, bias, scale, out, stream);
   }
+}
+
+template <bool kSwiglu>
+void run(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+         cudaStream_t stream) {
+  const float* b = bias.defined() ? bias.ptr<const float>() : nullptr;
+  dispatch_float(x.dtype, "matmul", [&](auto in_tag) {
+    using T_ = decltype(in_tag);
+    dispatch_float(out.dtype, "matmul", [&](auto out_tag) {
+      using TO = decltype(out_tag);
+      launch_for_tokens<T_, TO, kSwiglu>(x.shape[0], x, w, b, scale, out, stream);
+    });
+  });
 }
 
 }  // namespace
@@ -174,15 +214,13 @@ bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias) {
 bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
                  cudaStream_t stream) {
   if (!skinny_gemm_fits(x, w, bias)) return false;
-  const int64_t T = x.shape[0];
-  const float* b = bias.defined() ? bias.ptr<const float>() : nullptr;
-  dispatch_float(x.dtype, "matmul", [&](auto in_tag) {
-    using T_ = decltype(in_tag);
-    dispatch_float(out.dtype, "matmul", [&](auto out_tag) {
-      using TO = decltype(out_tag);
-      launch_for_tokens<T_, TO>(T, x, w, b, scale, out, stream);
-    });
-  });
+  run<false>(x, w, bias, scale, out, stream);
+  return true;
+}
+
+bool skinny_gemm_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream) {
+  if (!skinny_gemm_fits(x, w, bias) || w.shape[0] != 2 * out.shape[1] || out.dtype == DType::F16) return false;
+  run<true>(x, w, bias, RowScale{}, out, stream);
   return true;
 }
 
