@@ -227,10 +227,13 @@ __device__ __forceinline__ void absorb(WarpState<GMAX, C::kDims>& st, const floa
   }
 }
 
-// A barrier of the whole cluster, in halves: arrive (after this thread's writes to shared
-// memory, its own or another block's), then wait for every thread of the cluster.
+// A barrier of the whole cluster, in halves: arrive (release: after this thread's writes to
+// shared memory, its own or another block's), then wait for every thread of the cluster.
 __device__ __forceinline__ void cluster_arrive_release() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
 
@@ -306,6 +309,9 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
   // for the barriers and offers an empty partial.
   const bool idle = begin >= n_keys;
   if (idle && !a.cluster) return;
+  // A block may write another's shared memory only once that block has started: this arrive
+  // and the wait before send_partial make the cluster's first barrier (passed long before).
+  if (a.cluster) cluster_arrive_relaxed();
   const int end = min(begin + per, n_keys);
   const int stop = min(end, pos);  // keys [begin, stop) come from the cache, key pos from k, v
   const bool has_new = !idle && end == n_keys;
@@ -522,6 +528,7 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
   }
   if (a.cluster) {
     __syncthreads();
+    cluster_wait();  // every block of the cluster has started
     send_partial(a, merge, split, part_o, part_ml);
     cluster_arrive_release();  // this block's partials are sent
     cluster_wait();            // ... and every other block's have arrived
