@@ -595,11 +595,7 @@ void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaSt
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
       cudaGetLastError();  // clusters of 8 at most
     for (unsigned size : {unsigned(kMaxCluster), 8u}) {
-      cudaLaunchAttribute attr{};
-      attr.id = cudaLaunchAttributeClusterDimension;
-      attr.val.clusterDim.x = 1;
-      attr.val.clusterDim.y = 1;
-      attr.val.clusterDim.z = size;
+      cudaLaunchAttribute attr = cluster_dims(dim3(1, 1, size));
       cudaLaunchConfig_t cfg{};
       cfg.gridDim = dim3(1, 1, size);
       cfg.blockDim = dim3(kThreads);

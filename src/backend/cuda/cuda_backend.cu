@@ -491,8 +491,7 @@ void CudaBackend::matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& 
   check_matmul(x, w, bias, gate_up, "matmul_swiglu");
   const bool mma = t >= 2 && t <= cuda::kSkinnyMmaMaxTokens && cuda::skinny_gemm_mma_fits(x, w, bias);
   if (!mma && cuda::skinny_gemm_swiglu(x, w, bias, out, impl_->stream)) return;
-  impl_->gemm->run(x, w, bias, gate_up);
-  cuda::swiglu(gate_up, out, impl_->stream);
+  Backend::matmul_swiglu(x, w, bias, gate_up, out);  // the product, then the swiglu kernel
 }
 
 void CudaBackend::add(const Tensor& acc, const Tensor& x) {

@@ -32,6 +32,15 @@ __device__ __forceinline__ void pdl_allow_dependents() {
 #endif
 }
 
+// The launch attribute of thread-block clusters of `cluster` blocks.
+inline cudaLaunchAttribute cluster_dims(dim3 cluster) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = cluster.x;
+  attr.val.clusterDim.y = cluster.y;
+  attr.val.clusterDim.z = cluster.z;
+  return attr;
+}
 // kernel<<<grid, block, smem, stream>>>(args...) in thread-block clusters of `cluster` blocks
 // (1 × 1 × 1: none), as a programmatic dependent launch when `allow`.
 template <typename... Params, typename... Args>
@@ -40,10 +49,7 @@ cudaError_t launch_clusters_pdl_if(dim3 cluster, bool allow, void (*kernel)(Para
   cudaLaunchAttribute attrs[2]{};
   attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attrs[0].val.programmaticStreamSerializationAllowed = allow ? 1 : 0;
-  attrs[1].id = cudaLaunchAttributeClusterDimension;
-  attrs[1].val.clusterDim.x = cluster.x;
-  attrs[1].val.clusterDim.y = cluster.y;
-  attrs[1].val.clusterDim.z = cluster.z;
+  attrs[1] = cluster_dims(cluster);
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
