@@ -16,6 +16,10 @@
 // keys), so a graph planned for a large capacity still spreads a short sequence over many
 // blocks, and blocks past the keys return at once.
 //
+// Two kernels do the products (launch_group picks): decode_mma_kernel on the tensor cores (bf16
+// caches with padded rows or 8 heads a KV head; its comment has the layout) and the CUDA-core
+// decode_kernel (fp32 caches, and bf16 ones whose rows fill its lanes), described here.
+//
 // Lanes: a row of head_dim elements is read as 16-byte vectors (8 bf16 or 4 fp32). kTpk lanes
 // share a key, each holding kNv vectors of it (lane t of the key holds vectors t, t + kTpk, ...,
 // so one load instruction of the kTpk lanes reads kTpk · 16 contiguous bytes), and a warp holds
@@ -27,7 +31,8 @@
 // interleave: a block round covers 4 chunks). The chunk's K and V vectors go global → shared
 // memory with cp.async, kStages chunks ahead, into slots that only the issuing lane reads, so no
 // barrier is needed in the loop; cp.async zero-fills the vectors past the keys or past head_dim.
-// The block table is read per key (key / block_size), any block size works.
+// The block table is read per key (key / block_size, a shift for powers of two), any block
+// size works.
 //
 // Softmax: online, per warp, in fp32, with scores pre-multiplied by log2 e (exp2): per chunk the
 // running max m (warp-uniform), the running sum l and O are scaled by 2^(m − m'). At the end
@@ -54,12 +59,14 @@
 // the rope kernel followed by this one.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include <cooperative_groups.h>
 
 #include "backend/cuda/attention_args.cuh"
 #include "backend/cuda/attention_decode.h"
 #include "backend/cuda/cuda_common.h"
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/rope_math.cuh"
 
@@ -90,6 +97,23 @@ struct DecodeArgs : attn::PagedAttnArgs<T> {
   bool cluster;          // the splits of (span, g) form a cluster (n_splits ≤ kMaxCluster)
   int rope_half;         // rotary pairs per head (rotary_dim / 2 ≤ DH / 2; 0: no rotation)
   InvFreq rope_inv;      // their inverse frequencies
+  int block_shift;       // log2 of block_size when a power of two, else -1 (key / block_size)
+};
+
+// The reduction area at the start of the dynamic shared memory, once the warps' key loop is
+// over: each warp's O (unnormalised) and (m, l) per head, then a cluster split's partial.
+template <int GMAX, int DH>
+struct Reduce {
+  float* o;       // [warp][GMAX][DH]
+  float* ml;      // [warp][GMAX][2]
+  float* part_o;  // [group · dh] this split's, in a cluster
+  float2* part_ml;  // [group]
+  __device__ explicit Reduce(unsigned char* smem)
+      : o(reinterpret_cast<float*>(smem)),
+        ml(o + kWarps * GMAX * DH),
+        part_o(ml + kWarps * GMAX * 2),
+        part_ml(reinterpret_cast<float2*>(part_o + GMAX * DH)) {}
+  static constexpr size_t kBytes = size_t(kWarps + 1) * GMAX * (DH + 2) * sizeof(float);
 };
 
 // The lane layout and pipeline of one instantiation (see the file comment). DH: head_dim padded
@@ -111,10 +135,7 @@ struct DecodeTile {
   static constexpr int kChunk = kSteps * kKpw;    // keys per warp chunk
   static constexpr int kRound = kWarps * kChunk;  // keys per block round
   static constexpr size_t kSlots = size_t(kStages) * kSteps * kNv * 2;  // 16-byte slots per thread
-  static constexpr size_t kReduceBytes = size_t(kWarps) * GMAX * (DH + 2) * sizeof(float);
-  // The warps' reduction area, then a cluster split's partial (O and (m, l) of each head).
-  static constexpr size_t kPartialBytes = kReduceBytes + size_t(GMAX) * (DH + 2) * sizeof(float);
-  static constexpr size_t kSmem = std::max(kSlots * 16 * kThreads, kPartialBytes);
+  static constexpr size_t kSmem = std::max(kSlots * 16 * kThreads, Reduce<GMAX, DH>::kBytes);
   static_assert(kRowVecs * kVec == DH && kNv * kTpk == kRowVecs, "a row splits evenly over a key's lanes");
   static_assert(kTpk >= 1 && kTpk <= 32 && 32 % kTpk == 0, "a warp holds whole keys");
   static_assert(GMAX * kDims <= 64, "q and O stay in registers");
@@ -137,15 +158,9 @@ __device__ __forceinline__ int split_keys(int n_keys, int n_splits, int round, b
   return max(kShortSplitKeys, whole_rounds((n_keys + half - 1) / half));
 }
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool fill) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(fill ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
+using mma::cp_async16;
+using mma::cp_async_commit;
+using mma::cp_async_wait;
 
 // A 16-byte vector of T as floats.
 __device__ __forceinline__ void unpack(const uint4& w, float (&f)[4], float) {
@@ -162,7 +177,6 @@ __device__ __forceinline__ void unpack(const uint4& w, float (&f)[8], bf16) {
     f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
   }
 }
-
 // One warp's online-softmax state over the keys it has seen, for its lane's dims.
 template <int GMAX, int D>
 struct WarpState {
@@ -203,18 +217,20 @@ __device__ __forceinline__ void absorb(WarpState<GMAX, C::kDims>& st, const floa
     for (int u = 0; u < NU; ++u) cm = fmaxf(cm, s[u][h]);
 #pragma unroll
     for (int off = C::kTpk; off < 32; off *= 2) cm = fmaxf(cm, __shfl_xor_sync(kFull, cm, off));
-    const float m_new = fmaxf(st.m[h], cm);  // finite (a live key); the same in every lane
-    const float alpha = exp2f(st.m[h] - m_new);
-    st.m[h] = m_new;
+    if (cm > st.m[h]) {  // warp-uniform; past the first keys the running max rarely moves
+      const float alpha = exp2f(st.m[h] - cm);
+      st.m[h] = cm;
+      st.l[h] *= alpha;
+#pragma unroll
+      for (int d = 0; d < C::kDims; ++d) st.o[h][d] *= alpha;
+    }
     float sum = 0.0f;
 #pragma unroll
     for (int u = 0; u < NU; ++u) {
-      s[u][h] = exp2f(s[u][h] - m_new);  // 0 for a key that is not live
+      s[u][h] = exp2f(s[u][h] - st.m[h]);  // 0 for a key that is not live
       sum += s[u][h];
     }
-    st.l[h] = st.l[h] * alpha + sum;
-#pragma unroll
-    for (int d = 0; d < C::kDims; ++d) st.o[h][d] *= alpha;
+    st.l[h] += sum;
   }
 #pragma unroll
   for (int u = 0; u < NU; ++u) {
@@ -291,6 +307,123 @@ __device__ void merge_cluster(const DecodeArgs<T>& a, const ClusterMerge<GMAX, D
   }
 }
 
+// What a split (block z of (span, g)) covers: keys [begin, end) of the sequence's 0..pos,
+// [begin, stop) from the cache and key pos (has_new) from the step's k, v.
+struct SplitKeys {
+  int pos, begin, end, stop;
+  bool idle;     // past the sequence's keys
+  bool has_new;  // holds key pos
+};
+template <typename T>
+__device__ __forceinline__ SplitKeys split_of(const DecodeArgs<T>& a, const SeqSpan& sp, int split) {
+  SplitKeys s;
+  s.pos = sp.pos;
+  const int n_keys = sp.pos + 1, per = split_keys(n_keys, a.n_splits, a.key_round, a.cluster);
+  s.begin = split * per;
+  s.idle = s.begin >= n_keys;
+  s.end = min(s.begin + per, n_keys);
+  s.stop = min(s.end, s.pos);
+  s.has_new = !s.idle && s.end == n_keys;
+  return s;
+}
+
+// Cache row offset of `key` of a sequence (block table `table`) at KV head offset `head`.
+template <typename T>
+__device__ __forceinline__ int64_t cache_row(const DecodeArgs<T>& a, const int32_t* table, int64_t head, int key) {
+  const int b = a.block_shift >= 0 ? key >> a.block_shift : key / a.block_size;
+  return head + int64_t(table[b]) * a.cs0 + int64_t(key - b * a.block_size) * a.cs1;
+}
+
+// q of the group's heads (q_s[h · dh + d]) and, for the split holding key pos, the new k (k_s),
+// rotated, as floats holding T's values. Fills a table of cos/sin at pos first (it needs only
+// the position), then waits for the kernel ahead (pdl_wait: q, k, v come from the qkv
+// projection; launched the ordinary way, the wait returns at once). Each element is read (with
+// its rotary partner) by one thread, in consecutive order; the lanes take their dims from shared
+// memory (rotating in the lanes' own layout held too many loads live: it spilled).
+template <typename T, int DH>
+__device__ void load_q_and_new_k(const DecodeArgs<T>& a, int64_t tok, int g, int pos, bool has_new, float* q_s,
+                                 float* k_s) {
+  __shared__ float rope_cos[DH / 2], rope_sin[DH / 2];
+  const int half = a.rope_half, tid = threadIdx.x;
+  for (int i = tid; i < half; i += kThreads) rope_angle(a.rope_inv, i, pos, &rope_sin[i], &rope_cos[i]);
+  __syncthreads();
+  // Element d of a head row src of q or the new k, rotated (as rope.cu rotates and stores it).
+  auto rotated = [&](const T* src, int d) -> float {
+    const float x = to_f32(src[d]);
+    if (d >= 2 * half) return x;
+    const bool first = d < half;
+    const int i = first ? d : d - half;
+    const float partner = to_f32(src[first ? d + half : d - half]);
+    return to_f32(from_f32<T>(rope_rotate(x, partner, rope_cos[i], rope_sin[i], first)));
+  };
+  pdl_wait();
+  for (int e = tid; e < a.group * a.dh; e += kThreads)
+    q_s[e] = rotated(a.q + tok * a.qs0 + int64_t(g * a.group + e / a.dh) * a.qs1, e % a.dh);
+  const T* k_new = a.k + tok * a.ks0 + int64_t(g) * a.ks1;
+  if (has_new)
+    for (int d = tid; d < a.dh; d += kThreads) k_s[d] = rotated(k_new, d);
+  __syncthreads();
+}
+
+// The split holding key pos stores the new k (rotated, k_s) and v in the cache; no other block
+// reads that row.
+template <typename T>
+__device__ void store_new_kv(const DecodeArgs<T>& a, const int32_t* table, int64_t head, int pos, int64_t tok, int g,
+                             const float* k_s) {
+  const int64_t row = cache_row(a, table, head, pos);
+  const T* v_new = a.v + tok * a.vs0 + int64_t(g) * a.vs1;
+  for (int d = threadIdx.x; d < a.dh; d += kThreads) {
+    a.k_cache[row + d] = from_f32<T>(k_s[d]);  // exact: k_s holds T's values
+    a.v_cache[row + d] = v_new[d];
+  }
+}
+
+// After every warp has written its (m, l, O) into `r` (and a barrier), the block merges its
+// warps and writes either the output (one split), its (m, l, O) for the merge kernel, or, in a
+// cluster, sends it to the blocks that combine it and combines its own slice.
+template <typename T, int DH, int GMAX>
+__device__ void finish_split(const DecodeArgs<T>& a, const Reduce<GMAX, DH>& r, int span, int g, int split,
+                             int64_t tok, bool idle) {
+  // What the cluster's splits send this block (not in the dynamic area: they may arrive while
+  // this block still streams keys through it).
+  __shared__ ClusterMerge<GMAX, DH> merge;
+  for (int e = threadIdx.x; e < a.group * a.dh; e += kThreads) {
+    const int h = e / a.dh, d = e % a.dh;
+    float m_max = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m_max = fmaxf(m_max, r.ml[(w * GMAX + h) * 2]);
+    float l_sum = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float wt = exp2f(r.ml[(w * GMAX + h) * 2] - m_max);  // 0 for an idle warp
+      l_sum += wt * r.ml[(w * GMAX + h) * 2 + 1];
+      acc += wt * r.o[(w * GMAX + h) * DH + d];
+    }
+    if (a.n_splits == 1) {
+      a.out[tok * a.os0 + int64_t(g * a.group + h) * a.os1 + d] = from_f32<T>(acc / l_sum);
+    } else if (a.cluster) {  // an idle split offers (−∞, 0) and zeros
+      r.part_o[e] = idle ? 0.0f : acc;
+      if (d == 0) r.part_ml[h] = idle ? make_float2(-INFINITY, 0.0f) : make_float2(m_max, l_sum);
+    } else {
+      const int64_t part = ((int64_t(span) * a.hkv + g) * a.n_splits + split) * a.group + h;
+      a.o_part[part * a.dh + d] = acc;
+      if (d == 0) {
+        a.ml_part[2 * part] = m_max;
+        a.ml_part[2 * part + 1] = l_sum;
+      }
+    }
+  }
+  if (a.cluster) {
+    __syncthreads();
+    cluster_wait();  // every block of the cluster has started
+    send_partial(a, merge, split, r.part_o, r.part_ml);
+    cluster_arrive_release();  // this block's partials are sent
+    cluster_wait();            // ... and every other block's have arrived
+    merge_cluster(a, merge, split, tok, g);  // the cluster spans the splits: its block rank is split
+  }
+}
+
+// The CUDA-core kernel (fp32 caches, and bf16 ones whose rows fill the lanes: launch_group).
 // Three blocks fill an SM's shared memory (64 KiB each), which leaves 168 registers a thread;
 // with 8 heads the q and O registers alone are 128, so it runs at two blocks rather than spill.
 template <typename T, int DH, int GMAX>
@@ -302,19 +435,14 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
   const int span = blockIdx.x, g = blockIdx.y, split = blockIdx.z;
   const SeqSpan sp = a.spans[span];
   if (sp.len != 1) return;  // a prefill span: the tiled kernel's
-  const int pos = sp.pos, n_keys = pos + 1;
-  const int per = split_keys(n_keys, a.n_splits, a.key_round, a.cluster);
-  const int begin = split * per;
+  const SplitKeys sk = split_of(a, sp, split);
+  const int pos = sk.pos, begin = sk.begin, stop = sk.stop;
   // Past this sequence's keys: the merge kernel skips the split; in a cluster the block stays
   // for the barriers and offers an empty partial.
-  const bool idle = begin >= n_keys;
-  if (idle && !a.cluster) return;
+  if (sk.idle && !a.cluster) return;
   // A block may write another's shared memory only once that block has started: this arrive
   // and the wait before send_partial make the cluster's first barrier (passed long before).
   if (a.cluster) cluster_arrive_relaxed();
-  const int end = min(begin + per, n_keys);
-  const int stop = min(end, pos);  // keys [begin, stop) come from the cache, key pos from k, v
-  const bool has_new = !idle && end == n_keys;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int kg = lane / C::kTpk, t = lane % C::kTpk;  // the lane's key in a step, its part of the row
@@ -345,11 +473,7 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
     for (int u = 0; u < C::kSteps; ++u) {
       const int key = key0 + u * C::kKpw + kg;
       const bool live = key < stop;
-      int64_t row = head;
-      if (live) {
-        const int32_t blk = table[key / a.block_size];
-        row += int64_t(blk) * a.cs0 + int64_t(key % a.block_size) * a.cs1;
-      }
+      const int64_t row = live ? cache_row(a, table, head, key) : head;
 #pragma unroll
       for (int j = 0; j < C::kNv; ++j) {
         const int c = j * C::kTpk + t;
@@ -379,35 +503,8 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
     if (i < n_mine) issue(i);
     cp_async_commit();  // empty groups too: group i is chunk i
   }
-  // cos/sin of the rotary pairs at pos (they need only the position).
-  __shared__ float rope_cos[DH / 2], rope_sin[DH / 2];
-  const int half = a.rope_half;
-  for (int i = tid; i < half; i += kThreads) rope_angle(a.rope_inv, i, pos, &rope_sin[i], &rope_cos[i]);
-  __syncthreads();
-  // Element d of a head row src of q or the new k, rotated (as rope.cu rotates and stores it).
-  auto rotated = [&](const T* src, int d) -> float {
-    const float x = to_f32(src[d]);
-    if (d >= 2 * half) return x;
-    const bool first = d < half;
-    const int i = first ? d : d - half;
-    const float partner = to_f32(src[first ? d + half : d - half]);
-    return to_f32(from_f32<T>(rope_rotate(x, partner, rope_cos[i], rope_sin[i], first)));
-  };
-
-  // q and the new k, v come from the kernel ahead (the qkv projection, or rope); the cache rows
-  // above were written by earlier steps. Launched the ordinary way (see launch()), this wait
-  // returns at once; it keeps the kernel correct as a programmatic dependent.
-  pdl_wait();
-  // q of the group's heads and the new k, rotated, go through shared memory: each element is
-  // read (with its rotary partner) by one thread, in consecutive order, and a lane's dims come
-  // from there (rotating in the lanes' own layout held too many loads live: it spilled).
   __shared__ float q_s[GMAX * DH], k_s[DH];
-  for (int e = tid; e < a.group * a.dh; e += kThreads)
-    q_s[e] = rotated(a.q + tok * a.qs0 + int64_t(g * a.group + e / a.dh) * a.qs1, e % a.dh);
-  const T* k_new = a.k + tok * a.ks0 + int64_t(g) * a.ks1;
-  if (has_new)
-    for (int d = tid; d < a.dh; d += kThreads) k_s[d] = rotated(k_new, d);
-  __syncthreads();
+  load_q_and_new_k<T, DH>(a, tok, g, pos, sk.has_new, q_s, k_s);
   // q of the group's heads for this lane's dims, pre-scaled; zero past head_dim and the group.
   float q[GMAX][C::kDims];
 #pragma unroll
@@ -438,15 +535,10 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
   pdl_allow_dependents();  // the merge (or the output projection) may launch and wait
 
   // The new key: stored in the cache, and folded in by warp 0 (key group 0 of one step).
-  if (has_new) {
-    const int32_t blk = table[pos / a.block_size];
-    const int64_t row = head + int64_t(blk) * a.cs0 + int64_t(pos % a.block_size) * a.cs1;
-    const T* v_new = a.v + tok * a.vs0 + int64_t(g) * a.vs1;
-    for (int d = tid; d < a.dh; d += kThreads) {
-      a.k_cache[row + d] = from_f32<T>(k_s[d]);  // exact: k_s holds T's values
-      a.v_cache[row + d] = v_new[d];
-    }
+  if (sk.has_new) {
+    store_new_kv(a, table, head, pos, tok, g, k_s);
     if (warp == 0) {
+      const T* v_new = a.v + tok * a.vs0 + int64_t(g) * a.vs1;
       const bool live[1] = {kg == 0};
       auto lane_dims = [&](auto&& value, float (&f)[C::kDims]) {
 #pragma unroll
@@ -473,16 +565,10 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
       for (int d = 0; d < C::kDims; ++d) st.o[h][d] += __shfl_xor_sync(kFull, st.o[h][d], off);
     }
 
-  // Merge the warps through shared memory (the slots are free: every copy has landed and every
-  // thread passes the barrier after its last read).
+  // The warps' results into the reduction area (the slots are free: every copy has landed and
+  // every thread passes the barrier after its last read).
   __syncthreads();
-  float* red_o = reinterpret_cast<float*>(smem_raw);  // [warp][GMAX][DH]
-  float* red_ml = red_o + kWarps * GMAX * DH;          // [warp][GMAX][2]
-  float* part_o = red_ml + kWarps * GMAX * 2;          // [group · dh] this split's, in a cluster
-  float2* part_ml = reinterpret_cast<float2*>(part_o + GMAX * DH);  // [group]
-  // What the cluster's splits send this block (not in the dynamic area: they may arrive while
-  // this block still streams keys through its slots).
-  __shared__ ClusterMerge<GMAX, DH> merge;
+  const Reduce<GMAX, DH> r(smem_raw);
   if (kg == 0) {
 #pragma unroll
     for (int h = 0; h < GMAX; ++h)
@@ -490,50 +576,254 @@ __global__ void __launch_bounds__(kThreads, GMAX <= 4 ? 3 : 2) decode_kernel(Dec
       for (int j = 0; j < C::kNv; ++j)
 #pragma unroll
         for (int e = 0; e < C::kVec; ++e)
-          red_o[(warp * GMAX + h) * DH + (j * C::kTpk + t) * C::kVec + e] = st.o[h][j * C::kVec + e];
+          r.o[(warp * GMAX + h) * DH + (j * C::kTpk + t) * C::kVec + e] = st.o[h][j * C::kVec + e];
   }
   if (lane == 0) {
 #pragma unroll
     for (int h = 0; h < GMAX; ++h) {
-      red_ml[(warp * GMAX + h) * 2] = st.m[h];  // −inf for a warp that saw no key
-      red_ml[(warp * GMAX + h) * 2 + 1] = st.l[h];
+      r.ml[(warp * GMAX + h) * 2] = st.m[h];  // −inf for a warp that saw no key
+      r.ml[(warp * GMAX + h) * 2 + 1] = st.l[h];
     }
   }
   __syncthreads();
-  for (int e = tid; e < a.group * a.dh; e += kThreads) {
-    const int h = e / a.dh, d = e % a.dh;
-    float m_max = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) m_max = fmaxf(m_max, red_ml[(w * GMAX + h) * 2]);
-    float l_sum = 0.0f, acc = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float wt = exp2f(red_ml[(w * GMAX + h) * 2] - m_max);  // 0 for an idle warp
-      l_sum += wt * red_ml[(w * GMAX + h) * 2 + 1];
-      acc += wt * red_o[(w * GMAX + h) * DH + d];
-    }
-    if (a.n_splits == 1) {
-      a.out[tok * a.os0 + int64_t(g * a.group + h) * a.os1 + d] = from_f32<T>(acc / l_sum);
-    } else if (a.cluster) {  // an idle split offers (−∞, 0) and zeros
-      part_o[e] = idle ? 0.0f : acc;
-      if (d == 0) part_ml[h] = idle ? make_float2(-INFINITY, 0.0f) : make_float2(m_max, l_sum);
-    } else {
-      const int64_t part = ((int64_t(span) * a.hkv + g) * a.n_splits + split) * a.group + h;
-      a.o_part[part * a.dh + d] = acc;
-      if (d == 0) {
-        a.ml_part[2 * part] = m_max;
-        a.ml_part[2 * part + 1] = l_sum;
+  finish_split<T, DH, GMAX>(a, r, span, g, split, tok, sk.idle);
+}
+
+// bf16 caches on the tensor cores. A decode step does 2 · group FLOPs per byte of the cache,
+// yet the CUDA-core loop above issues ~70 instructions per key and KV head (ncu, batch 16, 32K
+// keys, head_dim 128: 352 M instructions, issue slots 62% busy), and more per byte when a row
+// leaves lanes idle (head_dim 80) or the group is 8; this kernel issues 129 M there. Here the
+// products run as mma.sync m16n8k16 (FlashAttention-2's register layout), the query heads of
+// the group as the 16 rows (padded: rows past the group are zeros, rows 8-15 always), 16 keys a
+// warp chunk:
+//   S[head][key] = q · k_key: A = q (fragments built once), B = K rows via ldmatrix (k = dims);
+//   O[head][dim] += P · V: A = P straight from S's accumulators (rounded to bf16, as the
+//     prefill kernels do), B = V rows via ldmatrix.trans (k = keys).
+// Lane (g = lane / 4, q4 = lane % 4) holds head g's scores of keys 2 q4, 2 q4 + 1 of each 8-key
+// half and its O of dims 8 dt + 2 q4, + 1; a head's running max is shared by its 4 lanes (two
+// shuffles), its sum l is summed over them at the end. Each warp streams its chunks through its
+// own ring of kMmaStages K and V tiles (cp.async, the 16-byte pieces of a row XOR-swizzled by the
+// row so that ldmatrix's 8 rows hit 8 different banks); only the warp reads its ring, so a
+// __syncwarp orders the copies of one lane before the ldmatrix of another.
+template <int DH>
+struct MmaTile {
+  static constexpr int kKeys = 16;                        // keys per warp chunk
+  static constexpr int kPieces = DH / 8;                  // 16-byte pieces per row
+  static constexpr int kRowsPerPass = 32 / kPieces;       // rows one copy instruction covers
+  static constexpr int kPasses = kKeys / kRowsPerPass;
+  static constexpr int kRound = kWarps * kKeys;           // keys per block round
+  static constexpr int kTile = kKeys * kPieces;           // 16-byte pieces of a K or V tile
+  // Three stages at 96 KiB a block leave room for two blocks an SM (six stages at one block
+  // measured 2.1× slower at batch 1, 32K keys: half the blocks, each waiting on its chunks).
+  static constexpr int kStages = 3;
+  static constexpr size_t kRing = size_t(kStages) * kWarps * 2 * kTile * 16;
+  static constexpr size_t kSmem = std::max(kRing, Reduce<kMaxGroup, DH>::kBytes);
+  static_assert(kMinSplitKeys % kRound == 0 && kShortSplitKeys % kRound == 0, "splits are whole block rounds");
+  // Piece p of row r of a tile: XOR-swizzled within the row (8 rows × the same piece: 8 banks).
+  __device__ static int at(int r, int p) { return r * kPieces + (p ^ (r & 7)); }
+};
+
+template <int DH>
+__global__ void __launch_bounds__(kThreads, 2) decode_mma_kernel(DecodeArgs<bf16> a) {
+  using C = MmaTile<DH>;
+  constexpr int GMAX = kMaxGroup;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  uint4* ring = reinterpret_cast<uint4*>(smem_raw);
+
+  const int span = blockIdx.x, g = blockIdx.y, split = blockIdx.z;
+  const SeqSpan sp = a.spans[span];
+  if (sp.len != 1) return;
+  const SplitKeys sk = split_of(a, sp, split);
+  const int begin = sk.begin, stop = sk.stop;
+  if (sk.idle && !a.cluster) return;
+  if (a.cluster) cluster_arrive_relaxed();  // the cluster's first barrier (see decode_kernel)
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int qg = lane / 4, q4 = lane % 4;  // mma fragment row (head) and column pair
+  const int n_pieces = a.dh / 8;           // real 16-byte pieces per row
+  const int64_t tok = sp.start;
+  const int32_t* table = a.block_tables + int64_t(span) * a.max_blocks;
+  const int64_t head = int64_t(g) * a.cs2;
+
+  auto tile = [&](int stage, int kv) { return ring + ((stage * kWarps + warp) * 2 + kv) * C::kTile; };
+  auto chunk_key = [&](int i) { return begin + (i * kWarps + warp) * C::kKeys; };
+  // Rows of a chunk start at a multiple of 16 keys; with a block size that 16 divides they share
+  // one cache block (one table lookup), else each row looks up its own.
+  // The table lookups of the chunks run ahead of their copies: lane j holds the cache block of
+  // chunk w0 + j (window `cur`) and of chunk w0 + 32 + j (`nxt`, loaded 32 chunks before it is
+  // needed). A lookup at issue time stalled the warp on a dependent load before every chunk's
+  // copies (ncu: 3.2 long-scoreboard stalls per instruction, 74% of the DRAM rate).
+  const bool one_block = a.block_size % C::kKeys == 0;
+  auto block_of = [&](int i) -> int32_t {  // chunk i's cache block, or 0 past the keys
+    const int key0 = chunk_key(i);
+    if (key0 >= stop) return 0;
+    return table[a.block_shift >= 0 ? key0 >> a.block_shift : key0 / a.block_size];
+  };
+  int w0 = 0;
+  int32_t cur = 0, nxt = 0;
+  if (one_block) {
+    cur = block_of(lane);
+    nxt = block_of(32 + lane);
+  }
+  auto issue = [&](int i) {
+    const int stage = i % C::kStages, key0 = chunk_key(i);
+    const int piece = lane % C::kPieces, r0 = lane / C::kPieces;
+    int64_t base = head;
+    if (one_block) {
+      if (i >= w0 + 32) {  // warp-uniform: i grows by one a call
+        w0 += 32;
+        cur = nxt;
+        nxt = block_of(w0 + 32 + lane);
       }
+      const int32_t blk = __shfl_sync(kFull, cur, i - w0);
+      const int in_block = a.block_shift >= 0 ? key0 & (a.block_size - 1) : key0 % a.block_size;
+      base = head + int64_t(blk) * a.cs0 + int64_t(in_block) * a.cs1;
+    }
+    uint4* kt = tile(stage, 0);
+    uint4* vt = tile(stage, 1);
+#pragma unroll
+    for (int p = 0; p < C::kPasses; ++p) {
+      const int r = r0 + p * C::kRowsPerPass, key = key0 + r;
+      const bool fill = key < stop && piece < n_pieces;
+      int64_t at = 0;  // a valid address even when not read
+      if (fill) at = (one_block ? base + int64_t(r) * a.cs1 : cache_row(a, table, head, key)) + piece * 8;
+      cp_async16(kt + C::at(r, piece), a.k_cache + at, fill);
+      cp_async16(vt + C::at(r, piece), a.v_cache + at, fill);
+    }
+  };
+
+  const int ahead = stop - chunk_key(0);
+  const int n_mine = ahead > 0 ? (ahead + C::kRound - 1) / C::kRound : 0;  // warp-uniform
+#pragma unroll
+  for (int i = 0; i < C::kStages - 1; ++i) {
+    if (i < n_mine) issue(i);
+    cp_async_commit();  // empty groups too: group i is chunk i
+  }
+  __shared__ float q_s[GMAX * DH], k_s[DH];
+  load_q_and_new_k<bf16, DH>(a, tok, g, sk.pos, sk.has_new, q_s, k_s);
+  // A fragments of q (row qg; rows qg + 8 are zero): q_s holds bf16 values, so they are exact,
+  // and the scale goes on the fp32 scores.
+  uint32_t qa[DH / 16][2];
+#pragma unroll
+  for (int ks = 0; ks < DH / 16; ++ks)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int d = ks * 16 + half * 8 + 2 * q4;
+      const bool real = qg < a.group && d < a.dh;  // dh is even (a multiple of 8)
+      qa[ks][half] = real ? mma::pack_bf16x2(q_s[qg * a.dh + d], q_s[qg * a.dh + d + 1]) : 0u;
+    }
+
+  float m = -INFINITY, l = 0.0f;  // head qg's running max (the quad's) and this lane's share of l
+  float o[DH / 8][4];             // O of head qg ([0], [1]) and of padding row qg + 8 ([2], [3])
+#pragma unroll
+  for (int dt = 0; dt < DH / 8; ++dt)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) o[dt][c] = 0.0f;
+  // ldmatrix addresses: lanes 8 mi .. 8 mi + 7 give the rows of matrix mi.
+  const int mi = lane / 8, mr = lane % 8;
+  const int k_row = (mi / 2) * 8 + mr, k_piece = mi % 2;  // K: matrices (keys 0-7 | 8-15) × (dims lo | hi)
+  const int v_row = (mi % 2) * 8 + mr, v_piece = mi / 2;  // V: matrices (dims lo | hi) × (keys 0-7 | 8-15)
+
+  for (int i = 0; i < n_mine; ++i) {
+    if (i + C::kStages - 1 < n_mine) issue(i + C::kStages - 1);
+    cp_async_commit();
+    cp_async_wait<C::kStages - 1>();  // this lane's copies of chunk i have landed
+    __syncwarp();                     // ... and every lane's
+    const int stage = i % C::kStages, key0 = chunk_key(i);
+    const uint4* kt = tile(stage, 0);
+    const uint4* vt = tile(stage, 1);
+    float s[2][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < DH / 16; ++ks) {
+      uint32_t kb[4];
+      mma::ldmatrix_x4(kb, kt + C::at(k_row, 2 * ks + k_piece));
+      const uint32_t a4[4] = {qa[ks][0], 0u, qa[ks][1], 0u};
+      mma::mma_bf16(s[0], a4, kb[0], kb[1]);
+      mma::mma_bf16(s[1], a4, kb[2], kb[3]);
+    }
+    // Scores of this lane's keys (key0 + 8 nt + 2 q4 + c), masked past stop; the chunk's max
+    // over the quad. The chunk's first key is live, so the max is finite.
+    float cm = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        s[nt][c] = key0 + nt * 8 + 2 * q4 + c < stop ? s[nt][c] * a.scale_log2 : -INFINITY;
+        cm = fmaxf(cm, s[nt][c]);
+      }
+    cm = fmaxf(cm, __shfl_xor_sync(kFull, cm, 1));
+    cm = fmaxf(cm, __shfl_xor_sync(kFull, cm, 2));
+    const float m_new = fmaxf(m, cm), alpha = exp2f(m - m_new);
+    m = m_new;
+    float sum = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        s[nt][c] = exp2f(s[nt][c] - m_new);
+        sum += s[nt][c];
+      }
+    l = l * alpha + sum;
+#pragma unroll
+    for (int dt = 0; dt < DH / 8; ++dt) {
+      o[dt][0] *= alpha;
+      o[dt][1] *= alpha;
+    }
+    const uint32_t pa[4] = {mma::pack_bf16x2(s[0][0], s[0][1]), 0u, mma::pack_bf16x2(s[1][0], s[1][1]), 0u};
+#pragma unroll
+    for (int dp = 0; dp < DH / 16; ++dp) {
+      uint32_t vb[4];
+      mma::ldmatrix_x4_trans(vb, vt + C::at(v_row, 2 * dp + v_piece));
+      mma::mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
+      mma::mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
+    }
+    __syncwarp();  // every lane has read the stage before the next issue refills it
+  }
+  cp_async_wait<0>();
+  pdl_allow_dependents();  // the merge (or the output projection) may launch and wait
+
+  // The new key: stored in the cache, and folded in by warp 0 in fp32 (its q · k over the
+  // quad's lanes, dims q4, q4 + 4, ...).
+  if (sk.has_new) {
+    store_new_kv(a, table, head, sk.pos, tok, g, k_s);
+    if (warp == 0) {
+      float dot = 0.0f;
+      if (qg < a.group)
+        for (int d = q4; d < a.dh; d += 4) dot = fmaf(q_s[qg * a.dh + d], k_s[d], dot);
+      dot += __shfl_xor_sync(kFull, dot, 1);
+      dot += __shfl_xor_sync(kFull, dot, 2);
+      const float sc = dot * a.scale_log2, m_new = fmaxf(m, sc), alpha = exp2f(m - m_new);
+      const float p = exp2f(sc - m_new);
+      m = m_new;
+      l = l * alpha + (q4 == 0 ? p : 0.0f);
+      const bf16* v_new = a.v + tok * a.vs0 + int64_t(g) * a.vs1;
+#pragma unroll
+      for (int dt = 0; dt < DH / 8; ++dt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int d = dt * 8 + 2 * q4 + c;
+          o[dt][c] = fmaf(p, d < a.dh ? to_f32(v_new[d]) : 0.0f, o[dt][c] * alpha);
+        }
     }
   }
-  if (a.cluster) {
-    __syncthreads();
-    cluster_wait();  // every block of the cluster has started
-    send_partial(a, merge, split, part_o, part_ml);
-    cluster_arrive_release();  // this block's partials are sent
-    cluster_wait();            // ... and every other block's have arrived
-    merge_cluster(a, merge, split, tok, g);  // the cluster spans the splits: its block rank is split
+  l += __shfl_xor_sync(kFull, l, 1);
+  l += __shfl_xor_sync(kFull, l, 2);
+
+  __syncthreads();  // the ring is free: every copy has landed, every warp has read its tiles
+  const Reduce<GMAX, DH> r(smem_raw);
+  if (qg < GMAX) {
+#pragma unroll
+    for (int dt = 0; dt < DH / 8; ++dt) {
+      r.o[(warp * GMAX + qg) * DH + dt * 8 + 2 * q4] = o[dt][0];
+      r.o[(warp * GMAX + qg) * DH + dt * 8 + 2 * q4 + 1] = o[dt][1];
+    }
+    if (q4 == 0) {
+      r.ml[(warp * GMAX + qg) * 2] = m;  // −inf for a warp that saw no key
+      r.ml[(warp * GMAX + qg) * 2 + 1] = l;
+    }
   }
+  __syncthreads();
+  finish_split<bf16, DH, GMAX>(a, r, span, g, split, tok, sk.idle);
 }
 
 // Combines the splits of (span, KV head g, query head h of the group): block (span, g, h),
@@ -574,24 +864,21 @@ __global__ void __launch_bounds__(kThreads) decode_merge_kernel(DecodeArgs<T> a)
   }
 }
 
-template <typename T, int DH, int GMAX>
+// Launches `kernel` (decode_kernel or decode_mma_kernel: kSmem bytes of dynamic shared memory,
+// split lengths in multiples of kRound keys) and, for splits outside a cluster, the merge.
+template <typename T, auto kernel, size_t kSmem, int kRound>
 void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaStream_t stream) {
-  using C = DecodeTile<T, DH, GMAX>;
   // Blocks of this kernel an SM holds at once (shared memory and registers), asked once.
   static const int per_sm = [] {
-    if (cudaFuncSetAttribute(decode_kernel<T, DH, GMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmem)) !=
-        cudaSuccess)
-      return 0;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)) != cudaSuccess) return 0;
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<T, DH, GMAX>, kThreads, C::kSmem) != cudaSuccess)
-      return 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, kSmem) != cudaSuccess) return 0;
     return n;
   }();
-  STATELM_CHECK(per_sm > 0, "attention decode: cannot run blocks of ", kThreads, " threads with ", C::kSmem,
+  STATELM_CHECK(per_sm > 0, "attention decode: cannot run blocks of ", kThreads, " threads with ", kSmem,
                 " bytes of shared memory");
   // The largest cluster of these blocks that the GPU can place (16, 8, or 1: none), asked once.
   static const int cluster_limit = [] {
-    const auto kernel = decode_kernel<T, DH, GMAX>;
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
       cudaGetLastError();  // clusters of 8 at most
     for (unsigned size : {unsigned(kMaxCluster), 8u}) {
@@ -599,7 +886,7 @@ void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaSt
       cudaLaunchConfig_t cfg{};
       cfg.gridDim = dim3(1, 1, size);
       cfg.blockDim = dim3(kThreads);
-      cfg.dynamicSmemBytes = C::kSmem;
+      cfg.dynamicSmemBytes = kSmem;
       cfg.attrs = &attr;
       cfg.numAttrs = 1;
       int clusters = 0;
@@ -615,7 +902,7 @@ void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaSt
   const int64_t most =
       std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (max_keys + kShortSplitKeys - 1) / kShortSplitKeys));
   a.n_splits = int(std::clamp<int64_t>(resident / base, 1, most));
-  a.key_round = C::kRound;
+  a.key_round = kRound;
   // A cluster merges the splits when they fit one, or when the keys are few enough that
   // cluster_limit splits cover them in kMinSplitKeys each (fewer, longer splits than one wave
   // would have, but no merge kernel) — and they are not few: with 3 splits (Llama 2.5B, batch
@@ -637,9 +924,9 @@ void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaSt
   // 2.014 at 1K, 2.100 vs 2.107 at 2K, 2.351 vs 2.293 at 8K, 3.153 vs 3.190 at 32K (mixed at
   // long contexts, where another H200 also measured the early form slower).
   const dim3 cluster(1, 1, a.cluster ? unsigned(a.n_splits) : 1);
-  STATELM_CUDA_CHECK(launch_clusters_pdl_if(cluster, false, decode_kernel<T, DH, GMAX>,
+  STATELM_CUDA_CHECK(launch_clusters_pdl_if(cluster, false, kernel,
                                             dim3(unsigned(n_spans), unsigned(a.hkv), unsigned(a.n_splits)),
-                                            dim3(kThreads), C::kSmem, stream, a),
+                                            dim3(kThreads), kSmem, stream, a),
                      "attention decode launch");
   STATELM_CUDA_LAUNCHED("attention decode, head_dim ", a.dh, " group ", a.group, " splits ", a.n_splits,
                         a.cluster ? " (one cluster)" : "");
@@ -652,16 +939,36 @@ void launch(DecodeArgs<T> a, int n_spans, int max_keys, Scratch& scratch, cudaSt
   }
 }
 
+template <typename T, int DH, int GMAX>
+void launch_simt(const DecodeArgs<T>& a, int n_spans, int max_keys, Scratch& scratch, cudaStream_t stream) {
+  using C = DecodeTile<T, DH, GMAX>;
+  launch<T, decode_kernel<T, DH, GMAX>, C::kSmem, C::kRound>(a, n_spans, max_keys, scratch, stream);
+}
+
+// Which kernel: the SIMT one streams a bf16 cache faster when its lanes hold whole rows and
+// few heads (head_dim 64 or 128, group ≤ 4: 3.9 TB/s at batch 16, 32K keys, against 3.46 TB/s
+// on the tensor cores, whose warps each wait on a whole 8 KiB chunk), the tensor-core one when
+// the SIMT loop would be issue-bound: padded rows (Llama 2.5B's head_dim 80 leaves 6 of 16 lanes
+// of a key idle: decode b16 at 32K keys 20.1 → 15.5 ms a step) or 8 heads a KV head (twice the
+// FMAs per byte, at two blocks an SM).
 template <typename T, int DH>
 void launch_group(const DecodeArgs<T>& a, int n_spans, int max_keys, Scratch& scratch, cudaStream_t stream) {
-  if (a.group == 1)
-    launch<T, DH, 1>(a, n_spans, max_keys, scratch, stream);
-  else if (a.group == 2)
-    launch<T, DH, 2>(a, n_spans, max_keys, scratch, stream);
-  else if (a.group <= 4)
-    launch<T, DH, 4>(a, n_spans, max_keys, scratch, stream);
-  else
-    launch<T, DH, 8>(a, n_spans, max_keys, scratch, stream);
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (a.dh != DH || a.group > 4) {
+      using C = MmaTile<DH>;
+      launch<T, decode_mma_kernel<DH>, C::kSmem, C::kRound>(a, n_spans, max_keys, scratch, stream);
+      return;
+    }
+  }
+  if (a.group == 1) {
+    launch_simt<T, DH, 1>(a, n_spans, max_keys, scratch, stream);
+  } else if (a.group == 2) {
+    launch_simt<T, DH, 2>(a, n_spans, max_keys, scratch, stream);
+  } else if (a.group <= 4) {
+    launch_simt<T, DH, 4>(a, n_spans, max_keys, scratch, stream);
+  } else {
+    launch_simt<T, DH, 8>(a, n_spans, max_keys, scratch, stream);
+  }
 }
 
 }  // namespace
@@ -695,6 +1002,9 @@ void decode_attention(const AttentionParams& p, const BatchView& batch, Scratch&
     DecodeArgs<T> a{};
     attn::fill_paged_args(a, p, batch);
     a.spans = batch.device_spans;
+    a.block_shift = -1;
+    for (int sh = 0; sh < 31; ++sh)
+      if ((1 << sh) == a.block_size) a.block_shift = sh;
     if (p.rope.kind != RopeKind::None) {
       a.rope_half = int(p.rope.rotary_dim / 2);
       a.rope_inv = inv_freq_table(p.rope);
