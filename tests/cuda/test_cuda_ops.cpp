@@ -899,10 +899,12 @@ TEST(CudaOps, PagedAttention) {
   compare_attention(rng, spans, 16, {{6, 2, 16}, {4, 4, 9}, {8, 1, 64}});
 }
 
-// The decode kernel (attention_decode.cu): one-token spans at very different contexts (only
-// the new key; fewer keys than a split; many splits), every group size it pads to (1, 2, 4, 8
-// and 3, 6 between), head_dim 64, 80 (padded to 128) and 128, block sizes 16 and 7 (keys of a
-// vector load straddle no block, table lookups per key). A key capacity far past the longest
+// The decode kernels (attention_decode.cu): one-token spans at very different contexts (only
+// the new key; fewer keys than a split; many splits), every group size the SIMT kernel pads to
+// (1, 2, 4, 8 and 3, 6 between), head_dim 64, 80 (padded to 128) and 128, block sizes 16 and 7
+// (keys of a vector load straddle no block, table lookups per key). In bf16, head_dim 80 and the
+// groups of 6 and 8 take the tensor-core kernel (its one-lookup-a-chunk path at block 16, a
+// lookup per row at block 7), the others the SIMT kernel. A key capacity far past the longest
 // sequence (a recorded graph's plan) must change nothing.
 TEST(CudaOps, PagedAttentionDecode) {
   REQUIRE_GPU();
