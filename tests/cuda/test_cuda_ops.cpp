@@ -444,8 +444,9 @@ TEST(CudaOps, MatmulSwiglu) {
           const int out = c.act("out", {T, F});
           OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
             const Tensor bias_t = bias ? t[bi] : Tensor{};
-            if (b.device() == Device::Cuda && (T == 1 || (t[x].dtype == DType::F32 && T <= cuda::kSkinnyMaxTokens)))
+            if (b.device() == Device::Cuda && (T == 1 || (t[x].dtype == DType::F32 && T <= cuda::kSkinnyMaxTokens))) {
               EXPECT_TRUE(cuda::skinny_gemm_fits(t[x], t[w], bias_t)) << "T=" << T;
+            }
             b.matmul_swiglu(t[x], t[w], bias_t, t[gu], t[out]);
           };
           return std::make_pair(std::move(c), fn);

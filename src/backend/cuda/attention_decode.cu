@@ -58,6 +58,7 @@
 // (rope_math.cuh) and rounds each rotated element to T as rope.cu stores it: the same values as
 // the rope kernel followed by this one.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <type_traits>
 
@@ -327,11 +328,22 @@ __device__ __forceinline__ SplitKeys split_of(const DecodeArgs<T>& a, const SeqS
   return s;
 }
 
+// Where `key` of a sequence sits in the paged cache: its block-table entry and its row in that
+// block (a shift and a mask for power-of-two block sizes).
+struct KeySlot {
+  int entry, row;
+};
+template <typename T>
+__device__ __forceinline__ KeySlot key_slot(const DecodeArgs<T>& a, int key) {
+  if (a.block_shift >= 0) return {key >> a.block_shift, key & (a.block_size - 1)};
+  const int entry = key / a.block_size;
+  return {entry, key - entry * a.block_size};
+}
 // Cache row offset of `key` of a sequence (block table `table`) at KV head offset `head`.
 template <typename T>
 __device__ __forceinline__ int64_t cache_row(const DecodeArgs<T>& a, const int32_t* table, int64_t head, int key) {
-  const int b = a.block_shift >= 0 ? key >> a.block_shift : key / a.block_size;
-  return head + int64_t(table[b]) * a.cs0 + int64_t(key - b * a.block_size) * a.cs1;
+  const KeySlot s = key_slot(a, key);
+  return head + int64_t(table[s.entry]) * a.cs0 + int64_t(s.row) * a.cs1;
 }
 
 // q of the group's heads (q_s[h · dh + d]) and, for the split holding key pos, the new k (k_s),
@@ -647,17 +659,16 @@ __global__ void __launch_bounds__(kThreads, 2) decode_mma_kernel(DecodeArgs<bf16
 
   auto tile = [&](int stage, int kv) { return ring + ((stage * kWarps + warp) * 2 + kv) * C::kTile; };
   auto chunk_key = [&](int i) { return begin + (i * kWarps + warp) * C::kKeys; };
-  // Rows of a chunk start at a multiple of 16 keys; with a block size that 16 divides they share
-  // one cache block (one table lookup), else each row looks up its own.
-  // The table lookups of the chunks run ahead of their copies: lane j holds the cache block of
-  // chunk w0 + j (window `cur`) and of chunk w0 + 32 + j (`nxt`, loaded 32 chunks before it is
-  // needed). A lookup at issue time stalled the warp on a dependent load before every chunk's
-  // copies (ncu: 3.2 long-scoreboard stalls per instruction, 74% of the DRAM rate).
+  // Chunks start at multiples of 16 keys; with a block size that 16 divides, a chunk's rows share
+  // one cache block (one table lookup), else each row looks up its own. The shared lookups run
+  // ahead of their copies: lane j holds the cache block of chunk w0 + j (window `cur`) and of
+  // chunk w0 + 32 + j (`nxt`, loaded 32 chunks before it is needed). A lookup at issue time
+  // stalled the warp on a dependent load before every chunk's copies (ncu: 3.2 long-scoreboard
+  // stalls per instruction, 74% of the DRAM rate).
   const bool one_block = a.block_size % C::kKeys == 0;
   auto block_of = [&](int i) -> int32_t {  // chunk i's cache block, or 0 past the keys
     const int key0 = chunk_key(i);
-    if (key0 >= stop) return 0;
-    return table[a.block_shift >= 0 ? key0 >> a.block_shift : key0 / a.block_size];
+    return key0 < stop ? table[key_slot(a, key0).entry] : 0;
   };
   int w0 = 0;
   int32_t cur = 0, nxt = 0;
@@ -676,8 +687,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_mma_kernel(DecodeArgs<bf16
         nxt = block_of(w0 + 32 + lane);
       }
       const int32_t blk = __shfl_sync(kFull, cur, i - w0);
-      const int in_block = a.block_shift >= 0 ? key0 & (a.block_size - 1) : key0 % a.block_size;
-      base = head + int64_t(blk) * a.cs0 + int64_t(in_block) * a.cs1;
+      base = head + int64_t(blk) * a.cs0 + int64_t(key_slot(a, key0).row) * a.cs1;
     }
     uint4* kt = tile(stage, 0);
     uint4* vt = tile(stage, 1);
@@ -1002,9 +1012,8 @@ void decode_attention(const AttentionParams& p, const BatchView& batch, Scratch&
     DecodeArgs<T> a{};
     attn::fill_paged_args(a, p, batch);
     a.spans = batch.device_spans;
-    a.block_shift = -1;
-    for (int sh = 0; sh < 31; ++sh)
-      if ((1 << sh) == a.block_size) a.block_shift = sh;
+    const unsigned bs = unsigned(a.block_size);
+    a.block_shift = std::has_single_bit(bs) ? std::countr_zero(bs) : -1;
     if (p.rope.kind != RopeKind::None) {
       a.rope_half = int(p.rope.rotary_dim / 2);
       a.rope_inv = inv_freq_table(p.rope);

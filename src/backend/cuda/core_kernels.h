@@ -86,6 +86,11 @@ class Gemm {
 
   void run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op = "matmul",
            const RowScale& scale = {});
+  // out = swiglu(x w^T + bias) in one launch where run would stream the weights on the CUDA
+  // cores (skinny_gemm_swiglu: one token, fp32 rows); false (nothing launched) where run takes
+  // another kernel — the caller then runs the product and the swiglu kernel.
+  bool run_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
+                  const char* op = "matmul_swiglu");
 
  private:
   struct Plan;

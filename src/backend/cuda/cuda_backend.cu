@@ -489,8 +489,7 @@ void CudaBackend::matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& 
   check_view(out, {t, f}, "matmul_swiglu", "out");
   check_act(gate_up, out.dtype, {t, 2 * f}, "matmul_swiglu", "gate_up");
   check_matmul(x, w, bias, gate_up, "matmul_swiglu");
-  const bool mma = t >= 2 && t <= cuda::kSkinnyMmaMaxTokens && cuda::skinny_gemm_mma_fits(x, w, bias);
-  if (!mma && cuda::skinny_gemm_swiglu(x, w, bias, out, impl_->stream)) return;
+  if (impl_->gemm->run_swiglu(x, w, bias, out)) return;
   Backend::matmul_swiglu(x, w, bias, gate_up, out);  // the product, then the swiglu kernel
 }
 

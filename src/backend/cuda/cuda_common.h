@@ -85,18 +85,18 @@ void dispatch_float(DType t, const char* op, F&& f) {
   }
 }
 
-// Whether a pointer and a row stride allow loads of `bytes` bytes per access.
-inline bool aligned_for(const void* p, int64_t row_stride_elems, size_t elem_size, size_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % bytes == 0 && (size_t(row_stride_elems) * elem_size) % bytes == 0;
-}
-// The same for a view with several strides (elements): every row it addresses (p plus any sum
-// of strides) starts `bytes`-aligned.
+// Whether a pointer and the strides (elements) of a view allow accesses of `bytes` bytes: every
+// row it addresses (p plus any sum of strides) starts `bytes`-aligned.
 inline bool aligned_for(const void* p, std::initializer_list<int64_t> strides_elems, size_t elem_size,
                         size_t bytes) {
   if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
   for (const int64_t s : strides_elems)
     if ((size_t(s) * elem_size) % bytes != 0) return false;
   return true;
+}
+// The same for a view of rows (one stride).
+inline bool aligned_for(const void* p, int64_t row_stride_elems, size_t elem_size, size_t bytes) {
+  return aligned_for(p, std::initializer_list<int64_t>{row_stride_elems}, elem_size, bytes);
 }
 
 inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }

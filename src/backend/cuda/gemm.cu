@@ -188,6 +188,14 @@ Gemm::Plan* Gemm::plan(const Key& key, const char* op) {
   return raw;
 }
 
+bool Gemm::run_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op) {
+  // run's order: the tensor-core skinny kernel first, then the CUDA-core one.
+  if (skinny_gemm_mma_fits(x, w, bias)) return false;
+  if (!skinny_gemm_swiglu(x, w, bias, out, stream_)) return false;
+  STATELM_CUDA_LAUNCHED(op, " (skinny, swiglu) x ", x.describe(), " w ", w.describe(), " out ", out.describe());
+  return true;
+}
+
 void Gemm::run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op,
                const RowScale& scale) {
   const int64_t T = x.shape[0], K = x.shape[1], N = w.shape[0];
