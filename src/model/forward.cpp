@@ -34,11 +34,33 @@ namespace {
 enum : size_t { kHidden, kNormed, kBlockOut, kLogitsIn, kLogits, kMixer };
 }  // namespace
 
+// The fp32 partial sums of a decode step's split block boundaries (ResidualAdd), one boundary at
+// a time, in the final norm's buffer: [T, D] of the compute dtype, free until the last block
+// has read them (the memory planner counts no buffer of their own).
+Tensor Forward::norm_sums(int64_t T) {
+  const int64_t D = spec_.d_model, partials = backend_.residual_sumsq_partials(D);
+  const Tensor room = scratch(kLogitsIn, {T, D});
+  STATELM_CHECK(partials * 4 <= D * int64_t(dtype_size(room.dtype)), "forward: ", partials,
+                " partial sums of squares a row do not fit a row of ", D, " ", dtype_name(room.dtype));
+  return Tensor::contiguous(room.data, DType::F32, {T, partials}, backend_.device());
+}
+
+void Forward::linear_in(const BlockIo& io, const Tensor& w, const Tensor& bias, const Tensor& out) {
+  if (io.norm.sumsq.defined()) backend_.matmul_row_rms(io.x, w, bias, io.norm, out);
+  else backend_.matmul(io.x, w, bias, out);
+}
+
+void Forward::linear_out(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms, const BlockIo& io) {
+  if (io.add.residual.defined()) backend_.matmul_residual(x, w, bias, rms, io.add, io.out);
+  else if (rms.sumsq.defined()) backend_.matmul_row_rms(x, w, bias, rms, io.out);
+  else backend_.matmul(x, w, bias, io.out);
+}
+
 void Forward::mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b,
-                     const Tensor& x, const Tensor& out, int64_t layer) {
+                     const BlockIo& io, int64_t layer) {
   const int64_t T = b.n_tokens, Di = m.d_inner, N = m.d_state, R = m.dt_rank;
   Tensor xz = scratch(kMixer, {T, 2 * Di});  // [T, 2Di] = x | z
-  backend_.matmul(x, w.in_proj, w.in_proj_bias, xz);
+  linear_in(io, w.in_proj, w.in_proj_bias, xz);
   Tensor u = scratch(kMixer + 1, {T, Di});  // conv + SiLU of the x half
   backend_.conv1d({xz.cols(0, Di), w.conv, w.conv_bias, c.conv, u, true}, b);
   Tensor dbc = scratch(kMixer + 2, {T, R + 2 * N});  // [T, R + 2N] = dt | B | C
@@ -56,14 +78,14 @@ void Forward::mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCac
   Tensor y = scratch(kMixer + 7, {T, Di});
   backend_.selective_scan({u, delta, w.dt_proj_bias, w.A, B, C, w.D, xz.cols(Di, Di), c.ssm, y}, b);
   dump(layer, "mamba1_scan", y);
-  backend_.matmul(y, w.out_proj, w.out_proj_bias, out);
+  linear_out(y, w.out_proj, w.out_proj_bias, RowRms{}, io);
 }
 
 void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCaches& c, const BatchView& b,
-                     const Tensor& x, const Tensor& out, int64_t layer) {
+                     const BlockIo& io, int64_t layer) {
   const int64_t T = b.n_tokens, Di = m.d_inner, GN = m.n_groups * m.d_state, H = m.n_heads, conv_dim = m.conv_dim();
   Tensor zxbcdt = scratch(kMixer, {T, m.in_proj_dim()});  // [T, Di | Di + 2GN | H] = z | xBC | dt
-  backend_.matmul(x, w.in_proj, w.in_proj_bias, zxbcdt);
+  linear_in(io, w.in_proj, w.in_proj_bias, zxbcdt);
   Tensor xbc = scratch(kMixer + 1, {T, conv_dim});  // conv + SiLU of xBC
   backend_.conv1d({zxbcdt.cols(Di, conv_dim), w.conv, w.conv_bias, c.conv, xbc, true}, b);
   SsdParams p;
@@ -92,13 +114,10 @@ void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCac
   }
   backend_.ssd(p, b);
   dump(layer, split_norm ? "mamba2_ssd_gated" : "mamba2_ssd", y);
-  if (split_norm) {
-    backend_.matmul_row_rms(y, w.out_proj, w.out_proj_bias, {p.gate.sumsq, Di, m.norm_eps}, out);
-    return;
-  }
+  if (split_norm) return linear_out(y, w.out_proj, w.out_proj_bias, {p.gate.sumsq, Di, m.norm_eps}, io);
   Tensor gated = scratch(kMixer + 3, {T, Di});
   backend_.gated_rms_norm(y, zxbcdt.cols(0, Di), w.norm, m.norm_group_size, m.norm_eps, gated);
-  backend_.matmul(gated, w.out_proj, w.out_proj_bias, out);
+  linear_out(gated, w.out_proj, w.out_proj_bias, RowRms{}, io);
 }
 
 // Whether a Mamba-2 layer runs its gated norm split across the SSD and out_proj (SsdGate): in
@@ -110,10 +129,10 @@ bool defers_gated_norm(const Mamba2Dims& m, int64_t tokens, int64_t spans) {
 }
 
 void Forward::attention(const AttentionDims& a, const AttentionWeights& w, const LayerCaches& c, const BatchView& b,
-                        const Tensor& x, const Tensor& out, int64_t layer) {
+                        const BlockIo& io, int64_t layer) {
   const int64_t T = b.n_tokens, Dh = a.head_dim, qd = a.n_heads * Dh, kvd = a.n_kv_heads * Dh;
   Tensor qkv = scratch(kMixer, {T, qd + 2 * kvd});  // [T, q | k | v]
-  backend_.matmul(x, w.qkv, w.qkv_bias, qkv);
+  linear_in(io, w.qkv, w.qkv_bias, qkv);
   Tensor q = qkv.cols(0, qd).unflatten_last(a.n_heads, Dh);
   Tensor k = qkv.cols(qd, kvd).unflatten_last(a.n_kv_heads, Dh);
   Tensor v = qkv.cols(qd + kvd, kvd).unflatten_last(a.n_kv_heads, Dh);
@@ -123,15 +142,15 @@ void Forward::attention(const AttentionDims& a, const AttentionWeights& w, const
   AttentionParams p{q, k, v, c.k, c.v, o.unflatten_last(a.n_heads, Dh), 1.0f / std::sqrt(float(Dh)), a.rope};
   backend_.attention(p, b);
   dump(layer, "attention", o);
-  backend_.matmul(o, w.o, w.o_bias, out);
+  linear_out(o, w.o, w.o_bias, RowRms{}, io);
 }
 
-void Forward::mlp(const MlpDims& m, const MlpWeights& w, const Tensor& x, const Tensor& out) {
-  const int64_t T = x.shape[0];
+void Forward::mlp(const MlpDims& m, const MlpWeights& w, const BlockIo& io) {
+  const int64_t T = io.x.shape[0];
   Tensor gu = scratch(kMixer, {T, 2 * m.d_ff});
   Tensor act = scratch(kMixer + 1, {T, m.d_ff});
-  backend_.matmul_swiglu(x, w.gate_up, w.gate_up_bias, gu, act);
-  backend_.matmul(act, w.down, w.down_bias, out);
+  backend_.matmul_swiglu(io.x, w.gate_up, w.gate_up_bias, io.norm, gu, act);
+  linear_out(act, w.down, w.down_bias, RowRms{}, io);
 }
 
 std::vector<float> Forward::run(const ForwardBatch& fb, std::span<const LayerCaches> caches) {
@@ -179,24 +198,57 @@ Tensor Forward::run_device(const ForwardBatch& fb, std::span<const LayerCaches> 
     else backend_.rms_norm(h, weight, spec_.norm_eps, x);
     pending = false;
   };
+  // A decode step splits its block boundaries across the linear layers on either side
+  // (ResidualAdd): the block ahead adds into h, writes h times the next norm's weight into x and
+  // sums the squares into `sums`; the next block's first linear layer divides by the RMS, and no
+  // norm kernel runs between them. Not next to MoE (its router and experts read x normalised),
+  // not before the LM head (one norm a step), and not under a debug hook (it reads each block's
+  // output in y).
+  const bool split = T == int64_t(fb.spans.size()) && !debug_ && backend_.splits_block_norms(T, D);
+  const Tensor sums = split ? norm_sums(T) : Tensor{};
+  bool summed = false;  // x is h times the norm's weight and sums holds h's squares: divide by the RMS
+  auto is_mlp = [&](size_t i) { return spec_.layers[i].ffn_kind() == FfnKind::Mlp; };
+  // The norm weight of the block after layer i's mixer (ffn false) or its ffn where that block
+  // starts with a linear layer (a mixer or an MLP; not MoE, not the final norm), else none.
+  auto next_linear_norm = [&](size_t i, bool ffn) -> const Tensor* {
+    if (!ffn && spec_.layers[i].ffn_kind() != FfnKind::None) return is_mlp(i) ? &weights_.layers[i].ffn_norm : nullptr;
+    return i + 1 < spec_.layers.size() ? &weights_.layers[i + 1].mixer_norm : nullptr;
+  };
+  // The input of layer i's mixer or ffn block (normalised by norm_weight, here or in its first
+  // linear layer) and where its output goes: into h when the boundary after it is split.
+  auto block_io = [&](const Tensor& norm_weight, size_t i, bool ffn) {
+    BlockIo io;
+    if (summed) io.norm = {sums, D, spec_.norm_eps};
+    else norm_into_x(norm_weight);
+    io.x = x;
+    io.out = y;
+    const Tensor* next_norm = split && (!ffn || is_mlp(i)) ? next_linear_norm(i, ffn) : nullptr;
+    if (next_norm) io.add = {h, sums, *next_norm, x};
+    return io;
+  };
+  auto finish_block = [&](const BlockIo& io) {
+    summed = io.add.residual.defined();
+    pending = !summed;
+  };
   for (size_t i = 0; i < spec_.layers.size(); ++i) {
     const LayerSpec& ls = spec_.layers[i];
     const LayerWeights& lw = weights_.layers[i];
     const int64_t layer = int64_t(i);
-    norm_into_x(lw.mixer_norm);
-    if (auto* m1 = std::get_if<Mamba1Dims>(&ls.mixer)) mamba1(*m1, lw.mamba1, caches[i], b, x, y, layer);
-    else if (auto* m2 = std::get_if<Mamba2Dims>(&ls.mixer)) mamba2(*m2, lw.mamba2, caches[i], b, x, y, layer);
-    else attention(std::get<AttentionDims>(ls.mixer), lw.attention, caches[i], b, x, y, layer);
-    pending = true;
+    const BlockIo mixer_io = block_io(lw.mixer_norm, i, false);
+    if (auto* m1 = std::get_if<Mamba1Dims>(&ls.mixer)) mamba1(*m1, lw.mamba1, caches[i], b, mixer_io, layer);
+    else if (auto* m2 = std::get_if<Mamba2Dims>(&ls.mixer)) mamba2(*m2, lw.mamba2, caches[i], b, mixer_io, layer);
+    else attention(std::get<AttentionDims>(ls.mixer), lw.attention, caches[i], b, mixer_io, layer);
+    finish_block(mixer_io);
     dump(layer, "mixer_out", y);
     if (ls.ffn_kind() != FfnKind::None) {
-      norm_into_x(lw.ffn_norm);
-      if (auto* mlp_dims = std::get_if<MlpDims>(&ls.ffn)) mlp(*mlp_dims, lw.mlp, x, y);
-      else {
+      const BlockIo ffn_io = block_io(lw.ffn_norm, i, true);
+      if (auto* mlp_dims = std::get_if<MlpDims>(&ls.ffn)) {
+        mlp(*mlp_dims, lw.mlp, ffn_io);
+      } else {
         const auto& moe = std::get<MoeDims>(ls.ffn);
-        backend_.moe({x, lw.moe.router, lw.moe.gate_up, lw.moe.down, moe.top_k, moe.renormalize, y});
+        backend_.moe({ffn_io.x, lw.moe.router, lw.moe.gate_up, lw.moe.down, moe.top_k, moe.renormalize, y});
       }
-      pending = true;
+      finish_block(ffn_io);
       dump(layer, "ffn_out", y);
     }
   }

@@ -56,14 +56,28 @@ class Forward {
   bool has_debug_hook() const { return bool(debug_); }
 
  private:
-  void mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b, const Tensor& x,
-              const Tensor& out, int64_t layer);
-  void mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCaches& c, const BatchView& b, const Tensor& x,
-              const Tensor& out, int64_t layer);
+  // A block's input and output (ResidualAdd). x is the normalised input, or with norm.sumsq
+  // defined the residual times the norm's weight, which the block's first linear layer divides
+  // by the RMS; the block's last linear layer writes out, or with add.residual defined adds into
+  // the residual stream and prepares the next block's x and sums.
+  struct BlockIo {
+    Tensor x;
+    RowRms norm;
+    Tensor out;
+    ResidualAdd add;
+  };
+  void mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b,
+              const BlockIo& io, int64_t layer);
+  void mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCaches& c, const BatchView& b,
+              const BlockIo& io, int64_t layer);
   void attention(const AttentionDims& a, const AttentionWeights& w, const LayerCaches& c, const BatchView& b,
-                 const Tensor& x, const Tensor& out, int64_t layer);
-  void mlp(const MlpDims& m, const MlpWeights& w, const Tensor& x, const Tensor& out);
+                 const BlockIo& io, int64_t layer);
+  void mlp(const MlpDims& m, const MlpWeights& w, const BlockIo& io);
+  // A block's first linear layer (out = its product) and its last (rms: a norm of x left to it).
+  void linear_in(const BlockIo& io, const Tensor& w, const Tensor& bias, const Tensor& out);
+  void linear_out(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms, const BlockIo& io);
   Tensor scratch(size_t index, std::initializer_list<int64_t> shape);
+  Tensor norm_sums(int64_t tokens);
   Tensor scratch(size_t index, std::initializer_list<int64_t> shape, DType dtype);
   void dump(int64_t layer, const char* name, const Tensor& t) const {
     if (debug_) debug_(layer, name, t);

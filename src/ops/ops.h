@@ -106,12 +106,24 @@ struct SsdParams {
   SsdGate gate;
 };
 
-// The root mean square of a row whose squares were summed elsewhere (SsdGate): rms[t] =
-// sqrt(sum_j sumsq[t, j] / n + eps).
+// The root mean square of a row whose squares were summed elsewhere (SsdGate, ResidualAdd):
+// rms[t] = sqrt(sum_j sumsq[t, j] / n + eps).
 struct RowRms {
   Tensor sumsq;  // [T, partials] fp32
   int64_t n = 0;
   float eps = 0.0f;
+};
+
+// A decode step's pre-norm block boundary split across the linear layers on either side of it
+// (Forward; Backend::splits_block_norms): the block's last linear layer adds its product into the
+// residual stream, writes the new rows times the next norm's weight, and sums their squares; the
+// next block's first linear layer takes those rows and divides by the RMS (matmul_row_rms,
+// matmul_swiglu). Neither the add nor the norm is a pass of its own.
+struct ResidualAdd {
+  Tensor residual;  // [T, N] residual[t] = round(residual[t] + round(product[t])), in its dtype
+  Tensor sumsq;     // [T, residual_sumsq_partials(N)] fp32: partial sums of the new rows' squares
+  Tensor weight;    // [N] fp32: the next block's norm weight
+  Tensor normed;    // [T, N] round(residual[t] ∘ weight): the next block's input, before 1/rms
 };
 
 // Rotary embedding of q and k in place; token t of span s is at position spans[s].pos + t.
@@ -221,17 +233,34 @@ class Backend {
   // out[T, N] = x[T, K] w[N, K]^T (+ bias[N]); weights are stored as transformers stores them.
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) = 0;
   // out[t] = (x[t] w^T) / rms[t] (+ bias): a linear layer after an RMS norm whose division was
-  // left out of x (SsdGate); equal to normalising x first, since the product is linear in x[t].
+  // left out of x (SsdGate, ResidualAdd); equal to normalising x first, since the product is
+  // linear in x[t].
   virtual void matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
                               const Tensor& out) = 0;
+  // The last linear layer of a block whose boundary norm is split (ResidualAdd): the product
+  // (matmul, or matmul_row_rms where rms.sumsq is defined) goes into add.residual, add.normed
+  // receives the new rows times add.weight and add.sumsq the partial sums of their squares
+  // (every column written).
+  // out [T, N] is room for the product where the backend does not fuse the add; its contents are
+  // unspecified after.
+  virtual void matmul_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                               const ResidualAdd& add, const Tensor& out) = 0;
+  // Columns of ResidualAdd::sumsq that matmul_residual writes for N output features.
+  virtual int64_t residual_sumsq_partials(int64_t n) const { return 1; }
+  // Whether Forward may split the block norms of a decode step of `tokens` one-token spans over
+  // rows of d_model features (ResidualAdd): where this backend's decode kernels fold the add
+  // into the linear layer (a split that ran as extra passes would only add work).
+  virtual bool splits_block_norms(int64_t tokens, int64_t d_model) const { return true; }
   // out[T, F] = silu(gate_up[:, :F]) * gate_up[:, F:].
   virtual void swiglu(const Tensor& gate_up, const Tensor& out) = 0;
-  // out[T, F] = swiglu(x w^T + bias), w = [gate; up] of 2F rows: a SwiGLU MLP's first half.
-  // gate_up [T, 2F] is room for the product where the backend does not fuse the two (a CUDA
-  // decode step fuses them: one launch less per layer); its contents are unspecified after.
-  virtual void matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& gate_up,
-                             const Tensor& out) {
-    matmul(x, w, bias, gate_up);
+  // out[T, F] = swiglu(x w^T + bias), w = [gate; up] of 2F rows: a SwiGLU MLP's first half, its
+  // input normalised by rms as matmul_row_rms does where rms.sumsq is defined. gate_up [T, 2F] is
+  // room for the product where the backend does not fuse the two (a CUDA decode step fuses
+  // them: one launch less per layer); its contents are unspecified after.
+  virtual void matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                             const Tensor& gate_up, const Tensor& out) {
+    if (rms.sumsq.defined()) matmul_row_rms(x, w, bias, rms, gate_up);
+    else matmul(x, w, bias, gate_up);
     swiglu(gate_up, out);
   }
   // acc += x.

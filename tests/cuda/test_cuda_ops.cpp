@@ -447,7 +447,7 @@ TEST(CudaOps, MatmulSwiglu) {
             if (b.device() == Device::Cuda && (T == 1 || (t[x].dtype == DType::F32 && T <= cuda::kSkinnyMaxTokens))) {
               EXPECT_TRUE(cuda::skinny_gemm_fits(t[x], t[w], bias_t)) << "T=" << T;
             }
-            b.matmul_swiglu(t[x], t[w], bias_t, t[gu], t[out]);
+            b.matmul_swiglu(t[x], t[w], bias_t, RowRms{}, t[gu], t[out]);
           };
           return std::make_pair(std::move(c), fn);
         });
@@ -516,6 +516,56 @@ TEST(CudaOps, MatmulRowRmsDecodeBatches) {
         return std::make_pair(std::move(c), fn);
       });
     }
+}
+
+// A decode step's block boundary split across two linear layers (ResidualAdd), against the CPU:
+// the producer adds its product (optionally divided by a gated norm's RMS, as Mamba-2's out_proj)
+// into the residual, writes the rows times the next norm's weight and sums their squares: in the
+// skinny kernel's epilogue (one token, fp32 rows up to 8), or as the product then
+// add_sum_squares (bf16 batches on the tensor-core kernel, 20 tokens on cuBLASLt); the consumers
+// (a plain product and the SwiGLU one) divide by the RMS. The partial sums are laid out as each
+// backend likes (not compared); the consumers' outputs show their totals. D = 300 leaves the
+// producer a partial last block. splits_block_norms is asserted where Forward would split.
+TEST(CudaOps, BlockNormSplit) {
+  REQUIRE_GPU();
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t T : {1, 3, 8, 20})
+      for (int64_t D : {296, 300}) {
+        const bool gated = T % 2 == 1, bias = (T + D) % 3 != 0;
+        const bool split = (T == 1 || (dt == DType::F32 && T <= cuda::kSkinnyMaxTokens)) &&
+                           (D * int64_t(dtype_size(dt))) % 16 == 0;
+        const int64_t Kp = 320, N2 = 77, F = 29, G = 40;
+        OpCase c("block norm split T=" + std::to_string(T) + " D=" + std::to_string(D) + (gated ? " gated" : "") +
+                     (bias ? " bias" : ""),
+                 9);
+        const int a = c.aligned_act("block input", {T, Kp});
+        const int w1 = c.dense("producer weight", Kind::Weight, {D, Kp}, -0.2f, 0.2f);
+        const int b1 = c.dense("producer bias", Kind::Param, {D});
+        const int gs = c.dense("gated sumsq", Kind::Param, {T, G}, 0.0f, 2.0f);
+        const int h = c.aligned_act("residual", {T, D});
+        const int room = c.aligned_act("product room", {T, D}, -1.0f, 1.0f, Kind::ActIn);
+        const int sums = c.dense("sumsq", Kind::Scratch, {T, (D + 3) / 4});
+        const int g = c.dense("norm weight", Kind::Param, {D}, 0.5f, 1.5f);
+        const int x = c.aligned_act("normed", {T, D});
+        const int w2 = c.dense("consumer weight", Kind::Weight, {N2, D}, -0.2f, 0.2f);
+        const int b2 = c.dense("consumer bias", Kind::Param, {N2});
+        const int w3 = c.dense("gate_up weight", Kind::Weight, {2 * F, D}, -0.2f, 0.2f);
+        const int gu = c.act("gate_up room", {T, 2 * F}, -1.0f, 1.0f, Kind::ActIn);
+        const int out2 = c.act("consumer out", {T, N2});
+        const int out3 = c.act("swiglu out", {T, F});
+        OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView&) {
+          if (b.device() == Device::Cuda) {
+            EXPECT_EQ(b.splits_block_norms(T, D), split);
+          }
+          const Tensor s = t[sums].cols(0, b.residual_sumsq_partials(D));
+          const RowRms in = gated ? RowRms{t[gs], Kp, 1e-5f} : RowRms{};
+          b.matmul_residual(t[a], t[w1], bias ? t[b1] : Tensor{}, in, {t[h], s, t[g], t[x]}, t[room]);
+          const RowRms norm{s, D, 1e-6f};
+          b.matmul_row_rms(t[x], t[w2], bias ? t[b2] : Tensor{}, norm, t[out2]);
+          b.matmul_swiglu(t[x], t[w3], Tensor{}, norm, t[gu], t[out3]);
+        };
+        c.compare(fn, dt);
+      }
 }
 
 TEST(CudaOps, Moe) {
@@ -1135,6 +1185,10 @@ class CudaFixtureModel : public ::testing::TestWithParam<ModelParam> {
     return per_token_error(cpu_rounded, ref_logits, size_t(rounded_->spec().vocab_size));
   }
   bool ill_conditioned(double sensitivity) const { return sensitivity > tol() / 2; }
+  size_t ill_conditioned_tokens(const std::vector<int32_t>& ids, const std::vector<float>& ref_logits) {
+    const auto sensitivity = bf16_sensitivity(ids, ref_logits);
+    return size_t(std::count_if(sensitivity.begin(), sensitivity.end(), [&](double v) { return ill_conditioned(v); }));
+  }
 
   std::unique_ptr<CudaBackend> backend;
 
@@ -1390,10 +1444,19 @@ TEST_P(CudaFixtureModel, NarrowStateMatchesCpuAndRestoresThere) {
 // batch of mixed lengths, then decode steps of the whole batch) gives its own logits, as when it
 // runs alone. On CUDA the GEMMs may pick other algorithms for another batch size, so "the same"
 // is the model tolerance rather than bit-for-bit (the CPU's matmul is batch-invariant and its
-// test is exact); cross-talk would be an O(1) error.
+// test is exact); cross-talk would be an O(1) error. In bf16 a sequence alone decodes with its
+// block norms split across the linear layers (ResidualAdd) and the batch without, which rounds
+// differently: a fixture ill-conditioned at bf16 (MoE routing near-ties, kBf16ModelTol) is
+// skipped as in PrefillThenDecodeEqualsOneForward; its fp32 case holds the invariant.
 TEST_P(CudaFixtureModel, BatchedSequencesEqualEachAlone) {
   SKIP_IF_FAMILY_MISSING({
     test::FixtureReference ref = load_reference(GetParam().model);
+    if (GetParam().dtype == DType::BF16) {
+      const size_t ill = ill_conditioned_tokens(ref.inputs[0], ref.logits[0]);
+      if (ill * 10 > ref.inputs[0].size())
+        GTEST_SKIP() << GetParam().model << ": " << ill << " of " << ref.inputs[0].size()
+                     << " tokens ill-conditioned at bf16 (LogitsMatchTransformers); the fp32 case holds the invariant";
+    }
     RunnerOptions o;
     o.max_sequences = int32_t(ref.inputs.size());
     ModelRunner runner(dir(), *backend, o);

@@ -28,6 +28,8 @@ class CpuBackend final : public Backend {
   void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) override;
   void matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
                       const Tensor& out) override;
+  void matmul_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms, const ResidualAdd& add,
+                       const Tensor& out) override;
   void swiglu(const Tensor& gate_up, const Tensor& out) override;
   void add(const Tensor& acc, const Tensor& x) override;
 

@@ -175,4 +175,26 @@ void CpuBackend::matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& 
   }
 }
 
+void CpuBackend::matmul_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                                 const ResidualAdd& add, const Tensor& out) {
+  const int64_t t = x.shape[0], n = w.shape[0];
+  cpu::check_2d(add.residual, t, n, "matmul_residual residual");
+  cpu::check_2d(add.sumsq, t, add.sumsq.shape[1], "matmul_residual sumsq");
+  cpu::check_2d(add.normed, t, n, "matmul_residual normed");
+  STATELM_CHECK(add.weight.numel() == n, "matmul_residual: norm weight ", add.weight.describe(), " for width ", n);
+  if (rms.sumsq.defined()) matmul_row_rms(x, w, bias, rms, out);
+  else matmul(x, w, bias, out);
+  this->add(add.residual, out);
+  for (int64_t r = 0; r < t; ++r) {  // the sum of squares as rms_norm takes it (in double)
+    const float* h = cpu::row(add.residual, r);
+    double ss = 0.0;
+    for (int64_t j = 0; j < n; ++j) ss += double(h[j]) * h[j];
+    float* normed = cpu::row(add.normed, r);
+    for (int64_t j = 0; j < n; ++j) normed[j] = h[j] * add.weight.f32()[j];
+    float* partials = cpu::row(add.sumsq, r);
+    partials[0] = float(ss);
+    for (int64_t j = 1; j < add.sumsq.shape[1]; ++j) partials[j] = 0.0f;
+  }
+}
+
 }  // namespace statelm

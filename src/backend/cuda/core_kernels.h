@@ -26,6 +26,11 @@ void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& ou
 // residual[t] += x[t] (rounded to residual's dtype), then out[t] = rms_norm(residual[t]).
 void add_rms_norm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps, const Tensor& out,
                   cudaStream_t stream);
+// residual[t] += x[t] (rounded as add_rms_norm rounds it), normed[t] = residual[t] * weight,
+// sumsq[t, 0] = the sum of the new row's squares and sumsq[t, j > 0] = 0: ResidualAdd where no
+// linear layer folds it in.
+void add_sum_squares(const Tensor& residual, const Tensor& x, const Tensor& weight, const Tensor& normed,
+                     const Tensor& sumsq, cudaStream_t stream);
 // g = y * silu(z); out = g * rsqrt(mean over each group of group_size channels of g^2 + eps) * w.
 void gated_rms_norm(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t group_size, float eps,
                     const Tensor& out, cudaStream_t stream);
@@ -44,6 +49,17 @@ struct RowScale {
   int partials = 0;
   float inv_n = 0.0f, eps = 0.0f;
 };
+// Where a decode linear layer that ends a block puts its product (ResidualAdd on the device): out
+// is the residual, out[t, n] = round(out[t, n] + round(product)); normed[t, n] = round(out[t, n] ·
+// weight[n]); each block of the kernel writes the sum of its new values' squares to
+// sumsq[t * ld + block]. Null sumsq: a plain store. normed is of the residual's dtype.
+struct ResidualSums {
+  float* sumsq = nullptr;
+  int64_t ld = 0;
+  const float* weight = nullptr;
+  void* normed = nullptr;
+  int64_t ld_normed = 0;
+};
 RowScale row_scale_of(const RowRms& rms);
 
 // out[t, n] = out[t, n] / rms[t] + bias[n] (bias F32, optional; scale optional).
@@ -57,14 +73,18 @@ bool skinny_operands_fit(const Tensor& x, const Tensor& w, const Tensor& bias, i
 // 1 <= T <= kSkinnyMaxTokens, streaming w at the copy bandwidth. False (nothing launched) when
 // the shapes or alignments do not allow it.
 constexpr int kSkinnyMaxTokens = 8;
+// With sums.sumsq, out is the residual stream (ResidualSums), of x's dtype.
 bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
-                 cudaStream_t stream);
+                 cudaStream_t stream, const ResidualSums& sums = {});
+// Blocks (and so ResidualSums partial sums) skinny_gemm launches for n output features.
+int64_t skinny_gemm_blocks(int64_t n);
 // Whether skinny_gemm takes these operands (the tests check that their decode cases reach it).
 bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias);
 // out[T, F] = swiglu(x w^T + bias) for w = [gate; up] (2F rows), the product rounded to out's
 // dtype before the activation as Gemm::run then swiglu() round it; the same operands as
 // skinny_gemm. False (nothing launched) when they do not fit.
-bool skinny_gemm_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream);
+bool skinny_gemm_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+                        cudaStream_t stream);
 
 // Decode batches on the tensor cores (skinny_gemm_mma.cu): the same product for bf16 and
 // 2 <= T <= kSkinnyMmaMaxTokens. False (nothing launched) when the operands do not allow it.
@@ -89,8 +109,12 @@ class Gemm {
   // out = swiglu(x w^T + bias) in one launch where run would stream the weights on the CUDA
   // cores (skinny_gemm_swiglu: one token, fp32 rows); false (nothing launched) where run takes
   // another kernel — the caller then runs the product and the swiglu kernel.
-  bool run_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
+  bool run_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
                   const char* op = "matmul_swiglu");
+  // The product added into `residual` with its rows' squares summed (ResidualSums) in one launch
+  // where run would stream the weights on the CUDA cores; false (nothing launched) elsewhere.
+  bool run_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale,
+                    const Tensor& residual, const ResidualSums& sums, const char* op = "matmul_residual");
 
  private:
   struct Plan;

@@ -227,6 +227,13 @@ void check_spans(const BatchView& b, int64_t n_tokens, int64_t n_slots, const ch
   fail(ErrorKind::Unsupported, #family ": this build has no CUDA kernels for it yet (src/backend/cuda/" #family \
        ".cu is not part of the build)")
 
+// The sums of squares a RowRms divides by.
+void check_row_rms(const RowRms& rms, int64_t t, const char* op) {
+  check_view(rms.sumsq, {t, rms.sumsq.shape[1]}, op, "sumsq");
+  STATELM_CHECK(rms.sumsq.dtype == DType::F32 && rms.sumsq.ndim == 2 && rms.sumsq.shape[1] >= 1 && rms.n > 0, op,
+                ": sumsq must be float32 [", t, ", partials], got ", rms.sumsq.describe(), " (n ", rms.n, ")");
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -461,11 +468,43 @@ void CudaBackend::matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor&
                                  const Tensor& out) {
   const char* op = "matmul_row_rms";
   check_matmul(x, w, bias, out, op);
-  const int64_t t = x.shape[0];
-  check_view(rms.sumsq, {t, rms.sumsq.shape[1]}, op, "sumsq");
-  STATELM_CHECK(rms.sumsq.dtype == DType::F32 && rms.sumsq.ndim == 2 && rms.sumsq.shape[1] >= 1 && rms.n > 0, op,
-                ": sumsq must be float32 [", t, ", partials], got ", rms.sumsq.describe(), " (n ", rms.n, ")");
+  check_row_rms(rms, x.shape[0], op);
   impl_->gemm->run(x, w, bias, out, op, cuda::row_scale_of(rms));
+}
+
+// The product into the residual in the skinny kernel's epilogue; elsewhere (batches the
+// tensor-core kernel or cuBLASLt take) the product, then one pass that adds and sums squares.
+void CudaBackend::matmul_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                                  const ResidualAdd& add, const Tensor& out) {
+  const char* op = "matmul_residual";
+  const int64_t t = x.shape[0], n = w.shape[0];
+  check_matmul(x, w, bias, out, op);
+  check_act(add.residual, x.dtype, {t, n}, op, "residual");
+  check_act(add.normed, x.dtype, {t, n}, op, "normed");
+  check_param(add.weight, {n}, op, "norm weight");
+  check_view(add.sumsq, {t, residual_sumsq_partials(n)}, op, "sumsq");
+  STATELM_CHECK(add.sumsq.dtype == DType::F32, op, ": sumsq must be float32, got ", add.sumsq.describe());
+  cuda::RowScale scale;
+  if (rms.sumsq.defined()) {
+    check_row_rms(rms, t, op);
+    scale = cuda::row_scale_of(rms);
+  }
+  const cuda::ResidualSums sums{add.sumsq.ptr<float>(), add.sumsq.stride[0], add.weight.ptr<const float>(),
+                                add.normed.data, add.normed.stride[0]};
+  if (impl_->gemm->run_residual(x, w, bias, scale, add.residual, sums)) return;
+  impl_->gemm->run(x, w, bias, out, op, scale);
+  cuda::add_sum_squares(add.residual, out, add.weight, add.normed, add.sumsq, impl_->stream);
+}
+
+int64_t CudaBackend::residual_sumsq_partials(int64_t n) const { return cuda::skinny_gemm_blocks(n); }
+
+// Where the CUDA-core skinny kernel runs the decode step's linear layers: one token (bf16 batches
+// of 2-16 go to the tensor-core kernel, which has no norm or residual epilogue: split there, the
+// norm would cost two passes instead of one), fp32 rows up to its limit; rows of 16-byte packs.
+bool CudaBackend::splits_block_norms(int64_t tokens, int64_t d_model) const {
+  const int64_t es = int64_t(dtype_size(dtype_));
+  const bool skinny = tokens == 1 || (dtype_ == DType::F32 && tokens <= cuda::kSkinnyMaxTokens);
+  return skinny && tokens >= 1 && (d_model * es) % 16 == 0;
 }
 
 int64_t CudaBackend::ssd_gate_partials(int64_t heads, int64_t head_dim) const {
@@ -483,14 +522,19 @@ void CudaBackend::swiglu(const Tensor& gate_up, const Tensor& out) {
 // One token (and fp32 rows up to the skinny kernel's limit): the weight-streaming kernel applies
 // SwiGLU to its gate and up rows in its epilogue, and the product never goes to memory. Batches
 // that the tensor-core skinny kernel or cuBLASLt take run the product and the swiglu kernel.
-void CudaBackend::matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& gate_up,
-                                const Tensor& out) {
+void CudaBackend::matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                                const Tensor& gate_up, const Tensor& out) {
   const int64_t t = x.shape[0], f = out.shape[1];
   check_view(out, {t, f}, "matmul_swiglu", "out");
   check_act(gate_up, out.dtype, {t, 2 * f}, "matmul_swiglu", "gate_up");
   check_matmul(x, w, bias, gate_up, "matmul_swiglu");
-  if (impl_->gemm->run_swiglu(x, w, bias, out)) return;
-  Backend::matmul_swiglu(x, w, bias, gate_up, out);  // the product, then the swiglu kernel
+  cuda::RowScale scale;
+  if (rms.sumsq.defined()) {
+    check_row_rms(rms, t, "matmul_swiglu");
+    scale = cuda::row_scale_of(rms);
+  }
+  if (impl_->gemm->run_swiglu(x, w, bias, scale, out)) return;
+  Backend::matmul_swiglu(x, w, bias, rms, gate_up, out);  // the product, then the swiglu kernel
 }
 
 void CudaBackend::add(const Tensor& acc, const Tensor& x) {

@@ -63,8 +63,12 @@ class CudaBackend final : public Backend {
   void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) override;
   void matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
                       const Tensor& out) override;
+  void matmul_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms, const ResidualAdd& add,
+                       const Tensor& out) override;
+  int64_t residual_sumsq_partials(int64_t n) const override;
+  bool splits_block_norms(int64_t tokens, int64_t d_model) const override;
   void swiglu(const Tensor& gate_up, const Tensor& out) override;
-  void matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& gate_up,
+  void matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms, const Tensor& gate_up,
                      const Tensor& out) override;
   void add(const Tensor& acc, const Tensor& x) override;
 

@@ -56,6 +56,22 @@ __device__ __forceinline__ f16 from_f32<f16>(float v) { return __float2half_rn(v
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
 
 // Sum over a warp, result in every lane.
+// Thread i of n: the sum of p[i], p[i + n], ... below count, its loads issued kBatch at a time
+// (predicated, before any add), so the thread waits one memory round trip a batch rather than
+// one a load (the partial sums of squares a decode GEMM reads right after its wait).
+template <int kBatch = 8>
+__device__ __forceinline__ float strided_sum(const float* p, int count, int i, int n) {
+  float s = 0.0f;
+  for (int j0 = i; j0 < count; j0 += kBatch * n) {
+    float v[kBatch];
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) v[q] = j0 + q * n < count ? p[j0 + q * n] : 0.0f;
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) s += v[q];
+  }
+  return s;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -64,8 +64,7 @@ __global__ void scale_bias_kernel(T* out, int64_t out_stride, const float* __res
   T* o = out + t * out_stride;
   float mul = 1.0f;
   if (scale.sumsq) {  // uniform across the block
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < scale.partials; j += blockDim.x) s += scale.sumsq[t * scale.ld + j];
+    const float s = strided_sum(scale.sumsq + t * scale.ld, scale.partials, threadIdx.x, blockDim.x);
     mul = rsqrtf(block_sum(s, shared) * scale.inv_n + scale.eps);
   }
   for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = from_f32<T>(to_f32(o[i]) * mul + (bias ? bias[i] : 0.0f));

@@ -188,11 +188,21 @@ Gemm::Plan* Gemm::plan(const Key& key, const char* op) {
   return raw;
 }
 
-bool Gemm::run_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op) {
+bool Gemm::run_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+                      const char* op) {
   // run's order: the tensor-core skinny kernel first, then the CUDA-core one.
   if (skinny_gemm_mma_fits(x, w, bias)) return false;
-  if (!skinny_gemm_swiglu(x, w, bias, out, stream_)) return false;
+  if (!skinny_gemm_swiglu(x, w, bias, scale, out, stream_)) return false;
   STATELM_CUDA_LAUNCHED(op, " (skinny, swiglu) x ", x.describe(), " w ", w.describe(), " out ", out.describe());
+  return true;
+}
+
+bool Gemm::run_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale,
+                        const Tensor& residual, const ResidualSums& sums, const char* op) {
+  if (skinny_gemm_mma_fits(x, w, bias)) return false;  // run's faster choice (no residual epilogue)
+  if (!skinny_gemm(x, w, bias, scale, residual, stream_, sums)) return false;
+  STATELM_CUDA_LAUNCHED(op, " (skinny, into the residual) x ", x.describe(), " w ", w.describe(), " residual ",
+                        residual.describe());
   return true;
 }
 

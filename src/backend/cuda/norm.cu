@@ -4,6 +4,8 @@
 //   add_rms_norm:    r[t, i] = round(r[t, i] + x[t, i]);  out = rms_norm(r)
 //                    (the pre-norm residual update fused with the next block's norm: one read
 //                    of r and x, one write of r and out, instead of an add kernel and a norm)
+//   add_sum_squares: r[t, i] = round(r[t, i] + x[t, i]);  out = r * w;  sumsq[t, 0] = sum_i r^2
+//                    (a split block norm, ResidualAdd, where no linear layer folds the add in)
 //   gated_rms_norm:  g[t, i] = y[t, i] * silu(z[t, i]);  per group G of group_size channels:
 //                    out[t, i] = w[i] * g[t, i] / sqrt(mean_{i in G}(g^2) + eps)   (Mamba-2)
 //
@@ -47,9 +49,13 @@ __global__ void rms_norm_kernel(const T* x, int64_t x_stride, const float* __res
   }
 }
 
+// With sums (add_sum_squares: ResidualAdd without a linear layer to fold it into), the row's sum
+// of squares goes to sums[row * sums_ld] and zeros to the row's other partials, and out is the
+// row times w, not divided by its RMS.
 template <typename T, int VEC>
 __global__ void add_rms_norm_kernel(T* residual, int64_t r_stride, const T* x, int64_t x_stride,
-                                    const float* __restrict__ w, T* out, int64_t out_stride, int d, float eps) {
+                                    const float* __restrict__ w, T* out, int64_t out_stride, int d, float eps,
+                                    float* sums, int64_t sums_ld, int partials) {
   __shared__ float shared[32];
   pdl_allow_dependents();  // the linear layer after the norm may start streaming its weights
   // Launched as a programmatic dependent itself (pdl_chain): x is the output of the kernel ahead.
@@ -68,7 +74,10 @@ __global__ void add_rms_norm_kernel(T* residual, int64_t r_stride, const T* x, i
 #pragma unroll
     for (int j = 0; j < VEC; ++j) ss += a[j] * a[j];
   }
-  const float inv = 1.0f / sqrtf(block_sum(ss, shared) / float(d) + eps);
+  const float total = block_sum(ss, shared);
+  if (sums)
+    for (int j = threadIdx.x; j < partials; j += blockDim.x) sums[blockIdx.x * sums_ld + j] = j == 0 ? total : 0.0f;
+  const float inv = sums ? 1.0f : 1.0f / sqrtf(total / float(d) + eps);
   for (int i = threadIdx.x * VEC; i < d; i += blockDim.x * VEC) {
     float v[VEC];
     load_f32<T, VEC>(r + i, v);  // this thread's own store above
@@ -142,21 +151,36 @@ void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& ou
   STATELM_CUDA_LAUNCHED("rms_norm x ", x.describe(), " out ", out.describe());
 }
 
-void add_rms_norm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps, const Tensor& out,
-                  cudaStream_t stream) {
+namespace {
+// add_rms_norm, or add_sum_squares (sums defined).
+void launch_add_norm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps, const Tensor& out,
+                     const Tensor& sums, cudaStream_t stream, const char* op) {
   const int64_t n = residual.shape[0], d = residual.shape[1];
   if (n == 0) return;
-  dispatch_float(residual.dtype, "add_rms_norm", [&](auto tag) {
+  dispatch_float(residual.dtype, op, [&](auto tag) {
     using T = decltype(tag);
     const bool vec = can_vectorize<T>(d, {&residual, &x, &out});
     const int threads = row_threads(vec ? d / kVec16<T> : d, n);
     STATELM_CUDA_CHECK(launch_pdl_if(pdl_chain(), vec ? add_rms_norm_kernel<T, kVec16<T>> : add_rms_norm_kernel<T, 1>,
                                      dim3(unsigned(n)), dim3(unsigned(threads)), stream, residual.ptr<T>(),
                                      residual.stride[0], x.ptr<const T>(), x.stride[0], weight.ptr<const float>(),
-                                     out.ptr<T>(), out.stride[0], int(d), eps),
-                       "add_rms_norm residual ", residual.describe());
+                                     out.ptr<T>(), out.stride[0], int(d), eps,
+                                     sums.defined() ? sums.ptr<float>() : nullptr,
+                                     sums.defined() ? sums.stride[0] : 0, sums.defined() ? int(sums.shape[1]) : 0),
+                       op, " residual ", residual.describe());
   });
-  STATELM_CUDA_LAUNCHED("add_rms_norm residual ", residual.describe(), " x ", x.describe(), " out ", out.describe());
+  STATELM_CUDA_LAUNCHED(op, " residual ", residual.describe(), " x ", x.describe());
+}
+}  // namespace
+
+void add_rms_norm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps, const Tensor& out,
+                  cudaStream_t stream) {
+  launch_add_norm(residual, x, weight, eps, out, Tensor{}, stream, "add_rms_norm");
+}
+
+void add_sum_squares(const Tensor& residual, const Tensor& x, const Tensor& weight, const Tensor& normed,
+                     const Tensor& sumsq, cudaStream_t stream) {
+  launch_add_norm(residual, x, weight, 0.0f, normed, sumsq, stream, "add_sum_squares");
 }
 
 void gated_rms_norm(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t group_size, float eps,

@@ -17,6 +17,12 @@
 // is issued before the kernel waits for the one ahead (a norm, which lets it start at once), so
 // in a decode step the weight stream overlaps the small kernels instead of following them.
 //
+// The residual add after the layer (ResidualSums, a decode step's split block norm): out is the
+// residual stream; warp 0 adds the rounded products to it (the old values are loaded right after
+// the wait, while the weights stream), stores the new values times the next norm's weight for the
+// next layer to read as its x, and sums their squares, one partial per block and token, for the
+// next layer's 1/rms (RowScale). No add_rms_norm launch between two linear layers.
+//
 // SwiGLU (kSwiglu): w holds the gate rows, then the up rows, of F features each; a block takes
 // kRows / 2 features, their gate rows and their up rows, and writes silu(g) · u of each, with g
 // and u rounded to the output dtype first as the product would be stored for the swiglu kernel.
@@ -46,12 +52,16 @@ constexpr int kBatch = 4;      // K-steps of loads each thread issues before it 
 // vectors i, i + kThreads, ...), issue kBatch × kRows loads at once (one memory round trip for
 // K up to kThreads · kBatch vectors: 4096 bf16 with 128 threads), then reduce across the block.
 // N: output features (F with kSwiglu, whose w has 2F rows).
+// The one-token SwiGLU kernel is held to 96 registers (no spills): five blocks an SM rather than
+// four keep more of a decode step's largest weight stream (gate_up) in flight.
 template <typename T, typename TO, int M, int kThreads, bool kSwiglu = false>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kSwiglu && M == 1 && kThreads == 128 ? 5 : 1)
     skinny_gemm_kernel(const T* x, int64_t ldx, const T* __restrict__ w, int64_t ldw, TO* __restrict__ out,
-                       int64_t ldo, const float* __restrict__ bias, RowScale scale, int N, int K, bool trigger) {
+                       int64_t ldo, const float* __restrict__ bias, RowScale scale, ResidualSums sums, int N, int K,
+                       bool trigger) {
   constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
   constexpr int kOut = kSwiglu ? kRows / 2 : kRows;  // output features per block
+  static_assert(M * kOut <= 32, "the residual epilogue's outputs fit warp 0");
   // Per warp: the M × kRows dot products, then the M rows' sums of squares (RowScale).
   __shared__ float partial[kThreads / 32][M * kRows + M];
   const int n0 = blockIdx.x * kOut;
@@ -86,8 +96,14 @@ __global__ void __launch_bounds__(kThreads)
   float ss[M] = {};
   if (scale.sumsq) {
 #pragma unroll
-    for (int m = 0; m < M; ++m)
-      for (int j = threadIdx.x; j < scale.partials; j += kThreads) ss[m] += scale.sumsq[m * scale.ld + j];
+    for (int m = 0; m < M; ++m) ss[m] = strided_sum(scale.sumsq + m * scale.ld, scale.partials, threadIdx.x, kThreads);
+  }
+  // The residual value and norm weight this thread's output meets (thread i < M · kOut: token
+  // i / kOut, feature n0 + i % kOut): loaded now, used after the product.
+  float res_old = 0.0f, norm_w = 0.0f;
+  if (!kSwiglu && sums.sumsq && threadIdx.x < M * kOut && n0 + int(threadIdx.x) % kOut < N) {
+    res_old = to_f32(out[(threadIdx.x / kOut) * ldo + n0 + threadIdx.x % kOut]);
+    norm_w = sums.weight[n0 + threadIdx.x % kOut];
   }
   for (int v0 = threadIdx.x; v0 < vectors; v0 += kBatch * kThreads) {
     if (v0 != int(threadIdx.x)) load_weights(v0);
@@ -129,39 +145,64 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
+  auto product = [&](int m, int row) {  // x[m] · w[block row `row`], summed over the warps
+    float sum = 0.0f;
+#pragma unroll
+    for (int q = 0; q < kThreads / 32; ++q) sum += partial[q][m * kRows + row];
+    return sum;
+  };
+  auto inv_rms = [&](int m) {
+    float s = 0.0f;
+#pragma unroll
+    for (int q = 0; q < kThreads / 32; ++q) s += partial[q][M * kRows + m];
+    return rsqrtf(s * scale.inv_n + scale.eps);
+  };
+  auto output = [&](int m, int r) {  // the product scaled by the row's 1/rms, plus the bias
+    float sum = product(m, r);
+    if (scale.sumsq) sum *= inv_rms(m);
+    return bias ? sum + bias[n0 + r] : sum;
+  };
+  if constexpr (!kSwiglu) {
+    if (sums.sumsq) {  // into the residual: warp 0 holds the block's M * kOut outputs
+      if (warp != 0) return;
+      const int m = lane / kOut, r = lane % kOut;
+      float sq = 0.0f;
+      if (m < M && n0 + r < N) {
+        const float h = to_f32(from_f32<TO>(res_old + to_f32(from_f32<TO>(output(m, r)))));
+        out[m * ldo + n0 + r] = from_f32<TO>(h);
+        static_cast<TO*>(sums.normed)[m * sums.ld_normed + n0 + r] = from_f32<TO>(h * norm_w);
+        sq = h * h;
+      }
+#pragma unroll
+      for (int o = 1; o < kOut; o *= 2) sq += __shfl_xor_sync(0xffffffffu, sq, o);
+      if (m < M && r == 0) sums.sumsq[m * sums.ld + blockIdx.x] = sq;
+      return;
+    }
+  }
   for (int i = threadIdx.x; i < M * kOut; i += kThreads) {
     const int m = i / kOut, r = i % kOut;
     if (n0 + r >= N) continue;
-    auto product = [&](int row) {  // x[m] · w[block row `row`], summed over the warps
-      float sum = 0.0f;
-#pragma unroll
-      for (int q = 0; q < kThreads / 32; ++q) sum += partial[q][m * kRows + row];
-      return sum;
-    };
     if constexpr (kSwiglu) {
-      float g = product(r), u = product(r + kOut);
+      float g = product(m, r), u = product(m, r + kOut);
+      if (scale.sumsq) {
+        const float inv = inv_rms(m);
+        g *= inv;
+        u *= inv;
+      }
       if (bias) {
         g += bias[n0 + r];
         u += bias[N + n0 + r];
       }
       out[m * ldo + n0 + r] = from_f32<TO>(silu(to_f32(from_f32<TO>(g))) * to_f32(from_f32<TO>(u)));
-      continue;
+    } else {
+      out[m * ldo + n0 + r] = from_f32<TO>(output(m, r));
     }
-    float sum = product(r);
-    if (scale.sumsq) {
-      float s = 0.0f;
-#pragma unroll
-      for (int q = 0; q < kThreads / 32; ++q) s += partial[q][M * kRows + m];
-      sum *= rsqrtf(s * scale.inv_n + scale.eps);
-    }
-    if (bias) sum += bias[n0 + r];
-    out[m * ldo + n0 + r] = from_f32<TO>(sum);
   }
 }
 
 template <typename T, typename TO, int M, bool kSwiglu>
-void launch(const Tensor& x, const Tensor& w, const float* bias, const RowScale& scale, const Tensor& out,
-            cudaStream_t stream) {
+void launch(const Tensor& x, const Tensor& w, const float* bias, const RowScale& scale, const ResidualSums& sums,
+            const Tensor& out, cudaStream_t stream) {
   const int N = int(out.shape[1]), K = int(x.shape[1]), per_block = kSwiglu ? kRows / 2 : kRows;
   const unsigned blocks = unsigned((N + per_block - 1) / per_block);
   const bool large_k = K / (16 / int(sizeof(T))) > kThreadsSmallK * kBatch;
@@ -169,28 +210,28 @@ void launch(const Tensor& x, const Tensor& w, const float* bias, const RowScale&
                               : skinny_gemm_kernel<T, TO, M, kThreadsSmallK, kSwiglu>;
   STATELM_CUDA_CHECK(launch_programmatic(kernel, dim3(blocks), dim3(large_k ? kThreadsLargeK : kThreadsSmallK), stream,
                                          x.ptr<const T>(), x.stride[0], w.ptr<const T>(), w.stride[0], out.ptr<TO>(),
-                                         out.stride[0], bias, scale, N, K, pdl_gemm_trigger()),
+                                         out.stride[0], bias, scale, sums, N, K, pdl_gemm_trigger()),
                      "matmul (decode) x ", x.describe(), " w ", w.describe());
 }
 
 template <typename T, typename TO, bool kSwiglu, int M = 1>
 void launch_for_tokens(int64_t tokens, const Tensor& x, const Tensor& w, const float* bias, const RowScale& scale,
-                       const Tensor& out, cudaStream_t stream) {
+                       const ResidualSums& sums, const Tensor& out, cudaStream_t stream) {
   if constexpr (M <= kSkinnyMaxTokens) {
-    if (tokens == M) return launch<T, TO, M, kSwiglu>(x, w, bias, scale, out, stream);
-    launch_for_tokens<T, TO, kSwiglu, M + 1>(tokens, x, w, bias, scale, out, stream);
+    if (tokens == M) return launch<T, TO, M, kSwiglu>(x, w, bias, scale, sums, out, stream);
+    launch_for_tokens<T, TO, kSwiglu, M + 1>(tokens, x, w, bias, scale, sums, out, stream);
   }
 }
 
 template <bool kSwiglu>
-void run(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
-         cudaStream_t stream) {
+void run(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const ResidualSums& sums,
+         const Tensor& out, cudaStream_t stream) {
   const float* b = bias.defined() ? bias.ptr<const float>() : nullptr;
   dispatch_float(x.dtype, "matmul", [&](auto in_tag) {
     using T_ = decltype(in_tag);
     dispatch_float(out.dtype, "matmul", [&](auto out_tag) {
       using TO = decltype(out_tag);
-      launch_for_tokens<T_, TO, kSwiglu>(x.shape[0], x, w, b, scale, out, stream);
+      launch_for_tokens<T_, TO, kSwiglu>(x.shape[0], x, w, b, scale, sums, out, stream);
     });
   });
 }
@@ -211,16 +252,27 @@ bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias) {
   return skinny_operands_fit(x, w, bias, kSkinnyMaxTokens);
 }
 
+namespace {
+// The operands and, where the product goes into the residual stream, that it has x's dtype.
+bool fits_with(const Tensor& x, const Tensor& w, const Tensor& bias, const ResidualSums& sums, const Tensor& out) {
+  return skinny_gemm_fits(x, w, bias) && (!sums.sumsq || out.dtype == x.dtype);
+}
+}  // namespace
+
+int64_t skinny_gemm_blocks(int64_t n) { return (n + kRows - 1) / kRows; }
+
 bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
-                 cudaStream_t stream) {
-  if (!skinny_gemm_fits(x, w, bias)) return false;
-  run<false>(x, w, bias, scale, out, stream);
+                 cudaStream_t stream, const ResidualSums& sums) {
+  if (!fits_with(x, w, bias, sums, out)) return false;
+  run<false>(x, w, bias, scale, sums, out, stream);
   return true;
 }
 
-bool skinny_gemm_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, cudaStream_t stream) {
-  if (!skinny_gemm_fits(x, w, bias) || w.shape[0] != 2 * out.shape[1] || out.dtype == DType::F16) return false;
-  run<true>(x, w, bias, RowScale{}, out, stream);
+bool skinny_gemm_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+                        cudaStream_t stream) {
+  if (!fits_with(x, w, bias, ResidualSums{}, out) || w.shape[0] != 2 * out.shape[1] || out.dtype == DType::F16)
+    return false;
+  run<true>(x, w, bias, scale, ResidualSums{}, out, stream);
   return true;
 }
 

@@ -82,9 +82,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
   pdl_wait();
   if (scale.sumsq) {  // the rows' sums of squares, written by the kernel ahead, while the weights fly
     for (int m = warp; m < M; m += kWarps) {
-      float s = 0.0f;
-      for (int j = lane; j < scale.partials; j += 32) s += scale.sumsq[m * scale.ld + j];
-      s = warp_sum(s);
+      const float s = warp_sum(strided_sum(scale.sumsq + m * scale.ld, scale.partials, lane, 32));
       if (lane == 0) inv_rms[m] = rsqrtf(s * scale.inv_n + scale.eps);
     }
   }
