@@ -46,14 +46,12 @@ Tensor Forward::norm_sums(int64_t T) {
 }
 
 void Forward::linear_in(const BlockIo& io, const Tensor& w, const Tensor& bias, const Tensor& out) {
-  if (io.norm.sumsq.defined()) backend_.matmul_row_rms(io.x, w, bias, io.norm, out);
-  else backend_.matmul(io.x, w, bias, out);
+  backend_.matmul_or_row_rms(io.x, w, bias, io.norm, out);
 }
 
 void Forward::linear_out(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms, const BlockIo& io) {
   if (io.add.residual.defined()) backend_.matmul_residual(x, w, bias, rms, io.add, io.out);
-  else if (rms.sumsq.defined()) backend_.matmul_row_rms(x, w, bias, rms, io.out);
-  else backend_.matmul(x, w, bias, io.out);
+  else backend_.matmul_or_row_rms(x, w, bias, rms, io.out);
 }
 
 void Forward::mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCaches& c, const BatchView& b,

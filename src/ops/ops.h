@@ -237,6 +237,11 @@ class Backend {
   // linear in x[t].
   virtual void matmul_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
                               const Tensor& out) = 0;
+  // matmul_row_rms where rms.sumsq is defined, else matmul.
+  void matmul_or_row_rms(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms, const Tensor& out) {
+    if (rms.sumsq.defined()) matmul_row_rms(x, w, bias, rms, out);
+    else matmul(x, w, bias, out);
+  }
   // The last linear layer of a block whose boundary norm is split (ResidualAdd): the product
   // (matmul, or matmul_row_rms where rms.sumsq is defined) goes into add.residual, add.normed
   // receives the new rows times add.weight and add.sumsq the partial sums of their squares
@@ -259,8 +264,7 @@ class Backend {
   // them: one launch less per layer); its contents are unspecified after.
   virtual void matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
                              const Tensor& gate_up, const Tensor& out) {
-    if (rms.sumsq.defined()) matmul_row_rms(x, w, bias, rms, gate_up);
-    else matmul(x, w, bias, gate_up);
+    matmul_or_row_rms(x, w, bias, rms, gate_up);
     swiglu(gate_up, out);
   }
   // acc += x.

@@ -182,8 +182,7 @@ void CpuBackend::matmul_residual(const Tensor& x, const Tensor& w, const Tensor&
   cpu::check_2d(add.sumsq, t, add.sumsq.shape[1], "matmul_residual sumsq");
   cpu::check_2d(add.normed, t, n, "matmul_residual normed");
   STATELM_CHECK(add.weight.numel() == n, "matmul_residual: norm weight ", add.weight.describe(), " for width ", n);
-  if (rms.sumsq.defined()) matmul_row_rms(x, w, bias, rms, out);
-  else matmul(x, w, bias, out);
+  matmul_or_row_rms(x, w, bias, rms, out);
   this->add(add.residual, out);
   for (int64_t r = 0; r < t; ++r) {  // the sum of squares as rms_norm takes it (in double)
     const float* h = cpu::row(add.residual, r);

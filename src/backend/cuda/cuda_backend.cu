@@ -233,6 +233,12 @@ void check_row_rms(const RowRms& rms, int64_t t, const char* op) {
   STATELM_CHECK(rms.sumsq.dtype == DType::F32 && rms.sumsq.ndim == 2 && rms.sumsq.shape[1] >= 1 && rms.n > 0, op,
                 ": sumsq must be float32 [", t, ", partials], got ", rms.sumsq.describe(), " (n ", rms.n, ")");
 }
+// The kernels' row scale of an optional RowRms (none where rms.sumsq is undefined), checked.
+cuda::RowScale row_scale_if(const RowRms& rms, int64_t t, const char* op) {
+  if (!rms.sumsq.defined()) return {};
+  check_row_rms(rms, t, op);
+  return cuda::row_scale_of(rms);
+}
 
 }  // namespace
 
@@ -484,11 +490,7 @@ void CudaBackend::matmul_residual(const Tensor& x, const Tensor& w, const Tensor
   check_param(add.weight, {n}, op, "norm weight");
   check_view(add.sumsq, {t, residual_sumsq_partials(n)}, op, "sumsq");
   STATELM_CHECK(add.sumsq.dtype == DType::F32, op, ": sumsq must be float32, got ", add.sumsq.describe());
-  cuda::RowScale scale;
-  if (rms.sumsq.defined()) {
-    check_row_rms(rms, t, op);
-    scale = cuda::row_scale_of(rms);
-  }
+  const cuda::RowScale scale = row_scale_if(rms, t, op);
   const cuda::ResidualSums sums{add.sumsq.ptr<float>(), add.sumsq.stride[0], add.weight.ptr<const float>(),
                                 add.normed.data, add.normed.stride[0]};
   if (impl_->gemm->run_residual(x, w, bias, scale, add.residual, sums)) return;
@@ -528,12 +530,7 @@ void CudaBackend::matmul_swiglu(const Tensor& x, const Tensor& w, const Tensor& 
   check_view(out, {t, f}, "matmul_swiglu", "out");
   check_act(gate_up, out.dtype, {t, 2 * f}, "matmul_swiglu", "gate_up");
   check_matmul(x, w, bias, gate_up, "matmul_swiglu");
-  cuda::RowScale scale;
-  if (rms.sumsq.defined()) {
-    check_row_rms(rms, t, "matmul_swiglu");
-    scale = cuda::row_scale_of(rms);
-  }
-  if (impl_->gemm->run_swiglu(x, w, bias, scale, out)) return;
+  if (impl_->gemm->run_swiglu(x, w, bias, row_scale_if(rms, t, "matmul_swiglu"), out)) return;
   Backend::matmul_swiglu(x, w, bias, rms, gate_up, out);  // the product, then the swiglu kernel
 }
 

@@ -55,7 +55,6 @@ __device__ __forceinline__ f16 from_f32<f16>(float v) { return __float2half_rn(v
 
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
 
-// Sum over a warp, result in every lane.
 // Thread i of n: the sum of p[i], p[i + n], ... below count, its loads issued kBatch at a time
 // (predicated, before any add), so the thread waits one memory round trip a batch rather than
 // one a load (the partial sums of squares a decode GEMM reads right after its wait).
@@ -72,6 +71,7 @@ __device__ __forceinline__ float strided_sum(const float* p, int count, int i, i
   return s;
 }
 
+// Sum over a warp, result in every lane.
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -252,26 +252,19 @@ bool skinny_gemm_fits(const Tensor& x, const Tensor& w, const Tensor& bias) {
   return skinny_operands_fit(x, w, bias, kSkinnyMaxTokens);
 }
 
-namespace {
-// The operands and, where the product goes into the residual stream, that it has x's dtype.
-bool fits_with(const Tensor& x, const Tensor& w, const Tensor& bias, const ResidualSums& sums, const Tensor& out) {
-  return skinny_gemm_fits(x, w, bias) && (!sums.sumsq || out.dtype == x.dtype);
-}
-}  // namespace
-
 int64_t skinny_gemm_blocks(int64_t n) { return (n + kRows - 1) / kRows; }
 
 bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
                  cudaStream_t stream, const ResidualSums& sums) {
-  if (!fits_with(x, w, bias, sums, out)) return false;
+  // Into the residual stream: of x's dtype.
+  if (!skinny_gemm_fits(x, w, bias) || (sums.sumsq && out.dtype != x.dtype)) return false;
   run<false>(x, w, bias, scale, sums, out, stream);
   return true;
 }
 
 bool skinny_gemm_swiglu(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
                         cudaStream_t stream) {
-  if (!fits_with(x, w, bias, ResidualSums{}, out) || w.shape[0] != 2 * out.shape[1] || out.dtype == DType::F16)
-    return false;
+  if (!skinny_gemm_fits(x, w, bias) || w.shape[0] != 2 * out.shape[1] || out.dtype == DType::F16) return false;
   run<true>(x, w, bias, scale, ResidualSums{}, out, stream);
   return true;
 }
