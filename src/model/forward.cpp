@@ -58,9 +58,9 @@ void Forward::mamba1(const Mamba1Dims& m, const Mamba1Weights& w, const LayerCac
                      const BlockIo& io, int64_t layer) {
   const int64_t T = b.n_tokens, Di = m.d_inner, N = m.d_state, R = m.dt_rank;
   Tensor xz = scratch(kMixer, {T, 2 * Di});  // [T, 2Di] = x | z
-  linear_in(io, w.in_proj, w.in_proj_bias, xz);
-  Tensor u = scratch(kMixer + 1, {T, Di});  // conv + SiLU of the x half
-  backend_.conv1d({xz.cols(0, Di), w.conv, w.conv_bias, c.conv, u, true}, b);
+  Tensor u = scratch(kMixer + 1, {T, Di});    // conv + SiLU of the x half
+  backend_.matmul_conv1d(io.x, w.in_proj, w.in_proj_bias, io.norm, xz,
+                         {xz.cols(0, Di), w.conv, w.conv_bias, c.conv, u, true}, b);
   Tensor dbc = scratch(kMixer + 2, {T, R + 2 * N});  // [T, R + 2N] = dt | B | C
   backend_.matmul(u, w.x_proj, Tensor{}, dbc);
   Tensor dt = dbc.cols(0, R), B = dbc.cols(R, N), C = dbc.cols(R + N, N);
@@ -83,9 +83,9 @@ void Forward::mamba2(const Mamba2Dims& m, const Mamba2Weights& w, const LayerCac
                      const BlockIo& io, int64_t layer) {
   const int64_t T = b.n_tokens, Di = m.d_inner, GN = m.n_groups * m.d_state, H = m.n_heads, conv_dim = m.conv_dim();
   Tensor zxbcdt = scratch(kMixer, {T, m.in_proj_dim()});  // [T, Di | Di + 2GN | H] = z | xBC | dt
-  linear_in(io, w.in_proj, w.in_proj_bias, zxbcdt);
-  Tensor xbc = scratch(kMixer + 1, {T, conv_dim});  // conv + SiLU of xBC
-  backend_.conv1d({zxbcdt.cols(Di, conv_dim), w.conv, w.conv_bias, c.conv, xbc, true}, b);
+  Tensor xbc = scratch(kMixer + 1, {T, conv_dim});         // conv + SiLU of xBC
+  backend_.matmul_conv1d(io.x, w.in_proj, w.in_proj_bias, io.norm, zxbcdt,
+                         {zxbcdt.cols(Di, conv_dim), w.conv, w.conv_bias, c.conv, xbc, true}, b);
   SsdParams p;
   p.x = xbc.cols(0, Di).unflatten_last(H, m.head_dim);                // [T, H, P]
   p.B = xbc.cols(Di, GN).unflatten_last(m.n_groups, m.d_state);       // [T, G, N]

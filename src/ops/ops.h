@@ -271,6 +271,15 @@ class Backend {
   virtual void add(const Tensor& acc, const Tensor& x) = 0;
 
   virtual void conv1d(const Conv1dParams& p, const BatchView& batch) = 0;
+  // out = x w^T (+ bias, divided by rms as matmul_row_rms where rms.sumsq is defined), then
+  // conv1d(conv) with conv.x a column range of out: a Mamba block's in_proj and its conv. A
+  // backend may fold the conv into the product's epilogue (CUDA decode steps: one launch less a
+  // layer).
+  virtual void matmul_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                             const Tensor& out, const Conv1dParams& conv, const BatchView& batch) {
+    matmul_or_row_rms(x, w, bias, rms, out);
+    conv1d(conv, batch);
+  }
   virtual void selective_scan(const SelectiveScanParams& p, const BatchView& batch) = 0;
   virtual void ssd(const SsdParams& p, const BatchView& batch) = 0;
   // Columns of SsdGate::sumsq that ssd writes for `heads` heads of `head_dim` channels.

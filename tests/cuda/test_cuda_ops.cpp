@@ -648,6 +648,78 @@ TEST(CudaOps, Conv1dAligned) {
   }
 }
 
+// A Mamba block's in_proj and conv (matmul_conv1d): the product's columns [3, 3 + C) feed the
+// conv (3: blocks of the skinny kernel straddle where the channels start), optionally divided by
+// a row RMS. `fused`: the one op, else matmul then conv1d.
+std::pair<OpCase, OpFn> matmul_conv1d_case(int64_t T, int64_t C, int64_t K, int32_t slots, bool rms, bool fused) {
+  const int64_t Kin = 136, begin = 3, N = begin + C + 6;
+  OpCase c("matmul_conv1d C=" + std::to_string(C) + " K=" + std::to_string(K) + " T=" + std::to_string(T) +
+               (rms ? " rms" : ""),
+           21);
+  const int x = c.aligned_act("x", {T, Kin});
+  const int w = c.dense("in_proj", Kind::Weight, {N, Kin}, -0.2f, 0.2f);
+  const int bias = c.dense("in_proj bias", Kind::Param, {N}, -0.3f, 0.3f);
+  const int sumsq = c.dense("sumsq", Kind::Param, {T, 5}, 0.0f, 2.0f);
+  const int out = c.aligned_act("product", {T, N});
+  const int cw = c.dense("conv weight", Kind::Param, {C, K}, -0.7f, 0.7f);
+  const int cb = c.dense("conv bias", Kind::Param, {C}, -0.5f, 0.5f);
+  const int state = c.dense("conv state", Kind::State, {slots, C, K - 1});
+  const int cout = c.aligned_act("conv out", {T, C});
+  OpFn fn = [=](Backend& b, const std::vector<Tensor>& t, BatchView& bv) {
+    const RowRms r = rms ? RowRms{t[sumsq], Kin, 1e-5f} : RowRms{};
+    const Conv1dParams conv{t[out].cols(begin, C), t[cw], t[cb], t[state], t[cout], true};
+    if (fused) {
+      b.matmul_conv1d(t[x], t[w], t[bias], r, t[out], conv, bv);
+    } else {
+      b.matmul_or_row_rms(t[x], t[w], t[bias], r, t[out]);
+      b.conv1d(conv, bv);
+    }
+  };
+  return std::make_pair(std::move(c), fn);
+}
+
+// Decode steps of n one-token spans in token order (as Forward lays them out), on shuffled slots.
+std::vector<SeqSpan> decode_spans(std::mt19937& rng, int32_t n, int32_t n_slots) {
+  std::vector<int32_t> slots(static_cast<size_t>(n_slots));
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  std::vector<SeqSpan> spans;
+  for (int32_t i = 0; i < n; ++i) spans.push_back(SeqSpan{i, 1, slots[size_t(i)], 5 + i});
+  return spans;
+}
+
+// matmul_conv1d against the CPU, and on the GPU bit for bit against matmul then conv1d: decode
+// steps whose conv runs in the skinny kernel's epilogue (one bf16 token or up to 8 fp32 ones in
+// token order, fp32 state, K = 4) and those where it cannot (bf16 batches, narrow states, K = 2,
+// spans out of token order), then a prefill batch (the two ops).
+TEST(CudaOps, MatmulConv1d) {
+  REQUIRE_GPU();
+  std::mt19937 rng(31);
+  for (int n_seqs : {1, 3, 8, 9, -5, 0})
+    for (int64_t C : {37, 64})
+      for (int64_t K : {4, 2}) {
+        // n_seqs < 0: a decode step of -n_seqs spans out of token order; 0: mixed prefill spans.
+        const std::vector<LenPos> seqs = n_seqs < 0 ? std::vector<LenPos>(size_t(-n_seqs), LenPos{1, 5}) : kMixed;
+        const int32_t slots = (n_seqs > 0 ? n_seqs : int32_t(seqs.size())) + 2;
+        const auto spans = n_seqs > 0 ? decode_spans(rng, n_seqs, slots) : mixed_spans(rng, seqs, slots);
+        const int64_t T = tokens_of(spans);
+        const bool rms = (C + n_seqs) % 2 == 1;
+        SKIP_IF_FAMILY_MISSING(
+            compare_state_dtypes([&] { return matmul_conv1d_case(T, C, K, slots, rms, true); }, view_of(spans)));
+        for (DType dt : {DType::F32, DType::BF16}) {
+          SCOPED_TRACE(std::string("fused vs two ops, ") + std::string(dtype_name(dt)) + " T=" + std::to_string(T) +
+                       " C=" + std::to_string(C) + " K=" + std::to_string(K));
+          CudaBackendOptions o;
+          o.dtype = dt;
+          CudaBackend gpu(o);
+          auto [fc, fused] = matmul_conv1d_case(T, C, K, slots, rms, true);
+          auto [tc, two_ops] = matmul_conv1d_case(T, C, K, slots, rms, false);
+          EXPECT_EQ(fc.run_on(gpu, dt, DType::F32, false, fused, view_of(spans)),
+                    tc.run_on(gpu, dt, DType::F32, false, two_ops, view_of(spans)));
+        }
+      }
+}
+
 // Mixed spans (the scan kernel, pieces and carries) and a decode step (one token per span: the
 // decode kernel when N / 4 is a power of two up to 32, as for N = 16 and 128; N = 12 falls back).
 TEST(CudaOps, SelectiveScan) {

@@ -43,12 +43,6 @@ constexpr int kMaxK = 8;
 // prefill, C = 5376, bf16): 2 → 140 µs, 4 → 124 µs, 8 → 117 µs (at 3 blocks per SM: 168 registers).
 constexpr int kGroup = 8;
 
-// SiLU as silu_accurate (span_kernels.cuh) computes it, with the accurate expf, but the division
-// as __fdividef (within 2 ulp; 0 when 1 + e^−v > 2^126, i.e. v < −87, where the quotient is below
-// 1e−36). The IEEE division's out-of-line slow path kept both kernels issue-bound: measured on the
-// H200, a 16K-token prefill at C = 5376 took 368 µs with it and 116 µs without SiLU at all.
-__device__ __forceinline__ float silu_conv(float v) { return __fdividef(v, 1.0f + expf(-v)); }
-
 template <typename T, typename S, int K>
 __global__ void __launch_bounds__(kThreads) conv1d_kernel(const T* x, int64_t xs, Param w, int64_t ws,
                                                            Param bias, S* state, int64_t ss0, int64_t ss1,

@@ -17,6 +17,7 @@
 #include <unordered_map>
 
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/param.h"
 #include "ops/ops.h"
 
 namespace statelm::cuda {
@@ -61,6 +62,24 @@ struct ResidualSums {
   int64_t ld_normed = 0;
 };
 RowScale row_scale_of(const RowRms& rms);
+// The conv1d step of a decode step folded into the linear layer ahead of it (matmul_conv1d on the
+// device): the product's columns [begin, begin + C) are the conv's input channels, and token t is
+// the one token of span t. Each of those outputs, rounded as stored, also goes through the conv
+// as conv1d.cu computes it: out[t, c] = act(bias[c] + Σ_k w[c, k] · in_k) over the slot's K − 1
+// stored inputs then the new one, and the slot's (fp32) window moves on by one. K is
+// kConvStepTaps; C = 0: no conv.
+constexpr int kConvStepTaps = 4;
+struct ConvStep {
+  int begin = 0, C = 0;
+  Param w, bias;
+  int64_t ws = 0;
+  float* state = nullptr;  // [slots, C, K − 1]
+  int64_t ss0 = 0, ss1 = 0;
+  void* out = nullptr;  // [T, C] of the product's dtype
+  int64_t ldo = 0;
+  const SeqSpan* spans = nullptr;  // device copy
+  bool silu = true;
+};
 
 // out[t, n] = out[t, n] / rms[t] + bias[n] (bias F32, optional; scale optional).
 void scale_add_bias(const Tensor& out, const Tensor& bias, const RowScale& scale, cudaStream_t stream);
@@ -76,6 +95,10 @@ constexpr int kSkinnyMaxTokens = 8;
 // With sums.sumsq, out is the residual stream (ResidualSums), of x's dtype.
 bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
                  cudaStream_t stream, const ResidualSums& sums = {});
+// skinny_gemm with the conv step (ConvStep) in its epilogue; out of the compute dtype. False
+// (nothing launched) where skinny_gemm would not run, or for bf16 batches (the tensor-core kernel's).
+bool skinny_gemm_conv(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+                      const ConvStep& conv, cudaStream_t stream);
 // Blocks (and so ResidualSums partial sums) skinny_gemm launches for n output features.
 int64_t skinny_gemm_blocks(int64_t n);
 // Whether skinny_gemm takes these operands (the tests check that their decode cases reach it).
@@ -115,6 +138,10 @@ class Gemm {
   // where run would stream the weights on the CUDA cores; false (nothing launched) elsewhere.
   bool run_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale,
                     const Tensor& residual, const ResidualSums& sums, const char* op = "matmul_residual");
+  // The product and the conv step after it (ConvStep) in one launch where run would stream the
+  // weights on the CUDA cores; false (nothing launched) elsewhere.
+  bool run_conv(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+                const ConvStep& conv, const char* op = "matmul_conv1d");
 
  private:
   struct Plan;

@@ -565,7 +565,8 @@ void CudaBackend::moe(const MoeParams& p) {
 // ---------------------------------------------------------------------------------------------
 // SSM and attention ops: checks here, kernels behind the launchers of cuda_kernels.h.
 
-void CudaBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
+namespace {
+void check_conv1d(const Conv1dParams& p, const BatchView& batch) {
   const int64_t T = p.x.shape[0], C = p.x.shape[1], K = p.weight.shape[1];
   check_view(p.x, {T, C}, "conv1d", "x");
   check_float(p.x, "conv1d", "x");
@@ -574,6 +575,12 @@ void CudaBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
   if (p.bias.defined()) check_param(p.bias, {C}, "conv1d", "bias", true);
   check_state(p.state, {p.state.shape[0], C, K - 1}, "conv1d");
   check_spans(batch, T, p.state.shape[0], "conv1d");
+}
+}  // namespace
+
+void CudaBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
+  check_conv1d(p, batch);
+  const int64_t T = p.x.shape[0];
   if (T == 0) return;
   BatchView tmp;
   [[maybe_unused]] const BatchView& b = prepared(batch, tmp);
@@ -582,6 +589,43 @@ void CudaBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
 #else
   cuda::conv1d(p, b, impl_->stream);
 #endif
+}
+
+// A decode step (one token a span, spans in token order) whose conv reads a column range of the
+// product, with an fp32 window of kConvStepTaps − 1 inputs: the conv runs in the product's epilogue where the CUDA-core
+// skinny kernel streams the weights (Gemm::run_conv), else after it.
+void CudaBackend::matmul_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
+                                const Tensor& out, const Conv1dParams& conv, const BatchView& batch) {
+  const char* op = "matmul_conv1d";
+  check_matmul(x, w, bias, out, op);
+  check_conv1d(conv, batch);
+  const int64_t T = x.shape[0], C = conv.x.shape[1], es = int64_t(dtype_size(out.dtype));
+  const int64_t begin = (static_cast<const char*>(conv.x.data) - static_cast<const char*>(out.data)) / es;
+  // Token t must be span t's (as Forward lays a decode step out): the kernel finds a token's slot so.
+  bool in_order = T == int64_t(batch.spans.size());
+  for (int64_t t = 0; in_order && t < T; ++t) in_order = batch.spans[size_t(t)].start == t;
+  const bool fusable = T > 0 && in_order && conv.state.dtype == DType::F32 &&
+                       conv.weight.shape[1] == cuda::kConvStepTaps && conv.x.dtype == out.dtype &&
+                       conv.x.stride[0] == out.stride[0] && begin >= 0 && begin + C <= out.shape[1] &&
+                       static_cast<const char*>(out.data) + begin * es == conv.x.data && conv.out.dtype == out.dtype;
+  if (fusable) {
+    BatchView tmp;
+    const BatchView& b = prepared(batch, tmp);
+    const cuda::ConvStep step{int(begin),
+                              int(C),
+                              cuda::param_of(conv.weight, op, "conv weight"),
+                              cuda::param_of(conv.bias, op, "conv bias"),
+                              conv.weight.stride[0],
+                              conv.state.ptr<float>(),
+                              conv.state.stride[0],
+                              conv.state.stride[1],
+                              conv.out.data,
+                              conv.out.stride[0],
+                              b.device_spans,
+                              conv.silu};
+    if (impl_->gemm->run_conv(x, w, bias, row_scale_if(rms, T, op), out, step, op)) return;
+  }
+  Backend::matmul_conv1d(x, w, bias, rms, out, conv, batch);
 }
 
 void CudaBackend::selective_scan(const SelectiveScanParams& p, const BatchView& batch) {

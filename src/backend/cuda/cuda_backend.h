@@ -73,6 +73,8 @@ class CudaBackend final : public Backend {
   void add(const Tensor& acc, const Tensor& x) override;
 
   void conv1d(const Conv1dParams& p, const BatchView& batch) override;
+  void matmul_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms, const Tensor& out,
+                     const Conv1dParams& conv, const BatchView& batch) override;
   void selective_scan(const SelectiveScanParams& p, const BatchView& batch) override;
   void ssd(const SsdParams& p, const BatchView& batch) override;
   int64_t ssd_gate_partials(int64_t heads, int64_t head_dim) const override;

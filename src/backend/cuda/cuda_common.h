@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "backend/cuda/param.h"
 #include "core/error.h"
 #include "core/tensor.h"
 

@@ -206,6 +206,14 @@ bool Gemm::run_residual(const Tensor& x, const Tensor& w, const Tensor& bias, co
   return true;
 }
 
+bool Gemm::run_conv(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+                    const ConvStep& conv, const char* op) {
+  if (skinny_gemm_mma_fits(x, w, bias)) return false;  // run's choice (no conv epilogue)
+  if (!skinny_gemm_conv(x, w, bias, scale, out, conv, stream_)) return false;
+  STATELM_CUDA_LAUNCHED(op, " (skinny, conv step) x ", x.describe(), " w ", w.describe(), " out ", out.describe());
+  return true;
+}
+
 void Gemm::run(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, const char* op,
                const RowScale& scale) {
   const int64_t T = x.shape[0], K = x.shape[1], N = w.shape[0];

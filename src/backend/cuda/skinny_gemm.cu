@@ -36,6 +36,7 @@
 #include "backend/cuda/core_kernels.h"
 #include "backend/cuda/cuda_common.h"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/span_kernels.cuh"
 
 namespace statelm::cuda {
 
@@ -54,11 +55,13 @@ constexpr int kBatch = 4;      // K-steps of loads each thread issues before it 
 // N: output features (F with kSwiglu, whose w has 2F rows).
 // The one-token SwiGLU kernel is held to 96 registers (no spills): five blocks an SM rather than
 // four keep more of a decode step's largest weight stream (gate_up) in flight.
-template <typename T, typename TO, int M, int kThreads, bool kSwiglu = false>
+// kConv: the conv step after the product (ConvStep); its window is loaded before the wait.
+template <typename T, typename TO, int M, int kThreads, bool kSwiglu = false, bool kConv = false>
 __global__ void __launch_bounds__(kThreads, kSwiglu && M == 1 && kThreads == 128 ? 5 : 1)
     skinny_gemm_kernel(const T* x, int64_t ldx, const T* __restrict__ w, int64_t ldw, TO* __restrict__ out,
-                       int64_t ldo, const float* __restrict__ bias, RowScale scale, ResidualSums sums, int N, int K,
-                       bool trigger) {
+                       int64_t ldo, const float* __restrict__ bias, RowScale scale, ResidualSums sums, ConvStep conv,
+                       int N, int K, bool trigger) {
+  static_assert(!(kSwiglu && kConv), "the conv step follows a plain product");
   constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
   constexpr int kOut = kSwiglu ? kRows / 2 : kRows;  // output features per block
   static_assert(M * kOut <= 32, "the residual epilogue's outputs fit warp 0");
@@ -90,6 +93,24 @@ __global__ void __launch_bounds__(kThreads, kSwiglu && M == 1 && kThreads == 128
   // programmatic dependent launch, pdl.cuh): x is read only after it.
   load_weights(threadIdx.x);
   if (trigger) pdl_allow_dependents();
+  // The conv step of this thread's output (thread i < M · kOut: token i / kOut, feature
+  // n0 + i % kOut), where that feature is a conv channel: its taps and the slot's stored inputs,
+  // which an earlier step wrote (every step starts with an ordinary launch), loaded before the wait.
+  constexpr int kTaps = kConvStepTaps;
+  float conv_w[kTaps] = {}, conv_b = 0.0f, window[kTaps - 1] = {};
+  float* conv_state = nullptr;
+  int channel = 0;
+  if constexpr (kConv) {
+    channel = n0 + int(threadIdx.x) % kOut - conv.begin;
+    if (threadIdx.x < M * kOut && channel >= 0 && channel < conv.C) {
+      conv_state = conv.state + int64_t(conv.spans[threadIdx.x / kOut].slot) * conv.ss0 + int64_t(channel) * conv.ss1;
+#pragma unroll
+      for (int k = 0; k < kTaps; ++k) conv_w[k] = conv.w[int64_t(channel) * conv.ws + k];
+      conv_b = conv.bias.get(channel, 0.0f);
+#pragma unroll
+      for (int k = 0; k < kTaps - 1; ++k) window[k] = conv_state[k];
+    }
+  }
   pdl_wait();
   // The row scale's partial sums (written by the kernel ahead) are read now, while the first
   // weights are in flight: at the end they would cost one more round trip.
@@ -195,43 +216,62 @@ __global__ void __launch_bounds__(kThreads, kSwiglu && M == 1 && kThreads == 128
       }
       out[m * ldo + n0 + r] = from_f32<TO>(silu(to_f32(from_f32<TO>(g))) * to_f32(from_f32<TO>(u)));
     } else {
-      out[m * ldo + n0 + r] = from_f32<TO>(output(m, r));
+      const TO v = from_f32<TO>(output(m, r));
+      out[m * ldo + n0 + r] = v;
+      if (kConv && conv_state) {  // i is this thread's own output (M · kOut ≤ 32 < kThreads)
+        float acc = conv_b;
+#pragma unroll
+        for (int k = 0; k < kTaps - 1; ++k) acc = fmaf(conv_w[k], window[k], acc);
+        acc = fmaf(conv_w[kTaps - 1], to_f32(v), acc);
+        static_cast<TO*>(conv.out)[m * conv.ldo + channel] = from_f32<TO>(conv.silu ? silu_conv(acc) : acc);
+#pragma unroll
+        for (int k = 0; k < kTaps - 2; ++k) conv_state[k] = window[k + 1];
+        conv_state[kTaps - 2] = to_f32(v);
+      }
     }
   }
 }
 
-template <typename T, typename TO, int M, bool kSwiglu>
+template <typename T, typename TO, int M, bool kSwiglu, bool kConv>
 void launch(const Tensor& x, const Tensor& w, const float* bias, const RowScale& scale, const ResidualSums& sums,
-            const Tensor& out, cudaStream_t stream) {
+            const ConvStep& conv, const Tensor& out, cudaStream_t stream) {
   const int N = int(out.shape[1]), K = int(x.shape[1]), per_block = kSwiglu ? kRows / 2 : kRows;
   const unsigned blocks = unsigned((N + per_block - 1) / per_block);
   const bool large_k = K / (16 / int(sizeof(T))) > kThreadsSmallK * kBatch;
-  const auto kernel = large_k ? skinny_gemm_kernel<T, TO, M, kThreadsLargeK, kSwiglu>
-                              : skinny_gemm_kernel<T, TO, M, kThreadsSmallK, kSwiglu>;
+  const auto kernel = large_k ? skinny_gemm_kernel<T, TO, M, kThreadsLargeK, kSwiglu, kConv>
+                              : skinny_gemm_kernel<T, TO, M, kThreadsSmallK, kSwiglu, kConv>;
   STATELM_CUDA_CHECK(launch_programmatic(kernel, dim3(blocks), dim3(large_k ? kThreadsLargeK : kThreadsSmallK), stream,
                                          x.ptr<const T>(), x.stride[0], w.ptr<const T>(), w.stride[0], out.ptr<TO>(),
-                                         out.stride[0], bias, scale, sums, N, K, pdl_gemm_trigger()),
+                                         out.stride[0], bias, scale, sums, conv, N, K, pdl_gemm_trigger()),
                      "matmul (decode) x ", x.describe(), " w ", w.describe());
 }
 
-template <typename T, typename TO, bool kSwiglu, int M = 1>
+// The conv step is instantiated where Gemm::run_conv reaches this kernel: one bf16 token, fp32
+// batches up to kSkinnyMaxTokens, out of x's dtype.
+template <typename T, typename TO, int M>
+constexpr bool kConvInstance = std::is_same_v<T, TO> && (M == 1 || std::is_same_v<T, float>);
+
+template <typename T, typename TO, bool kSwiglu, bool kConv, int M = 1>
 void launch_for_tokens(int64_t tokens, const Tensor& x, const Tensor& w, const float* bias, const RowScale& scale,
-                       const ResidualSums& sums, const Tensor& out, cudaStream_t stream) {
+                       const ResidualSums& sums, const ConvStep& conv, const Tensor& out, cudaStream_t stream) {
   if constexpr (M <= kSkinnyMaxTokens) {
-    if (tokens == M) return launch<T, TO, M, kSwiglu>(x, w, bias, scale, sums, out, stream);
-    launch_for_tokens<T, TO, kSwiglu, M + 1>(tokens, x, w, bias, scale, sums, out, stream);
+    if (tokens == M) {
+      if constexpr (!kConv || kConvInstance<T, TO, M>) launch<T, TO, M, kSwiglu, kConv>(x, w, bias, scale, sums, conv, out, stream);
+      return;
+    }
+    launch_for_tokens<T, TO, kSwiglu, kConv, M + 1>(tokens, x, w, bias, scale, sums, conv, out, stream);
   }
 }
 
-template <bool kSwiglu>
+template <bool kSwiglu, bool kConv = false>
 void run(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const ResidualSums& sums,
-         const Tensor& out, cudaStream_t stream) {
+         const Tensor& out, cudaStream_t stream, const ConvStep& conv = {}) {
   const float* b = bias.defined() ? bias.ptr<const float>() : nullptr;
   dispatch_float(x.dtype, "matmul", [&](auto in_tag) {
     using T_ = decltype(in_tag);
     dispatch_float(out.dtype, "matmul", [&](auto out_tag) {
       using TO = decltype(out_tag);
-      launch_for_tokens<T_, TO, kSwiglu>(x.shape[0], x, w, b, scale, sums, out, stream);
+      launch_for_tokens<T_, TO, kSwiglu, kConv>(x.shape[0], x, w, b, scale, sums, conv, out, stream);
     });
   });
 }
@@ -259,6 +299,14 @@ bool skinny_gemm(const Tensor& x, const Tensor& w, const Tensor& bias, const Row
   // Into the residual stream: of x's dtype.
   if (!skinny_gemm_fits(x, w, bias) || (sums.sumsq && out.dtype != x.dtype)) return false;
   run<false>(x, w, bias, scale, sums, out, stream);
+  return true;
+}
+
+bool skinny_gemm_conv(const Tensor& x, const Tensor& w, const Tensor& bias, const RowScale& scale, const Tensor& out,
+                      const ConvStep& conv, cudaStream_t stream) {
+  if (!skinny_gemm_fits(x, w, bias) || out.dtype != x.dtype || (x.dtype == DType::BF16 && x.shape[0] != 1))
+    return false;
+  run<false, true>(x, w, bias, scale, ResidualSums{}, out, stream, conv);
   return true;
 }
 
