@@ -592,8 +592,8 @@ void CudaBackend::conv1d(const Conv1dParams& p, const BatchView& batch) {
 }
 
 // A decode step (one token a span, spans in token order) whose conv reads a column range of the
-// product, with an fp32 window of kConvStepTaps − 1 inputs: the conv runs in the product's epilogue where the CUDA-core
-// skinny kernel streams the weights (Gemm::run_conv), else after it.
+// product, with an fp32 window of kConvStepTaps − 1 inputs: the conv runs in the product's
+// epilogue where the CUDA-core skinny kernel streams the weights (Gemm::run_conv), else after it.
 void CudaBackend::matmul_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms,
                                 const Tensor& out, const Conv1dParams& conv, const BatchView& batch) {
   const char* op = "matmul_conv1d";
