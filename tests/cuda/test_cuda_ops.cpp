@@ -458,12 +458,13 @@ TEST(CudaOps, MatmulSwiglu) {
 // batches of 2 to 16 tokens the tensor-core one (skinny_gemm_mma.cu: one and two n8 tiles of
 // tokens, partly filled, offered first), other products of up to 8 tokens the FMA one
 // (skinny_gemm.cu); the test asserts which kernels accept each case. K with and without a
-// partial last slice or unrolled step (296 = 9 slices of 32 and 8 left), N with a partial last
-// block, x as a column slice at an aligned offset, bias on and off.
+// partial last slice or unrolled step (296 = 9 slices of 32 and 8 left), K past one batch of loads
+// of 128 threads (4104, 6000, 6912 bf16: one-token blocks of 160, 192 and 224 threads), N with a
+// partial last block, x as a column slice at an aligned offset, bias on and off.
 TEST(CudaOps, MatmulDecodeSizes) {
   REQUIRE_GPU();
   for (int64_t T : {1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 33, 47, 64, 65})
-    for (int64_t K : {256, 296, 4104})
+    for (int64_t K : {256, 296, 4104, 6000, 6912})
       for (int64_t N : {1, 29, 257})
         for (bool f32_out : {false, true}) {
           const bool bias = (T + N + K) % 2 == 1;

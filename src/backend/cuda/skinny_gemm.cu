@@ -46,12 +46,26 @@ namespace statelm::cuda {
 
 namespace {
 
-// Threads per block (they split K between them): 128, or 256 where K has more 16-byte vectors
+// Threads per block (they split K between them): 128, or more where K has more 16-byte vectors
 // than 128 threads load in one batch (the 2.7B model's out_proj, K = 5120 bf16): each block then
-// still waits for one round trip, not two (measured: Mamba-2 2.7B decode b1 2.22 → 2.16 ms).
+// still waits for one round trip, not two (measured: Mamba-2 2.7B decode b1 2.22 → 2.16 ms with
+// 256 threads).
 constexpr int kThreadsSmallK = 128, kThreadsLargeK = 256;
 constexpr int kRows = 4;       // output features per block
 constexpr int kBatch = 4;      // K-steps of loads each thread issues before it computes
+
+// Threads a block for K of `vectors` 16-byte packs: 128 where one batch of loads covers K; else,
+// for one token, the fewest warps that cover K in one batch (K = 5120 bf16: 160, 112 registers:
+// 3 blocks an SM where 256 threads fit 2, so 396 blocks are resident instead of 264 and the
+// out_proj's 640 make 1.6 waves instead of 2.4; all loads of a thread are real, where 256 threads
+// left a third of their batch empty). Measured on the H200, Mamba-2 2.7B decode b1: 2.058-2.072
+// → 2.025-2.026 ms; Llama 2.5B (down_proj, K = 6912: 224 threads) unchanged. Batches keep 256.
+int block_threads(int vectors, int tokens) {
+  if (vectors <= kThreadsSmallK * kBatch) return kThreadsSmallK;
+  if (tokens != 1) return kThreadsLargeK;
+  const int warps = (vectors + 32 * kBatch - 1) / (32 * kBatch);
+  return warps * 32 >= kThreadsLargeK ? kThreadsLargeK : warps * 32;
+}
 
 // Block = kRows consecutive features; its threads split K in 16-byte vectors (thread i takes
 // vectors i, i + kThreads, ...), issue kBatch × kRows loads at once (one memory round trip for
@@ -241,10 +255,15 @@ void launch(const Tensor& x, const Tensor& w, const float* bias, const RowScale&
             const ConvStep& conv, const Tensor& out, cudaStream_t stream) {
   const int N = int(out.shape[1]), K = int(x.shape[1]), per_block = kSwiglu ? kRows / 2 : kRows;
   const unsigned blocks = unsigned((N + per_block - 1) / per_block);
-  const bool large_k = K / (16 / int(sizeof(T))) > kThreadsSmallK * kBatch;
-  const auto kernel = large_k ? skinny_gemm_kernel<T, TO, M, kThreadsLargeK, kSwiglu, kConv>
-                              : skinny_gemm_kernel<T, TO, M, kThreadsSmallK, kSwiglu, kConv>;
-  STATELM_CUDA_CHECK(launch_programmatic(kernel, dim3(blocks), dim3(large_k ? kThreadsLargeK : kThreadsSmallK), stream,
+  const int threads = block_threads(K / (16 / int(sizeof(T))), M);
+  auto kernel = skinny_gemm_kernel<T, TO, M, kThreadsLargeK, kSwiglu, kConv>;
+  if (threads == kThreadsSmallK) kernel = skinny_gemm_kernel<T, TO, M, kThreadsSmallK, kSwiglu, kConv>;
+  if constexpr (M == 1) {
+    if (threads == 160) kernel = skinny_gemm_kernel<T, TO, M, 160, kSwiglu, kConv>;
+    if (threads == 192) kernel = skinny_gemm_kernel<T, TO, M, 192, kSwiglu, kConv>;
+    if (threads == 224) kernel = skinny_gemm_kernel<T, TO, M, 224, kSwiglu, kConv>;
+  }
+  STATELM_CUDA_CHECK(launch_programmatic(kernel, dim3(blocks), dim3(threads), stream,
                                          x.ptr<const T>(), x.stride[0], w.ptr<const T>(), w.stride[0], out.ptr<TO>(),
                                          out.stride[0], bias, scale, sums, conv, N, K, pdl_gemm_trigger()),
                      "matmul (decode) x ", x.describe(), " w ", w.describe());
