@@ -45,10 +45,6 @@ Tensor Forward::norm_sums(int64_t T) {
   return Tensor::contiguous(room.data, DType::F32, {T, partials}, backend_.device());
 }
 
-void Forward::linear_in(const BlockIo& io, const Tensor& w, const Tensor& bias, const Tensor& out) {
-  backend_.matmul_or_row_rms(io.x, w, bias, io.norm, out);
-}
-
 void Forward::linear_out(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms, const BlockIo& io) {
   if (io.add.residual.defined()) backend_.matmul_residual(x, w, bias, rms, io.add, io.out);
   else backend_.matmul_or_row_rms(x, w, bias, rms, io.out);
@@ -130,7 +126,7 @@ void Forward::attention(const AttentionDims& a, const AttentionWeights& w, const
                         const BlockIo& io, int64_t layer) {
   const int64_t T = b.n_tokens, Dh = a.head_dim, qd = a.n_heads * Dh, kvd = a.n_kv_heads * Dh;
   Tensor qkv = scratch(kMixer, {T, qd + 2 * kvd});  // [T, q | k | v]
-  linear_in(io, w.qkv, w.qkv_bias, qkv);
+  backend_.matmul_or_row_rms(io.x, w.qkv, w.qkv_bias, io.norm, qkv);
   Tensor q = qkv.cols(0, qd).unflatten_last(a.n_heads, Dh);
   Tensor k = qkv.cols(qd, kvd).unflatten_last(a.n_kv_heads, Dh);
   Tensor v = qkv.cols(qd + kvd, kvd).unflatten_last(a.n_kv_heads, Dh);

@@ -73,12 +73,13 @@ class Forward {
   void attention(const AttentionDims& a, const AttentionWeights& w, const LayerCaches& c, const BatchView& b,
                  const BlockIo& io, int64_t layer);
   void mlp(const MlpDims& m, const MlpWeights& w, const BlockIo& io);
-  // A block's first linear layer (out = its product) and its last (rms: a norm of x left to it).
-  void linear_in(const BlockIo& io, const Tensor& w, const Tensor& bias, const Tensor& out);
+  // A block's last linear layer (rms: a norm of x left to it): into io.out, or into the residual
+  // stream where the boundary after the block is split (io.add). Its first reads io.x divided by
+  // io.norm where that is defined (matmul_or_row_rms, matmul_conv1d, matmul_swiglu).
   void linear_out(const Tensor& x, const Tensor& w, const Tensor& bias, const RowRms& rms, const BlockIo& io);
   Tensor scratch(size_t index, std::initializer_list<int64_t> shape);
-  Tensor norm_sums(int64_t tokens);
   Tensor scratch(size_t index, std::initializer_list<int64_t> shape, DType dtype);
+  Tensor norm_sums(int64_t tokens);
   void dump(int64_t layer, const char* name, const Tensor& t) const {
     if (debug_) debug_(layer, name, t);
   }

@@ -255,18 +255,24 @@ void launch(const Tensor& x, const Tensor& w, const float* bias, const RowScale&
             const ConvStep& conv, const Tensor& out, cudaStream_t stream) {
   const int N = int(out.shape[1]), K = int(x.shape[1]), per_block = kSwiglu ? kRows / 2 : kRows;
   const unsigned blocks = unsigned((N + per_block - 1) / per_block);
+  // The instance of kThreads threads, launched with that many (the block size is its template
+  // argument, so the two cannot disagree).
+  auto with_threads = [&]<int kThreads>() {
+    STATELM_CUDA_CHECK(launch_programmatic(skinny_gemm_kernel<T, TO, M, kThreads, kSwiglu, kConv>, dim3(blocks),
+                                           dim3(kThreads), stream, x.ptr<const T>(), x.stride[0], w.ptr<const T>(),
+                                           w.stride[0], out.ptr<TO>(), out.stride[0], bias, scale, sums, conv, N, K,
+                                           pdl_gemm_trigger()),
+                       "matmul (decode) x ", x.describe(), " w ", w.describe());
+  };
   const int threads = block_threads(K / (16 / int(sizeof(T))), M);
-  auto kernel = skinny_gemm_kernel<T, TO, M, kThreadsLargeK, kSwiglu, kConv>;
-  if (threads == kThreadsSmallK) kernel = skinny_gemm_kernel<T, TO, M, kThreadsSmallK, kSwiglu, kConv>;
-  if constexpr (M == 1) {
-    if (threads == 160) kernel = skinny_gemm_kernel<T, TO, M, 160, kSwiglu, kConv>;
-    if (threads == 192) kernel = skinny_gemm_kernel<T, TO, M, 192, kSwiglu, kConv>;
-    if (threads == 224) kernel = skinny_gemm_kernel<T, TO, M, 224, kSwiglu, kConv>;
+  if (threads == kThreadsSmallK) return with_threads.template operator()<kThreadsSmallK>();
+  if constexpr (M == 1) {  // block_threads sizes one-token blocks to K
+    if (threads == 160) return with_threads.template operator()<160>();
+    if (threads == 192) return with_threads.template operator()<192>();
+    if (threads == 224) return with_threads.template operator()<224>();
   }
-  STATELM_CUDA_CHECK(launch_programmatic(kernel, dim3(blocks), dim3(threads), stream,
-                                         x.ptr<const T>(), x.stride[0], w.ptr<const T>(), w.stride[0], out.ptr<TO>(),
-                                         out.stride[0], bias, scale, sums, conv, N, K, pdl_gemm_trigger()),
-                     "matmul (decode) x ", x.describe(), " w ", w.describe());
+  STATELM_CHECK(threads == kThreadsLargeK, "skinny_gemm: no kernel of ", threads, " threads for ", M, " tokens");
+  with_threads.template operator()<kThreadsLargeK>();
 }
 
 // The conv step is instantiated where Gemm::run_conv reaches this kernel: one bf16 token, fp32
@@ -281,6 +287,8 @@ void launch_for_tokens(int64_t tokens, const Tensor& x, const Tensor& w, const f
     if (tokens == M) {
       if constexpr (!kConv || kConvInstance<T, TO, M>)
         launch<T, TO, M, kSwiglu, kConv>(x, w, bias, scale, sums, conv, out, stream);
+      else
+        fail(ErrorKind::Internal, "skinny_gemm: no conv-step kernel for ", M, " tokens of these dtypes");
       return;
     }
     launch_for_tokens<T, TO, kSwiglu, kConv, M + 1>(tokens, x, w, bias, scale, sums, conv, out, stream);
